@@ -1,0 +1,3 @@
+from ggcompress.cli import main
+
+main()

@@ -1,0 +1,36 @@
+"""The `ggcompress` command: a click group; each subcommand lives in its own module here.
+
+Subcommand modules only parse arguments, call the library and render its data.
+"""
+
+from __future__ import annotations
+
+import click
+
+from ggcompress import __version__
+from ggcompress.cli._common import Group
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="ggcompress")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one error line.")
+def cli(debug: bool) -> None:
+    """Make LLM checkpoints smaller and faster with generalized-Gaussian (GG) priors.
+
+    Exit codes: 0 ok, 1 bad input or a failed threshold, 2 usage error.
+    """
+
+
+def _register() -> None:
+    # Each command owns its module; add new ones here once they work end to end.
+    from ggcompress.cli import analyze
+
+    cli.add_command(analyze.analyze)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="ggcompress")
