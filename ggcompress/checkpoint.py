@@ -1,0 +1,542 @@
+"""Checkpoint I/O: find the weights behind a path, read them one tensor at a time, write atomically.
+
+Every command reads through `open_checkpoint` and writes through `CheckpointWriter`, so the
+safety rules (never unpickle, never touch an input, atomic output, --force) live in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ggcompress.errors import GGError
+
+#: safetensors dtype strings <-> torch dtypes.
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "U16": torch.uint16,
+    "U32": torch.uint32,
+    "U64": torch.uint64,
+    "BOOL": torch.bool,
+}
+TORCH_TO_ST = {v: k for k, v in DTYPES.items()}
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
+#: Files that hold weights; everything else in a model folder (config, tokenizer...) is carried along.
+WEIGHT_SUFFIXES = PICKLE_SUFFIXES | {".safetensors", ".gguf", ".ggz", ".onnx", ".h5", ".msgpack", ".ot"}
+WEIGHT_NAMES = re.compile(r".*\.(safetensors|bin)\.index\.json$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives and what it is, known without reading its data."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # safetensors dtype string, e.g. "BF16"
+    file: Path
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in FLOAT_DTYPES
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * DTYPES[self.dtype].itemsize if self.dtype in DTYPES else 0
+
+
+@dataclass
+class Checkpoint:
+    """A set of safetensors files read lazily; `root` is the folder holding config/tokenizer files."""
+
+    source: str
+    files: list[Path]
+    tensors: list[TensorInfo]
+    root: Path | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def config(self) -> dict[str, Any] | None:
+        """config.json of the model folder, if there is one."""
+        if self.root is None or not (self.root / "config.json").is_file():
+            return None
+        try:
+            return json.loads((self.root / "config.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise GGError(f"{self.root / 'config.json'}: not valid JSON ({e})") from None
+
+    @property
+    def numel(self) -> int:
+        return sum(t.numel for t in self.tensors)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    def info(self, name: str) -> TensorInfo:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise GGError(f"{self.source}: no tensor named {name!r}")
+
+    def get(self, name: str) -> torch.Tensor:
+        """Read one tensor (memory-mapped; only this tensor's bytes are touched)."""
+        return next(iter(self.iter_tensors([name])))[1]
+
+    def iter_tensors(self, names: Iterable[str] | None = None) -> Iterator[tuple[TensorInfo, torch.Tensor]]:
+        """Yield (info, tensor) one at a time, in checkpoint order; each file is opened once."""
+        wanted = None if names is None else set(names)
+        infos = [t for t in self.tensors if wanted is None or t.name in wanted]
+        by_file: dict[Path, list[TensorInfo]] = {}
+        for t in infos:
+            by_file.setdefault(t.file, []).append(t)
+        for path, group in by_file.items():
+            if path.suffix in PICKLE_SUFFIXES:
+                state = _torch_load_safe(path)
+                for t in group:
+                    yield t, state[t.name]
+                del state
+                continue
+            from safetensors import safe_open
+
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    for t in group:
+                        yield t, f.get_tensor(t.name)
+            except GGError:
+                raise
+            except Exception as e:  # safetensors raises plain Exceptions on corrupt data
+                raise GGError(f"{path}: cannot read tensor data ({_short(e)})") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Opening
+
+
+def open_checkpoint(spec: str | os.PathLike[str]) -> Checkpoint:
+    """Resolve a file, sharded index, HF folder or hub id into a lazily-read Checkpoint."""
+    spec_s = str(spec)
+    path = Path(spec_s).expanduser()
+    if path.is_dir():
+        return _open_folder(path, spec_s)
+    if path.is_file():
+        return _open_file(path, spec_s)
+    if not path.exists() and HUB_ID.match(spec_s) and not spec_s.startswith((".", "/")):
+        return _open_folder(_hub_snapshot(spec_s), spec_s)
+    raise GGError(f"{spec_s}: no such file or folder")
+
+
+def _open_file(path: Path, source: str) -> Checkpoint:
+    if path.name.endswith(".index.json"):
+        return _open_index(path, source)
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        return _open_pickle(path, source, path.parent)
+    if suffix != ".safetensors":
+        # A safetensors file without the usual suffix still works: sniff its header.
+        if not _looks_like_safetensors(path):
+            raise GGError(
+                f"{path}: not a checkpoint ggcompress can read (expected .safetensors, a "
+                "model.safetensors.index.json, an HF model folder or a hub id)"
+            )
+    tensors, meta = read_header(path)
+    root = path.parent if (path.parent / "config.json").is_file() else None
+    return Checkpoint(source, [path], tensors, root, meta)
+
+
+def _open_folder(path: Path, source: str) -> Checkpoint:
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (path / index_name).is_file():
+            ck = _open_index(path / index_name, source)
+            ck.root = path
+            return ck
+    st = sorted(p for p in path.glob("*.safetensors") if p.is_file())
+    if st:
+        tensors: list[TensorInfo] = []
+        meta: dict[str, str] = {}
+        for f in st:
+            t, m = read_header(f)
+            tensors.extend(t)
+            meta = meta or m
+        _check_unique(tensors, source)
+        return Checkpoint(source, st, tensors, path, meta)
+    pickles = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+    if len(pickles) == 1:
+        return _open_pickle(pickles[0], source, path)
+    raise GGError(f"{source}: folder holds no weights (no *.safetensors, no model.safetensors.index.json)")
+
+
+def _open_index(index: Path, source: str) -> Checkpoint:
+    try:
+        weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise GGError(f"{index}: not a valid sharded-checkpoint index ({_short(e)})") from None
+    files = list(dict.fromkeys(weight_map.values()))
+    tensors: list[TensorInfo] = []
+    meta: dict[str, str] = {}
+    for name in files:
+        shard = index.parent / name
+        if not shard.is_file():
+            raise GGError(f"{index}: shard {name} is missing")
+        if shard.suffix in PICKLE_SUFFIXES:
+            tensors.extend(_open_pickle(shard, source, index.parent).tensors)
+            continue
+        t, m = read_header(shard)
+        tensors.extend(t)
+        meta = meta or m
+    _check_unique(tensors, source)
+    return Checkpoint(source, [index.parent / f for f in files], tensors, index.parent, meta)
+
+
+def _open_pickle(path: Path, source: str, root: Path) -> Checkpoint:
+    """Read a torch pickle with weights_only=True: tensors and plain containers, no code execution."""
+    state = _torch_load_safe(path)
+    tensors = [
+        TensorInfo(k, tuple(v.shape), TORCH_TO_ST.get(v.dtype, str(v.dtype)), path) for k, v in state.items()
+    ]
+    del state
+    return Checkpoint(source, [path], tensors, root if (root / "config.json").is_file() else None, {})
+
+
+def _torch_load_safe(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise GGError(
+            f"{path}: refused — not loadable as plain tensors with weights_only=True ({_short(e)}); "
+            "ggcompress never unpickles arbitrary objects: convert it to safetensors first"
+        ) from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise GGError(f"{path}: not a state dict of tensors")
+    return obj
+
+
+def read_header(path: Path) -> tuple[list[TensorInfo], dict[str, str]]:
+    """Parse and validate a safetensors header without reading tensor data."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise GGError(f"{path}: empty or truncated safetensors file ({size} bytes)")
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8 or n > 100 * 2**20:
+                raise GGError(f"{path}: truncated or not a safetensors file (header claims {n} bytes)")
+            header = json.loads(f.read(n))
+    except GGError:
+        raise
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise GGError(f"{path}: not a valid safetensors file ({_short(e)})") from None
+    if not isinstance(header, dict):
+        raise GGError(f"{path}: not a valid safetensors file (header is not an object)")
+    meta = header.pop("__metadata__", None) or {}
+    data_len = size - 8 - n
+    tensors = []
+    end_max = 0
+    for name, h in header.items():
+        try:
+            begin, end = h["data_offsets"]
+            shape = tuple(int(d) for d in h["shape"])
+            dtype = str(h["dtype"])
+        except (KeyError, TypeError, ValueError):
+            raise GGError(f"{path}: malformed header entry for tensor {name!r}") from None
+        end_max = max(end_max, end)
+        tensors.append((begin, TensorInfo(name, shape, dtype, path)))
+    if end_max > data_len:
+        raise GGError(f"{path}: truncated — tensor data ends at byte {end_max} but the file holds {data_len}")
+    tensors.sort(key=lambda bt: bt[0])
+    return [t for _, t in tensors], {str(k): str(v) for k, v in meta.items()}
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+        return len(head) == 9 and head[8:9] == b"{"
+    except OSError:
+        return False
+
+
+def _check_unique(tensors: list[TensorInfo], source: str) -> None:
+    seen: set[str] = set()
+    for t in tensors:
+        if t.name in seen:
+            raise GGError(f"{source}: tensor {t.name!r} appears in more than one shard")
+        seen.add(t.name)
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """Download (or find in the local cache) the weights and support files of a hub model."""
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
+    try:
+        return Path(
+            snapshot_download(
+                repo_id,
+                allow_patterns=[
+                    "*.safetensors",
+                    "*.safetensors.index.json",
+                    "*.json",
+                    "*.txt",
+                    "*.model",
+                    "*.jinja",
+                    "*.tiktoken",
+                ],
+                local_files_only=offline,
+            )
+        )
+    except Exception as e:
+        why = "not in the local cache and HF_HUB_OFFLINE is set" if offline else _short(e)
+        raise GGError(f"{repo_id}: cannot get it from the Hugging Face hub ({why})") from None
+
+
+def _short(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+def support_files(root: Path | None) -> list[Path]:
+    """Non-weight files of a model folder (config, tokenizer, pooling configs...) to carry along."""
+    if root is None:
+        return []
+    out = []
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or any(part.startswith(".") for part in p.relative_to(root).parts):
+            continue
+        if p.suffix.lower() in WEIGHT_SUFFIXES or WEIGHT_NAMES.match(p.name):
+            continue
+        out.append(p)
+    return out
+
+
+class SafetensorsStreamWriter:
+    """Write a safetensors file tensor by tensor, holding at most one tensor in memory.
+
+    Data goes to a side file first (the header needs every offset), then header + data are joined.
+    Output bytes depend only on the tensors, their order and the metadata.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._data = open(path.with_name(path.name + ".data"), "wb+")  # noqa: SIM115 - closed in finish()
+        self._header: dict[str, Any] = {}
+        self._offset = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        if name in self._header:
+            raise GGError(f"{self.path}: tensor {name!r} written twice")
+        if tensor.dtype not in TORCH_TO_ST:
+            raise GGError(f"{name}: dtype {tensor.dtype} cannot be stored in safetensors")
+        t = tensor.detach().to("cpu").contiguous()
+        raw = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
+        self._data.write(memoryview(raw))
+        n = t.numel() * t.element_size()
+        self._header[name] = {
+            "dtype": TORCH_TO_ST[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [self._offset, self._offset + n],
+        }
+        self._offset += n
+
+    @property
+    def nbytes(self) -> int:
+        return self._offset
+
+    def finish(self, metadata: dict[str, str] | None = None) -> None:
+        header = dict(self._header)
+        if metadata:
+            header = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}, **header}
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)  # 8-byte alignment of the data section, as safetensors does
+        with open(self.path, "wb") as out:
+            out.write(struct.pack("<Q", len(blob)))
+            out.write(blob)
+            self._data.seek(0)
+            shutil.copyfileobj(self._data, out, 16 * 2**20)
+        self._data.close()
+        os.unlink(self._data.name)
+
+    def abort(self) -> None:
+        self._data.close()
+        Path(self._data.name).unlink(missing_ok=True)
+
+
+class CheckpointWriter:
+    """Atomic output folder: build in a temp folder beside the target, rename on commit.
+
+    Refuses an existing output unless `force`, and refuses any output that would overlap an input.
+    Use as a context manager; an exception leaves no partial output behind.
+    """
+
+    def __init__(
+        self,
+        out: str | os.PathLike[str],
+        *,
+        force: bool = False,
+        inputs: Iterable[str | os.PathLike[str]] = (),
+        max_shard_bytes: int = 5 * 2**30,
+    ):
+        self.out = Path(out).expanduser().absolute()
+        self.force = force
+        self.max_shard_bytes = max_shard_bytes
+        check_output_path(self.out, inputs, force=force)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        self._shards: list[Path] = []
+        self._weight_map: dict[str, str] = {}
+        self._writer: SafetensorsStreamWriter | None = None
+        self.metadata: dict[str, str] = {}
+
+    def __enter__(self) -> CheckpointWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+    def add_tensor(self, name: str, tensor: torch.Tensor) -> None:
+        """Append one tensor to the current shard (a new shard starts past max_shard_bytes)."""
+        if self._writer is None or self._writer.nbytes >= self.max_shard_bytes:
+            self._close_shard()
+            self._writer = SafetensorsStreamWriter(self.tmp / f"shard-{len(self._shards):05d}.safetensors")
+        if name in self._weight_map:
+            raise GGError(f"{self.out}: tensor {name!r} written twice")
+        self._writer.add(name, tensor)
+        self._weight_map[name] = self._writer.path.name
+
+    def copy_support_files(self, root: Path | None, *, skip: Iterable[str] = ()) -> None:
+        """Carry config.json, tokenizer and other non-weight files of the source folder along."""
+        skip_set = set(skip)
+        if root is None:
+            return
+        for src in support_files(root):
+            rel = src.relative_to(root)
+            if str(rel) in skip_set:
+                continue
+            dst = self.tmp / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        (self.tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        (self.tmp / rel).write_text(json.dumps(obj, indent=2) + "\n")
+
+    def _close_shard(self) -> None:
+        if self._writer is not None:
+            self._writer.finish(self.metadata)
+            self._shards.append(self._writer.path)
+            self._writer = None
+
+    def commit(self) -> Path:
+        """Name the shards as transformers expects, then move the folder into place."""
+        try:
+            self._close_shard()
+            if len(self._shards) == 1:
+                final = {self._shards[0].name: "model.safetensors"}
+            else:
+                total = len(self._shards)
+                final = {
+                    s.name: f"model-{i + 1:05d}-of-{total:05d}.safetensors"
+                    for i, s in enumerate(self._shards)
+                }
+            for old, new in final.items():
+                os.replace(self.tmp / old, self.tmp / new)
+            if len(self._shards) > 1:
+                size = sum((self.tmp / n).stat().st_size for n in final.values())
+                self.write_json(
+                    "model.safetensors.index.json",
+                    {
+                        "metadata": {"total_size": size},
+                        "weight_map": {k: final[v] for k, v in self._weight_map.items()},
+                    },
+                )
+            if self.out.exists():
+                if not self.force:  # appeared while we worked
+                    raise GGError(f"{self.out}: already exists (use --force to replace it)")
+                trash = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
+                os.replace(self.out, trash / "old")
+                os.replace(self.tmp, self.out)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.replace(self.tmp, self.out)
+            return self.out
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def check_output_path(out: Path, inputs: Iterable[str | os.PathLike[str]], *, force: bool) -> None:
+    """Refuse outputs that exist (without force) or that would overwrite/overlap any input."""
+    out = Path(out).expanduser().absolute()
+    for src in inputs:
+        p = Path(src).expanduser()
+        if not p.exists():
+            continue
+        p = p.resolve()
+        o = out.resolve()
+        if o == p or p.is_relative_to(o) or (p.is_dir() and o.is_relative_to(p)):
+            raise GGError(
+                f"{out}: output would overwrite or sit inside the input {src} — choose another path"
+            )
+    if out.exists() and not force:
+        raise GGError(f"{out}: already exists (use --force to replace it)")
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, force: bool = False) -> Path:
+    """Write one file atomically (temp file in the same folder, then rename)."""
+    p = Path(path).expanduser().absolute()
+    if p.exists() and not force:
+        raise GGError(f"{p}: already exists (use --force to replace it)")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.tmp-", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
