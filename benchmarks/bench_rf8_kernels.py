@@ -1,0 +1,141 @@
+"""Fused LUT-dequantize matmul (Triton) against cuBLAS bf16 and dequantize-then-matmul, on an NVIDIA GPU.
+
+For each batch M in 1/4/16/64 and Llama-3-8B-like layer shapes (in -> out: 4096->4096, 4096->14336,
+14336->4096), with RF8 codes (per-channel, and block:128 scales), one table gives median kernel time,
+achieved bandwidth (bytes that must cross HBM / time) and the ratios. At batch 1 a linear layer is
+bound by weight bytes, so the ideal speed-up over bf16 is about 2x (1 byte per weight instead of 2);
+"ideal" prints that byte ratio per row.
+
+Timing: triton.testing.do_bench (CUDA events, L2 flushed before every repetition, so weights are
+re-read from HBM as in a real forward pass; the flush also hides Python launch overhead). --sweep
+also times a few hand-picked launch configs and reports the best, since default_config is untuned.
+Run:  python benchmarks/bench_rf8_kernels.py [--sweep] [--granularity channel --granularity block:128]
+Exits with status 1 and a one-line message when no CUDA device is present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+BATCHES = [1, 4, 16, 64]
+SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096)]  # (in_features K, out_features N)
+RF8_MANTISSAS = (0.75, 0.875, 0.9375, 1.0, 1.0625, 1.125, 1.25, 1.5)
+
+
+def rf8_lut() -> torch.Tensor:
+    """The RF8 table (sign bit 7, exponent bits 6..3, residual bits 2..0); timing doesn't depend on it."""
+    vals = []
+    for c in range(256):
+        e, m = (c >> 3) & 15, c & 7
+        vals.append(0.0 if e == 0 and m == 0 else (-1.0) ** (c >> 7) * RF8_MANTISSAS[m] * 2.0 ** (e - 15))
+    return torch.tensor(vals, dtype=torch.float32)
+
+
+def sweep_configs(m: int, block: int | None):
+    """A small grid around the defaults; blocks of 128 need BLOCK_K dividing 128 to scale per tile."""
+    from ggcompress.kernels.lut_matmul import GEMV_MAX_M, KernelConfig
+
+    bks = [64, 128] if block is not None else [64, 128, 256, 512]
+    if m <= GEMV_MAX_M:
+        bm = 1 << (m - 1).bit_length()
+        return [
+            KernelConfig("gemv", bm, bn, bk, num_warps=w, num_stages=2)
+            for bn in (4, 8, 16, 32) for bk in bks for w in (2, 4)
+            if bm * bn * bk <= 16384
+        ]
+    return [
+        KernelConfig("gemm", bm, bn, bk, num_warps=w, num_stages=s)
+        for bm in (16, 32, 64) for bn in (64, 128) for bk in (32, 64, 128) for w in (4, 8) for s in (3, 4)
+        if bk <= (block or 4096)
+    ]
+
+
+COLUMNS = [
+    ("in->out", 12), ("gran", 9), ("M", 3), ("bf16 us", 8), ("fused us", 9), ("deq+mm us", 10),
+    ("fused GB/s", 10), ("bf16 GB/s", 9), ("x bf16", 7), ("ideal", 6), ("x deq+mm", 8), ("rel err", 8),
+    ("config", 0),
+]
+
+
+def format_row(values: list[str]) -> str:
+    return " ".join(f"{v:>{w}}" for v, (_, w) in zip(values, COLUMNS, strict=True))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--granularity", action="append", default=None, help="channel or block:N, repeatable")
+    parser.add_argument("--sweep", action="store_true", help="also time a grid of launch configs")
+    parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
+    parser.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in SHAPES), help="in x out: KxN,...")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("bench_rf8_kernels: no CUDA device; this benchmark needs an NVIDIA GPU", file=sys.stderr)
+        return 1
+    import triton.testing
+
+    from ggcompress.kernels import dequantize
+    from ggcompress.kernels.lut_matmul import default_config, lut_linear_triton
+
+    grans = args.granularity or ["channel", "block:128"]
+    batches = [int(b) for b in args.batches.split(",")]
+    dev = torch.device("cuda")
+    gen = torch.Generator(device=dev).manual_seed(0)
+    lut = rf8_lut().to(dev)
+    linear = torch.nn.functional.linear
+    print(f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}, triton {triton.__version__}")
+
+    def bench(fn) -> float:
+        fn()  # compile / warm up outside the timed region
+        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e-3  # seconds
+
+    header = format_row([name for name, _ in COLUMNS])
+    print(header)
+    print("-" * len(header))
+    shapes = [tuple(int(v) for v in item.split("x")) for item in args.shapes.split(",")]
+    for k, n in shapes:
+        w_bf16 = (torch.randn(n, k, device=dev, generator=gen) * 0.02).to(torch.bfloat16)
+        codes = torch.randint(0, 256, (n, k), device=dev, dtype=torch.uint8, generator=gen)
+        for gran in grans:
+            block = None if gran == "channel" else int(gran.split(":")[1])
+            groups = 1 if block is None else -(-k // block)
+            scale = torch.rand(n, groups, device=dev, generator=gen) * 0.01 + 0.01
+            for m in batches:
+                x = torch.randn(m, k, device=dev, generator=gen).to(torch.bfloat16)
+                io_bytes = 2 * (m * k + m * n)
+                bytes_fused = codes.numel() + scale.numel() * 4 + lut.numel() * 4 + io_bytes
+                bytes_bf16 = 2 * n * k + io_bytes
+
+                def fused(c):
+                    return lambda: lut_linear_triton(x, codes, scale, lut, block, config=c)  # noqa: B023
+
+                t_bf16 = bench(lambda: linear(x, w_bf16))  # noqa: B023
+                cfg = default_config(m, n, k, block or k, groups)
+                t_fused = bench(fused(cfg))
+                t_deq = bench(lambda: linear(x, dequantize(codes, scale, lut, block, torch.bfloat16)))  # noqa: B023
+                for c in sweep_configs(m, block) if args.sweep else []:
+                    try:
+                        t = bench(fused(c))
+                    except Exception as exc:  # a tile too large for shared memory fails to compile: skip it
+                        print(f"  skip {c}: {type(exc).__name__}", file=sys.stderr)
+                        continue
+                    if t < t_fused:
+                        t_fused, cfg = t, c
+                y = fused(cfg)().float()
+                ref = x.float() @ dequantize(codes, scale, lut, block, torch.float32).T
+                rel = ((y - ref).abs().max() / ref.abs().max()).item()
+                print(format_row([
+                    f"{k}->{n}", gran, str(m),
+                    f"{t_bf16 * 1e6:.1f}", f"{t_fused * 1e6:.1f}", f"{t_deq * 1e6:.1f}",
+                    f"{bytes_fused / t_fused / 1e9:.0f}", f"{bytes_bf16 / t_bf16 / 1e9:.0f}",
+                    f"{t_bf16 / t_fused:.2f}", f"{bytes_bf16 / bytes_fused:.2f}", f"{t_deq / t_fused:.2f}",
+                    f"{rel:.1e}",
+                    f"{cfg.path}:{cfg.block_m}x{cfg.block_n}x{cfg.block_k}/w{cfg.num_warps}s{cfg.num_stages}",
+                ]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
