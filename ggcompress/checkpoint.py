@@ -57,6 +57,7 @@ class TensorInfo:
     shape: tuple[int, ...]
     dtype: str  # safetensors dtype string, e.g. "BF16"
     file: Path
+    offset: int = -1  # absolute byte offset of the data in a safetensors file (-1: not safetensors)
 
     @property
     def numel(self) -> int:
@@ -126,15 +127,11 @@ class Checkpoint:
                     yield t, state[t.name]
                 del state
                 continue
-            from safetensors import safe_open
-
             try:
-                with safe_open(str(path), framework="pt") as f:
+                with open(path, "rb") as f:
                     for t in group:
-                        yield t, f.get_tensor(t.name)
-            except GGError:
-                raise
-            except Exception as e:  # safetensors raises plain Exceptions on corrupt data
+                        yield t, _read_tensor(f, t)
+            except OSError as e:
                 raise GGError(f"{path}: cannot read tensor data ({_short(e)})") from None
 
 
@@ -242,6 +239,20 @@ def _torch_load_safe(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def _read_tensor(f: Any, t: TensorInfo) -> torch.Tensor:
+    """Read exactly one tensor's bytes (plain read, no mmap: memory stays at one tensor)."""
+    if t.dtype not in DTYPES:
+        raise GGError(f"{t.file}: tensor {t.name!r} has unsupported dtype {t.dtype}")
+    dtype = DTYPES[t.dtype]
+    if t.nbytes == 0:
+        return torch.empty(t.shape, dtype=dtype)
+    buf = bytearray(t.nbytes)
+    f.seek(t.offset)
+    if f.readinto(buf) != t.nbytes:
+        raise GGError(f"{t.file}: truncated while reading tensor {t.name!r}")
+    return torch.frombuffer(buf, dtype=dtype).reshape(t.shape)
+
+
 def read_header(path: Path) -> tuple[list[TensorInfo], dict[str, str]]:
     """Parse and validate a safetensors header without reading tensor data."""
     try:
@@ -271,8 +282,11 @@ def read_header(path: Path) -> tuple[list[TensorInfo], dict[str, str]]:
             dtype = str(h["dtype"])
         except (KeyError, TypeError, ValueError):
             raise GGError(f"{path}: malformed header entry for tensor {name!r}") from None
+        info = TensorInfo(name, shape, dtype, path, 8 + n + int(begin))
+        if dtype in DTYPES and end - begin != info.nbytes:
+            raise GGError(f"{path}: tensor {name!r} has {end - begin} data bytes, expected {info.nbytes}")
         end_max = max(end_max, end)
-        tensors.append((begin, TensorInfo(name, shape, dtype, path)))
+        tensors.append((begin, info))
     if end_max > data_len:
         raise GGError(f"{path}: truncated — tensor data ends at byte {end_max} but the file holds {data_len}")
     tensors.sort(key=lambda bt: bt[0])

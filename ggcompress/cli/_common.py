@@ -16,6 +16,12 @@ from ggcompress.errors import GGError
 console = Console(stderr=True)
 
 
+def stdout_console() -> Console:
+    """Console for tables on stdout; wide when redirected so reports in files are not folded."""
+    c = Console()
+    return c if c.is_terminal else Console(width=200)
+
+
 class UserError(click.ClickException):
     """A GGError on its way out: one line on stderr, exit 1 (usage errors keep click's exit 2)."""
 

@@ -1,0 +1,286 @@
+"""`analyze`: per-tensor GG shape, fit quality and coded size of a checkpoint, as plain data.
+
+One pass per tensor: moments (for β, kurtosis, zeros, NaN/Inf), an MLE refinement of β on a seeded
+subsample, goodness of fit (GG vs Gaussian vs Laplace) and the exp-Golomb/entropy rate at `step`.
+Rendering lives in report.py; this module only computes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from ggcompress import __version__, gg, rate
+from ggcompress.checkpoint import DTYPES, Checkpoint, TensorInfo, open_checkpoint
+from ggcompress.roles import role_of
+
+SCHEMA = "ggcompress.analyze/1"
+#: Below this many values a shape fit is noise; such tensors are reported, not fitted.
+MIN_FIT_NUMEL = 64
+FAMILIES = ("gg", "gaussian", "laplace")
+
+
+@dataclass
+class AnalyzeOptions:
+    """What to analyze and how; defaults match the CLI."""
+
+    step: float = 2.0**-8
+    eg_k: int = 0
+    sample: int | None = None  # analyze at most this many values per tensor (seeded subsample)
+    seed: int = 0
+    fit: str = "mle"  # "moments" or "mle"
+    mle_samples: int = 2**18
+    include: str | None = None
+    exclude: str | None = None
+    keep_values: int = 0  # keep up to this many (seeded) values per tensor on the report, for plots
+
+
+@dataclass
+class TensorReport:
+    """Everything `analyze` says about one tensor. Statistic fields are None when not applicable."""
+
+    name: str
+    role: str
+    shape: list[int]
+    dtype: str
+    numel: int
+    verdict: str  # "ok", or what is unusual: integer, constant, nan/inf, too small, sampled...
+    analyzed: int = 0  # values the statistics are computed on (numel, or the sample size)
+    mean: float | None = None
+    std: float | None = None
+    beta: float | None = None
+    alpha: float | None = None
+    kurtosis: float | None = None  # excess kurtosis (0 for a Gaussian, 3 for Laplace)
+    nll: dict[str, float] | None = None  # mean negative log-likelihood per parameter (nats)
+    ks: dict[str, float] | None = None
+    best_fit: str | None = None
+    entropy_bits: float | None = None
+    eg_bits: float | None = None
+    fixed_bits: float | None = None
+    zero_fraction: float | None = None
+    values: torch.Tensor | None = field(default=None, repr=False)  # only with keep_values
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("values")
+        return _finite(d)
+
+
+@dataclass
+class CheckpointReport:
+    source: str
+    tensors: list[TensorReport]
+    summary: dict[str, Any]
+    roles: dict[str, dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "summary": _finite(self.summary),
+            "roles": _finite(self.roles),
+            "tensors": [t.to_dict() for t in self.tensors],
+        }
+
+
+def analyze_tensor(info: TensorInfo, x: torch.Tensor, opts: AnalyzeOptions) -> TensorReport:
+    """Analyze one tensor; never raises on odd content (it is reported in `verdict`)."""
+    rep = TensorReport(
+        name=info.name,
+        role=role_of(info.name, len(info.shape)),
+        shape=list(info.shape),
+        dtype=info.dtype,
+        numel=info.numel,
+        verdict="ok",
+    )
+    if not info.is_float:
+        rep.verdict = "integer (skipped)"
+        return rep
+    flat = x.reshape(-1)
+    if opts.sample is not None and flat.numel() > opts.sample:
+        flat = _subsample(flat, opts.sample, _seed(opts.seed, info.name))
+        rep.verdict = "ok (sampled)"
+    rep.analyzed = flat.numel()
+    m = gg.Moments()
+    m.update(flat)
+    if m.count == 0:
+        rep.verdict = "empty"
+        return rep
+    rep.zero_fraction = m.zeros / m.count
+    if m.nan or m.inf:
+        rep.verdict = f"nan/inf ({m.nan} NaN, {m.inf} Inf)"
+        return rep
+    rep.mean, rep.std = m.mean, m.std
+    if m.count < MIN_FIT_NUMEL:
+        rep.verdict = "scalar" if not info.shape else f"too small to fit (<{MIN_FIT_NUMEL})"
+        return rep
+    if m.std == 0.0:
+        rep.verdict = "constant"
+        return rep
+    r = rate.SymbolHistogram(opts.step).update(flat, info.name).stats(opts.eg_k, huffman=False)
+    rep.entropy_bits, rep.eg_bits, rep.fixed_bits = (
+        r.entropy_bits_per_param,
+        r.eg_bits_per_param,
+        r.fixed_bits_per_param,
+    )
+    rep.kurtosis = m.kurtosis
+    gen = torch.Generator().manual_seed(_seed(opts.seed, info.name))
+    if opts.fit == "mle":
+        fit, q = gg.fit_with_quality(flat, moments=m, max_samples=opts.mle_samples, generator=gen)
+    else:
+        fit = gg.fit(flat, method="moments", moments=m)
+        q = gg.goodness_of_fit(flat, fit, moments=m, max_samples=opts.mle_samples, generator=gen)
+    rep.beta, rep.alpha = fit.beta, fit.alpha
+    # BIC-penalized: GG nests Gaussian and Laplace, so raw NLL would crown it on noise alone.
+    rep.nll, rep.ks, rep.best_fit = dict(q.nll), dict(q.ks), q.best_bic
+    if fit.clamped:
+        rep.verdict = f"shape outside fit range (β clamped to {fit.beta:.3g})"
+    if opts.keep_values:
+        kept = (
+            flat
+            if flat.numel() <= opts.keep_values
+            else _subsample(flat, opts.keep_values, _seed(opts.seed, info.name))
+        )
+        rep.values = kept.float().clone()
+    return rep
+
+
+def analyze_checkpoint(
+    ck: Checkpoint,
+    opts: AnalyzeOptions | None = None,
+    progress: Callable[[TensorInfo, TensorReport], None] | None = None,
+) -> CheckpointReport:
+    """Analyze every selected tensor of one checkpoint, reading one tensor at a time."""
+    opts = opts or AnalyzeOptions()
+    selected = select(ck.tensors, opts.include, opts.exclude)
+    reports = []
+    for info, x in ck.iter_tensors(t.name for t in selected):
+        reports.append(analyze_tensor(info, x, opts))
+        del x
+        if progress:
+            progress(info, reports[-1])
+    summary = summarize(reports)
+    summary["bytes"] = sum(t.nbytes for t in selected)
+    return CheckpointReport(ck.source, reports, summary, summarize_roles(reports))
+
+
+def analyze(
+    sources: Iterable[str],
+    opts: AnalyzeOptions | None = None,
+    progress: Callable[[TensorInfo, TensorReport], None] | None = None,
+) -> dict[str, Any]:
+    """Analyze several checkpoints; returns the versioned JSON-ready document."""
+    opts = opts or AnalyzeOptions()
+    reports = [analyze_checkpoint(open_checkpoint(s), opts, progress) for s in sources]
+    return document(reports, opts)
+
+
+def document(reports: list[CheckpointReport], opts: AnalyzeOptions) -> dict[str, Any]:
+    settings = {k: v for k, v in asdict(opts).items() if k != "keep_values"}
+    return {
+        "schema": SCHEMA,
+        "ggcompress_version": __version__,
+        "settings": settings,
+        "checkpoints": [r.to_dict() for r in reports],
+    }
+
+
+def select(tensors: list[TensorInfo], include: str | None, exclude: str | None) -> list[TensorInfo]:
+    """Filter tensor names with --include / --exclude regular expressions (re.search)."""
+    inc = re.compile(include) if include else None
+    exc = re.compile(exclude) if exclude else None
+    return [
+        t for t in tensors if (inc is None or inc.search(t.name)) and (exc is None or not exc.search(t.name))
+    ]
+
+
+def summarize(reports: list[TensorReport]) -> dict[str, Any]:
+    """Totals and parameter-weighted averages over fitted tensors."""
+    fitted = [r for r in reports if r.beta is not None]
+    rated = [r for r in reports if r.eg_bits is not None]
+    matrices = [r for r in fitted if len(r.shape) >= 2]
+    wins = {f: sum(1 for r in matrices if r.best_fit == f) for f in FAMILIES}
+    out: dict[str, Any] = {
+        "tensors": len(reports),
+        "params": sum(r.numel for r in reports),
+        "fitted_tensors": len(fitted),
+        "fitted_params": sum(r.numel for r in fitted),
+        "skipped": {v: sum(1 for r in reports if r.verdict == v) for v in _unusual(reports)},
+        "beta": _wavg(fitted, "beta"),
+        "kurtosis": _wavg(fitted, "kurtosis"),
+        "entropy_bits": _wavg(rated, "entropy_bits"),
+        "eg_bits": _wavg(rated, "eg_bits"),
+        "zero_fraction": _wavg(rated, "zero_fraction"),
+        "matrices": len(matrices),
+        "best_fit_counts": wins,
+        "gg_best_share": (wins["gg"] / len(matrices)) if matrices else None,
+    }
+    if rated:
+        source = sum(r.numel * DTYPES[r.dtype].itemsize for r in rated)
+        out["rated_params"] = sum(r.numel for r in rated)
+        out["rated_bytes"] = source
+        out["coded_bytes_eg"] = sum(r.eg_bits * r.numel for r in rated) / 8
+        out["coded_bytes_entropy"] = sum(r.entropy_bits * r.numel for r in rated) / 8
+        # Size ratio of the rated tensors in their stored dtype vs their coded size at `step`.
+        out["ratio_eg"] = source / out["coded_bytes_eg"] if out["coded_bytes_eg"] else None
+        out["ratio_entropy"] = source / out["coded_bytes_entropy"] if out["coded_bytes_entropy"] else None
+    return out
+
+
+def summarize_roles(reports: list[TensorReport]) -> dict[str, dict[str, Any]]:
+    roles: dict[str, list[TensorReport]] = {}
+    for r in reports:
+        roles.setdefault(r.role, []).append(r)
+    return {
+        role: {
+            "tensors": len(rs),
+            "params": sum(r.numel for r in rs),
+            "beta": _wavg([r for r in rs if r.beta is not None], "beta"),
+            "kurtosis": _wavg([r for r in rs if r.beta is not None], "kurtosis"),
+            "entropy_bits": _wavg([r for r in rs if r.eg_bits is not None], "entropy_bits"),
+            "eg_bits": _wavg([r for r in rs if r.eg_bits is not None], "eg_bits"),
+            "gg_best_share": _share([r for r in rs if r.best_fit is not None]),
+        }
+        for role, rs in sorted(roles.items())
+    }
+
+
+def _share(rs: list[TensorReport]) -> float | None:
+    return sum(1 for r in rs if r.best_fit == "gg") / len(rs) if rs else None
+
+
+def _unusual(reports: list[TensorReport]) -> list[str]:
+    return sorted({r.verdict for r in reports if not r.verdict.startswith("ok")})
+
+
+def _wavg(rs: list[TensorReport], attr: str) -> float | None:
+    vals = [(getattr(r, attr), r.numel) for r in rs if getattr(r, attr) is not None]
+    w = sum(n for _, n in vals)
+    return sum(v * n for v, n in vals) / w if w else None
+
+
+def _seed(seed: int, name: str) -> int:
+    """Per-tensor seed independent of tensor order, so --include does not change results."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63
+
+
+def _subsample(flat: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(flat.numel(), (n,), generator=gen)
+    return flat[idx]
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN/Inf: map them to None recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj

@@ -1,0 +1,166 @@
+"""`ggcompress analyze`: fit GG shapes and measure compressibility of every tensor."""
+
+from __future__ import annotations
+
+import re
+
+import click
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ggcompress import rate
+from ggcompress.analyze import AnalyzeOptions, analyze_checkpoint, document, select
+from ggcompress.checkpoint import open_checkpoint
+from ggcompress.cli._common import console, emit_json, expand_inputs, stdout_console
+from ggcompress.gates import check_gates, parse_gate
+from ggcompress.report import analyze_csv, print_analyze
+
+
+@click.command()
+@click.argument("checkpoints", nargs=-1, required=True, metavar="CHECKPOINT... | -")
+@click.option("--json", "as_json", is_flag=True, help="Print one versioned JSON document on stdout.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print one CSV row per tensor on stdout.")
+@click.option("--include", metavar="REGEX", help="Only tensors whose name matches (re.search).")
+@click.option("--exclude", metavar="REGEX", help="Skip tensors whose name matches (re.search).")
+@click.option(
+    "--sample",
+    type=click.IntRange(min=64),
+    metavar="N",
+    help="Analyze a seeded random subsample of N values per tensor (faster on big models).",
+)
+@click.option(
+    "--step",
+    default="2^-8",
+    show_default=True,
+    metavar="STEP",
+    help="Quantization step for the rate columns: 2^-S, S (an exponent) or a number.",
+)
+@click.option(
+    "--eg-k",
+    type=click.IntRange(0, 16),
+    default=0,
+    show_default=True,
+    help="Exp-Golomb order k of the rate measure.",
+)
+@click.option(
+    "--fit",
+    type=click.Choice(["mle", "moments"]),
+    default="mle",
+    show_default=True,
+    help="β estimator: moment ratio, or MLE refinement on a subsample (as scipy's gennorm.fit).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for subsampling.")
+@click.option("--summary", "summary_only", is_flag=True, help="Show only the per-role and total tables.")
+@click.option(
+    "--plot",
+    "plot_dir",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="Write PNG histograms (log density) with fitted GG/Gaussian/Laplace curves to DIR.",
+)
+@click.option(
+    "--plot-by",
+    type=click.Choice(["tensor", "role"]),
+    default="role",
+    show_default=True,
+    help="One plot per tensor or per layer role.",
+)
+@click.option(
+    "--fail-if",
+    "fail_if",
+    multiple=True,
+    metavar="EXPR",
+    help="Exit 1 when a checkpoint's summary value satisfies EXPR, e.g. 'eg_bits>4.5' or "
+    "'ratio<3' (repeatable; bits_per_param = eg_bits, ratio = ratio_eg).",
+)
+def analyze(
+    checkpoints: tuple[str, ...],
+    as_json: bool,
+    as_csv: bool,
+    include: str | None,
+    exclude: str | None,
+    sample: int | None,
+    step: str,
+    eg_k: int,
+    fit: str,
+    seed: int,
+    summary_only: bool,
+    plot_dir: str | None,
+    plot_by: str,
+    fail_if: tuple[str, ...] = (),
+) -> None:
+    """Fit the generalized-Gaussian shape of every tensor and report compressibility.
+
+    CHECKPOINT is a .safetensors file, a sharded index, an HF model folder or a hub id; `-` reads
+    paths from stdin. Example: `ls ckpts/*.safetensors | ggcompress analyze - --json`.
+    """
+    if as_json and as_csv:
+        raise click.UsageError("--json and --csv are exclusive")
+    gates = [parse_gate(e) for e in fail_if]
+    for pattern, flag in ((include, "--include"), (exclude, "--exclude")):
+        _check_regex(pattern, flag)
+    opts = AnalyzeOptions(
+        step=rate.parse_step(step), eg_k=eg_k, sample=sample, seed=seed, fit=fit,
+        include=include, exclude=exclude,
+    )  # fmt: skip
+    if plot_dir:
+        from ggcompress import plot
+
+        opts.keep_values = plot.TENSOR_SAMPLE if plot_by == "tensor" else plot.ROLE_SAMPLE
+    plots: list = []
+    cks = [open_checkpoint(p) for p in expand_inputs(checkpoints)]  # fail fast on any bad input
+    total = sum(t.numel for ck in cks for t in select(ck.tensors, include, exclude))
+    reports = []
+    with Progress(
+        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeRemainingColumn(), console=console, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("analyzing", total=total)
+        for i, ck in enumerate(cks):
+            bar.update(task, description=f"analyzing {ck.source}")
+            prefix = f"{i}-" if len(cks) > 1 else ""
+
+            def step_done(info, rep, prefix=prefix):
+                bar.advance(task, info.numel)
+                if plot_dir and plot_by == "tensor":  # plot now, so values never pile up in memory
+                    plots.append(plot.plot_tensor(rep, plot_dir, prefix))
+                    rep.values = None
+
+            reports.append(analyze_checkpoint(ck, opts, step_done))
+            if plot_dir and plot_by == "role":
+                plots.extend(plot.plot_roles(ck.source, reports[-1].tensors, plot_dir, prefix))
+                for rep in reports[-1].tensors:
+                    rep.values = None
+    doc = document(reports, opts)
+    if plot_dir:
+        console.print(f"wrote {sum(p is not None for p in plots)} plots to {plot_dir}")
+    if as_json:
+        emit_json(doc)
+    elif as_csv:
+        click.echo(analyze_csv(doc), nl=False)
+    else:
+        print_analyze(doc, stdout_console(), per_tensor=not summary_only)
+    failed = False
+    for ck in doc["checkpoints"]:
+        for f in check_gates(gate_values(ck["summary"]), gates):
+            console.print(f"[red]FAIL[/red] {escape(ck['source'])}: {escape(f.reason)}")
+            failed = True
+    if failed:
+        raise SystemExit(1)
+
+
+def gate_values(summary: dict) -> dict:
+    """Numeric summary values for --fail-if, plus the names pack uses: bits_per_param, ratio."""
+    values = {k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    values.setdefault("bits_per_param", summary.get("eg_bits"))
+    values.setdefault("ratio", summary.get("ratio_eg"))
+    return values
+
+
+def _check_regex(pattern: str | None, flag: str) -> None:
+    if pattern is None:
+        return
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise click.BadParameter(f"not a valid regular expression ({e})", param_hint=flag) from None
