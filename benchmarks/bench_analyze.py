@@ -33,6 +33,36 @@ def floor_pass(path: str) -> float:
     return time.perf_counter() - t0
 
 
+def breakdown(path: str) -> dict[str, float]:
+    """Time each stage of analyze_tensor separately over the whole checkpoint."""
+    from ggcompress import gg, rate
+
+    out = dict.fromkeys(
+        ["read", "value counts + moments", "rate (quantize + histogram)", "MLE β + goodness of fit"], 0.0
+    )
+    t0 = time.perf_counter()
+    for info, x in open_checkpoint(path).iter_tensors():
+        t1 = time.perf_counter()
+        out["read"] += t1 - t0
+        if not info.is_float or info.numel < 64:
+            t0 = time.perf_counter()
+            continue
+        cnt = gg.value_counts(x)  # as analyze does: 8/16-bit tensors become (values, counts)
+        m = gg.Moments().update(x) if cnt is None else gg.Moments().update_counts(*cnt)
+        t2 = time.perf_counter()
+        h = rate.SymbolHistogram(2**-8)
+        h.update(x) if cnt is None else h.update_counts(*cnt, itemsize=x.element_size())
+        h.stats(0, huffman=False)
+        t3 = time.perf_counter()
+        if m.std > 0:
+            gg.fit_with_quality(x, moments=m, generator=torch.Generator().manual_seed(0), counts_of=cnt)
+        t0 = time.perf_counter()
+        out["value counts + moments"] += t2 - t1
+        out["rate (quantize + histogram)"] += t3 - t2
+        out["MLE β + goodness of fit"] += t0 - t3
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint", nargs="?", help="default: the SmolLM2 fixture")
@@ -53,9 +83,15 @@ def main() -> None:
         runs.append(time.perf_counter() - t0)
     t_an = min(runs)
 
-    # gennorm.fit (MLE over β, loc, scale) on evenly spaced big tensors.
-    big = [t for t in rep.tensors if t.numel >= 100_000 and t.beta is not None]
-    pick = big[:: max(1, len(big) // args.gennorm_tensors)][: args.gennorm_tensors]
+    stages = breakdown(path)
+
+    # gennorm.fit (MLE over β, loc, scale) on one mid-depth tensor per role, 1e5..2e6 values
+    # (bigger ones take minutes in gennorm; its cost per value is what gets extrapolated).
+    by_role: dict[str, list] = {}
+    for t in rep.tensors:
+        if 100_000 <= t.numel <= 2_000_000 and t.beta is not None:
+            by_role.setdefault(t.role, []).append(t)
+    pick = [ts[len(ts) // 2] for _, ts in sorted(by_role.items())][: args.gennorm_tensors]
     t_gn, n_gn, rows = 0.0, 0, []
     for t in pick:
         x = ck.get(t.name).double().reshape(-1).numpy()
@@ -71,6 +107,9 @@ def main() -> None:
     for name, n, ba, bg, dt in rows:
         print(f"{name:<48} {n:>9,} {ba:>10.4f} {bg:>10.4f} {ba - bg:>+8.4f} {dt:>10.2f}")
     worst = max(abs(ba - bg) for _, _, ba, bg, _ in rows)
+    print("\nanalyze stages, summed over tensors (each includes its own float conversion):")
+    for name, dt in stages.items():
+        print(f"  {name:<34} {dt:6.2f} s = {dt / floor:5.2f}× floor")
     print(f"\nfloor (stream |x|, x²)  {floor:8.2f} s")
     print(f"analyze end to end      {t_an:8.2f} s   = {t_an / floor:5.2f}× floor      (target ≤ 5×)")
     print(f"gennorm.fit, extrapol.  {gn_model:8.1f} s   = {gn_model / t_an:5.0f}× analyze    (target ≥ 100×)")

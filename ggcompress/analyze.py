@@ -106,8 +106,9 @@ def analyze_tensor(info: TensorInfo, x: torch.Tensor, opts: AnalyzeOptions) -> T
         flat = _subsample(flat, opts.sample, _seed(opts.seed, info.name))
         rep.verdict = "ok (sampled)"
     rep.analyzed = flat.numel()
-    m = gg.Moments()
-    m.update(flat)
+    # 8/16-bit floats: every statistic below is a weighted sum over <= 65536 distinct values.
+    counts_of = gg.value_counts(flat)
+    m = gg.Moments().update(flat) if counts_of is None else gg.Moments().update_counts(*counts_of)
     if m.count == 0:
         rep.verdict = "empty"
         return rep
@@ -122,7 +123,12 @@ def analyze_tensor(info: TensorInfo, x: torch.Tensor, opts: AnalyzeOptions) -> T
     if m.std == 0.0:
         rep.verdict = "constant"
         return rep
-    r = rate.SymbolHistogram(opts.step).update(flat, info.name).stats(opts.eg_k, huffman=False)
+    hist = rate.SymbolHistogram(opts.step)
+    if counts_of is None:
+        hist.update(flat, info.name)
+    else:
+        hist.update_counts(*counts_of, itemsize=flat.element_size(), name=info.name)
+    r = hist.stats(opts.eg_k, huffman=False)
     rep.entropy_bits, rep.eg_bits, rep.fixed_bits = (
         r.entropy_bits_per_param,
         r.eg_bits_per_param,
@@ -131,10 +137,14 @@ def analyze_tensor(info: TensorInfo, x: torch.Tensor, opts: AnalyzeOptions) -> T
     rep.kurtosis = m.kurtosis
     gen = torch.Generator().manual_seed(_seed(opts.seed, info.name))
     if opts.fit == "mle":
-        fit, q = gg.fit_with_quality(flat, moments=m, max_samples=opts.mle_samples, generator=gen)
+        fit, q = gg.fit_with_quality(
+            flat, moments=m, max_samples=opts.mle_samples, generator=gen, counts_of=counts_of
+        )
     else:
         fit = gg.fit(flat, method="moments", moments=m)
-        q = gg.goodness_of_fit(flat, fit, moments=m, max_samples=opts.mle_samples, generator=gen)
+        q = gg.goodness_of_fit(
+            flat, fit, moments=m, max_samples=opts.mle_samples, generator=gen, counts_of=counts_of
+        )
     rep.beta, rep.alpha = fit.beta, fit.alpha
     # BIC-penalized: GG nests Gaussian and Laplace, so raw NLL would crown it on noise alone.
     rep.nll, rep.ks, rep.best_fit = dict(q.nll), dict(q.ks), q.best_bic

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -335,6 +336,34 @@ def _pick_center(flat: torch.Tensor) -> float:
     return c
 
 
+_BITS_VIEW = {
+    torch.bfloat16: (torch.int16, 16),
+    torch.float16: (torch.int16, 16),
+    torch.float8_e4m3fn: (torch.uint8, 8),
+    torch.float8_e5m2: (torch.uint8, 8),
+}
+
+
+def value_counts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Distinct values (float64) and their counts of an 8/16-bit float tensor, else None.
+
+    One bincount of the bit patterns: every statistic of such a tensor (moments, rate, histograms) is
+    then a weighted sum over at most 65536 values instead of a pass over all of them.
+    """
+    flat = _flat(x)
+    if flat.dtype not in _BITS_VIEW:
+        return None
+    view, bits = _BITS_VIEW[flat.dtype]
+    codes = flat.view(view).to(torch.int32)
+    if bits == 16:
+        codes = codes.add_(1 << 15)  # int16 -> 0..65535, keeping bincount's input non-negative
+    counts = torch.bincount(codes, minlength=1 << bits)
+    nz = torch.nonzero(counts).squeeze(1)
+    patterns = nz.to(torch.int32) - (1 << 15) if bits == 16 else nz
+    values = patterns.to(view).view(flat.dtype).to(torch.float64)
+    return values, counts[nz]
+
+
 @dataclass
 class Moments:
     """Streaming, mergeable float64 moments of one or many tensors (NaN/Inf counted, then ignored).
@@ -385,6 +414,36 @@ class Moments:
         for i in np.flatnonzero(bad):
             r[i] = _chunk_row_careful(chunks[i], c).numpy()
         self._add_rows(r)
+        return self
+
+    def update_counts(self, values: torch.Tensor, counts: torch.Tensor) -> Moments:
+        """Add distinct `values` seen `counts` times (see `value_counts`); same sums as `update`."""
+        values = values.to(torch.float64)
+        w = counts.to(torch.float64)
+        fin = torch.isfinite(values)
+        n_nan = float(w[torch.isnan(values)].sum())
+        n_inf = float(w[torch.isinf(values)].sum())
+        v, w = values[fin], w[fin]
+        if self.center is None:
+            k = float(w.sum())
+            mean = float(torch.dot(w, v)) / k if k else 0.0
+            var = float(torch.dot(w, (v - mean) ** 2)) / k if k else 0.0
+            c = 0.0 if abs(mean) <= 2 * math.sqrt(var / k if k else 0.0) else mean
+            self.center = float(np.float32(c))
+        d = v - self.center
+        d2 = d * d
+        row = np.zeros(13)
+        row[[_S1, _SABS, _S2, _S3, _S4, _SSIGN]] = torch.stack([
+            torch.dot(w, d), torch.dot(w, d.abs()), torch.dot(w, d2), torch.dot(w, d2 * d),
+            torch.dot(w, d2 * d2), torch.dot(w, d.sign()),
+        ]).tolist()  # fmt: skip
+        row[_NONZERO_D] = float(w[d != 0].sum())
+        row[_NONZERO_X] = float(w[v != 0].sum())
+        row[_MIN] = float(v.min()) if v.numel() else math.inf
+        row[_MAX] = float(v.max()) if v.numel() else -math.inf
+        row[_NAN], row[_INF] = n_nan, n_inf
+        row[_N] = float(counts.sum())
+        self._add_rows(row[None, :])
         return self
 
     def _add_rows(self, r: np.ndarray) -> None:
@@ -631,6 +690,17 @@ def _stratified(
     return [(bulk, (n - tail.numel()) / bulk.numel()), (tail, 1.0)]
 
 
+def _weighted_median(v: torch.Tensor, w: torch.Tensor) -> float:
+    order = torch.argsort(v)
+    cum = torch.cumsum(w[order], 0)
+    return float(v[order][int(torch.searchsorted(cum, cum[-1] / 2))])
+
+
+def _count(parts: list[tuple[torch.Tensor, Any]]) -> int:
+    """Values an evaluation set stands for as evidence: its own size, or the counts it carries."""
+    return sum(int(wt.sum()) if isinstance(wt, torch.Tensor) else p.numel() for p, wt in parts)
+
+
 def _eval_values(
     flat: torch.Tensor,
     m: Moments,
@@ -639,13 +709,21 @@ def _eval_values(
     max_samples: int | None,
     generator: torch.Generator | None,
     median: bool = False,
-) -> tuple[list[tuple[torch.Tensor, float]], float, torch.Tensor, int]:
+    counts_of: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[list[tuple[torch.Tensor, Any]], float, torch.Tensor, int]:
     """Values a fit or its NLLs are computed on: all finite values (weight 1) when there are at most
     `max_samples`, else a seeded subsample stratified by `_stratified`.
 
     Returns (parts [(values, weight)], location used, the plain subsample, number of values the parts
     stand for). The location is `mu`, else the subsample median if `median`, else the mean.
     """
+    if counts_of is not None:  # every value, exactly: distinct values weighted by their counts
+        vals, cnt = counts_of
+        fin = torch.isfinite(vals)
+        v, w = vals[fin].to(torch.float64), cnt[fin].to(torch.float64)
+        if mu is None:
+            mu = _weighted_median(v, w) if median else m.mean
+        return [(v, w)], mu, v, int(w.sum())
     has_nonfinite = m.nan + m.inf > 0
     v = _subsample(flat, max_samples, generator, has_nonfinite)
     if mu is None:
@@ -666,6 +744,8 @@ def _profile(beta: float, parts: list[tuple[torch.Tensor, float]], lmax: float, 
     s0 = s1 = s2 = 0.0
     for L, weight in parts:
         w = torch.exp(L * beta)
+        if isinstance(weight, torch.Tensor):  # per-value counts
+            w, weight = w * weight, 1.0
         wl = w * L
         p0, p1, p2 = torch.stack([w.sum(), wl.sum(), torch.dot(wl, L)]).tolist()
         s0, s1, s2 = s0 + weight * p0, s1 + weight * p1, s2 + weight * p2
@@ -711,7 +791,7 @@ def fit_mle(
     if _eval is None:
         _eval = _eval_values(flat, m, start, mu, max_samples, generator, median=b < 1.0)
     parts, mu, _, n = _eval
-    n_used = sum(p.numel() for p, _ in parts)
+    n_used = _count(parts)
     parts = [((p - mu).abs_().log_(), wt) for p, wt in parts]
     lmax = max(float(p.max()) if p.numel() else -math.inf for p, _ in parts)
     if not math.isfinite(lmax):  # every value sits exactly on mu
@@ -785,7 +865,13 @@ def _argmin(d: dict[str, float]) -> str:
 
 def _wmean(parts: list[tuple[torch.Tensor, float]], fn, n: float) -> float:
     """Σ weight·Σ fn(values) / n over the parts of an evaluation set."""
-    return sum(wt * float(fn(p).sum()) for p, wt in parts) / n
+    return (
+        sum(
+            float(torch.dot(fn(p), wt)) if isinstance(wt, torch.Tensor) else wt * float(fn(p).sum())
+            for p, wt in parts
+        )
+        / n
+    )
 
 
 def goodness_of_fit(
@@ -796,6 +882,7 @@ def goodness_of_fit(
     max_samples: int | None = MLE_SAMPLES,
     bins: int = KS_BINS,
     generator: torch.Generator | None = None,
+    counts_of: tuple[torch.Tensor, torch.Tensor] | None = None,
     _eval: tuple | None = None,
 ) -> FitQuality:
     """NLL and KS of GG / Gaussian / Laplace on `x` (fit defaults to the MLE GG fit).
@@ -814,8 +901,8 @@ def goodness_of_fit(
         return _none_quality(0, m.finite)
     parts, _, v, n = _eval if _eval is not None else _eval_values(flat, m, f, f.mu, max_samples, generator)
     parts = [(p.to(torch.float64), wt) for p, wt in parts]
-    n_used = sum(p.numel() for p, _ in parts)
-    edges_x, cum = _companded_histogram(flat, m, m.mean, m.std / 64, bins)
+    n_used = _count(parts)
+    edges_x, cum = _companded_histogram(flat, m, m.mean, m.std / 64, bins, counts_of)
     emp = cum / cum[-1]
     # The median of all values, read off the (very fine near the center) histogram: no sort needed.
     i = int(np.searchsorted(emp, 0.5))
@@ -862,6 +949,7 @@ def fit_with_quality(
     max_samples: int | None = MLE_SAMPLES,
     bins: int = KS_BINS,
     generator: torch.Generator | None = None,
+    counts_of: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[GGFit, FitQuality]:
     """`fit_mle` and `goodness_of_fit` on one shared evaluation subsample (what `analyze` needs).
 
@@ -874,13 +962,18 @@ def fit_with_quality(
     if not start.ok or not m.std > 0:
         f = fit_mle(flat, moments=m, max_samples=max_samples, generator=generator)
         return f, _none_quality(0, m.finite)
-    ev = _eval_values(flat, m, start, None, max_samples, generator, median=start.beta < 1.0)
+    ev = _eval_values(flat, m, start, None, max_samples, generator, start.beta < 1.0, counts_of)
     f = fit_mle(flat, moments=m, max_samples=max_samples, _eval=ev)
-    return f, goodness_of_fit(flat, f, moments=m, bins=bins, _eval=ev)
+    return f, goodness_of_fit(flat, f, moments=m, bins=bins, counts_of=counts_of, _eval=ev)
 
 
 def _companded_histogram(
-    flat: torch.Tensor, m: Moments, t0: float, s: float, bins: int
+    flat: torch.Tensor,
+    m: Moments,
+    t0: float,
+    s: float,
+    bins: int,
+    counts_of: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Counts of finite values on y = sign(z)·ln(1+|z|), z = (x−t0)/s; returns (edges in x, #(x < edge))."""
 
@@ -895,7 +988,15 @@ def _companded_histogram(
     counts = torch.zeros(bins, dtype=torch.int64, device=flat.device)
     work = _work_dtype(flat.dtype)
     has_nonfinite = m.nan + m.inf > 0
-    for chunk in flat.split(CHUNK):
+    if counts_of is not None:  # distinct values with counts: the same bins, weighted
+        vals, cnt = counts_of
+        fin = torch.isfinite(vals)
+        ch, cnt = vals[fin].to(work), cnt[fin]
+        z = (ch - t0).mul_(1 / s)
+        y = z.abs().add_(1).log_().copysign_(z)
+        idx = ((y - ylo) * scale).floor_().clamp_(0, bins - 1).to(torch.int64)
+        counts = torch.zeros(bins, dtype=torch.int64).index_add_(0, idx, cnt.to(torch.int64))
+    for chunk in flat.split(CHUNK) if counts_of is None else ():
         ch = chunk.to(work)
         if has_nonfinite:
             ch = ch[torch.isfinite(ch)]

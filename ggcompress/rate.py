@@ -465,6 +465,23 @@ class SymbolHistogram:
         self.source_bits += flat.numel() * x.element_size() * 8
         return self
 
+    def update_counts(
+        self, values: torch.Tensor, counts: torch.Tensor, *, itemsize: int, name: str = "tensor"
+    ) -> SymbolHistogram:
+        """Add distinct `values` seen `counts` times (e.g. from `gg.value_counts`); same as `update`
+        on the expanded tensor, whose element size in bytes is `itemsize`."""
+        v = values.to(torch.float64)
+        if not bool(torch.isfinite(v).all()):
+            bad = int(counts[~torch.isfinite(v)].sum())
+            raise GGError(f"{name}: contains {bad} NaN/Inf value(s); the rate measure needs finite weights")
+        s, lo, hi = _quantize_chunk(v, self.step, v, name)
+        sym, inv = torch.unique(s.to(torch.int64), sorted=True, return_inverse=True)
+        self._add(sym, torch.zeros(sym.numel(), dtype=torch.int64).index_add_(0, inv, counts.to(torch.int64)))
+        n = int(counts.sum())
+        self.n += n
+        self.source_bits += n * itemsize * 8
+        return self
+
     def _add_dense(self, lo: int, counts: torch.Tensor) -> None:
         nz = torch.nonzero(counts).squeeze(1)
         self._add(nz + lo, counts[nz])

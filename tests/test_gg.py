@@ -388,3 +388,55 @@ def test_fit_with_quality_matches_separate_calls(beta: float) -> None:
         assert q1.nll[fam] == pytest.approx(q2.nll[fam], abs=2e-3)
         assert q1.ks[fam] == pytest.approx(q2.ks[fam], abs=q1.ks_resolution + q2.ks_resolution + 1e-3)
     assert q1.best_bic == q2.best_bic
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e5m2])
+def test_value_counts_reproduce_moments_and_histograms(dtype: torch.dtype) -> None:
+    x = (gg.sample(300_000, 1.3, 0.05, generator=gen(4)) * (8 if dtype == torch.float8_e4m3fn else 1)).to(
+        dtype
+    )
+    if dtype in (torch.bfloat16, torch.float16):
+        x[:5] = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0]).to(dtype)
+    vals, counts = gg.value_counts(x)
+    bits = x.view(torch.int16 if x.element_size() == 2 else torch.uint8)
+    assert int(counts.sum()) == x.numel() and vals.numel() == torch.unique(bits).numel()
+    ref = x.double()
+    fin = ref[torch.isfinite(ref)]
+    m = gg.Moments().update_counts(vals, counts)
+    m0 = gg.Moments().update(x)
+    assert (m.count, m.nan, m.inf, m.zeros) == (m0.count, m0.nan, m0.inf, m0.zeros)
+    # Counts give float64 sums over distinct values: ~1e-12 relative to a float64 reference. The
+    # streaming path sums 2^18-value chunks in float32 (pairwise: ~log2(2^18)·2^-24 ≈ 1e-6 relative).
+    d = fin - fin.mean()
+    ref_abs, ref_kurt = float(d.abs().mean()), float((d**4).mean() / (d**2).mean() ** 2 - 3)
+    assert m.mean == pytest.approx(float(fin.mean()), rel=1e-9, abs=1e-15)
+    assert m.std == pytest.approx(float(fin.std(correction=0)), rel=1e-9)
+    # E|x−μ| is shifted from the sums about the center c by the |x−μ| = |x−c| ± (μ−c) identity,
+    # exact except for values between c and μ: second order, ~1e-6 relative (see Moments).
+    assert m.abs_dev == pytest.approx(ref_abs, rel=1e-5)
+    assert m.kurtosis == pytest.approx(ref_kurt, rel=1e-9)
+    assert m0.abs_dev == pytest.approx(ref_abs, rel=1e-5)
+    if m.nan == 0:
+        f = gg.fit(x, "mle", moments=m0)
+        q0 = gg.goodness_of_fit(x, f, moments=m0, generator=gen(1))
+        q1 = gg.goodness_of_fit(x, f, moments=m0, generator=gen(1), counts_of=(vals, counts))
+        assert q0.ks == q1.ks  # the same histogram, built from counts instead of a pass
+
+
+def test_value_counts_is_none_for_wide_floats() -> None:
+    assert (
+        gg.value_counts(torch.zeros(3)) is None
+        and gg.value_counts(torch.zeros(3, dtype=torch.float64)) is None
+    )
+
+
+@pytest.mark.parametrize("beta", [0.7, 1.6])
+def test_fit_with_counts_is_the_exact_mle_on_all_values(beta: float) -> None:
+    x = gg.sample(400_000, beta, 0.03, generator=gen(8)).to(torch.bfloat16)
+    f_all = gg.fit_mle(x, max_samples=None)  # every value, no subsample
+    f_cnt, q_cnt = gg.fit_with_quality(x, counts_of=gg.value_counts(x))
+    q_all = gg.goodness_of_fit(x, f_all, max_samples=None)
+    # Same likelihood, summed per distinct value instead of per value: equal to rounding.
+    assert f_cnt.beta == pytest.approx(f_all.beta, rel=1e-6) and f_cnt.n_used == x.numel()
+    for fam in q_all.nll:
+        assert q_cnt.nll[fam] == pytest.approx(q_all.nll[fam], rel=1e-6)

@@ -336,3 +336,20 @@ def test_best_k_and_edge_cases() -> None:
     assert one.source_bits_per_param == 16
     with pytest.raises(GGError, match="no values"):
         SymbolHistogram(1.0).stats()
+
+
+@pytest.mark.parametrize("step", ["2^-8", "2^-13", "0.003"])
+def test_update_counts_equals_update_on_the_expanded_tensor(step: str) -> None:
+    from ggcompress import gg
+
+    x = (torch.randn(200_000, generator=torch.Generator().manual_seed(2)) * 0.05).to(torch.bfloat16)
+    vals, counts = gg.value_counts(x)
+    a = rate.SymbolHistogram(step).update(x)
+    b = rate.SymbolHistogram(step).update_counts(vals, counts, itemsize=2)
+    assert torch.equal(a.symbols, b.symbols) and torch.equal(a.counts, b.counts)
+    assert (a.n, a.source_bits) == (b.n, b.source_bits)
+    assert a.stats(0) == b.stats(0)
+    bad = x.clone()
+    bad[3] = float("nan")
+    with pytest.raises(GGError, match="1 NaN/Inf"):
+        rate.SymbolHistogram(step).update_counts(*gg.value_counts(bad), itemsize=2, name="w")
