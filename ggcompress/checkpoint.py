@@ -431,6 +431,7 @@ class CheckpointWriter:
         check_output_path(self.out, inputs, force=force)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs get normal permissions
         self._shards: list[Path] = []
         self._weight_map: dict[str, str] = {}
         self._writer: SafetensorsStreamWriter | None = None
@@ -522,6 +523,12 @@ class CheckpointWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_output_path(out: Path, inputs: Iterable[str | os.PathLike[str]], *, force: bool) -> None:
     """Refuse outputs that exist (without force) or that would overwrite/overlap any input."""
     out = Path(out).expanduser().absolute()
@@ -546,6 +553,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, force: bool
         raise GGError(f"{p}: already exists (use --force to replace it)")
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.tmp-", dir=p.parent)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -166,3 +166,15 @@ def test_atomic_write_bytes(tmp_path: Path) -> None:
         atomic_write_bytes(tmp_path / "a.json", b"2")
     atomic_write_bytes(tmp_path / "a.json", b"2", force=True)
     assert (tmp_path / "a.json").read_bytes() == b"2"
+
+
+def test_outputs_get_umask_permissions_not_private_temp_ones(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        with CheckpointWriter(tmp_path / "out") as w:
+            w.add_tensor("w", torch.ones(1))
+        atomic_write_bytes(tmp_path / "r.json", b"{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644

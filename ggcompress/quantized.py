@@ -1,0 +1,237 @@
+"""Load a ggcompress-quantized folder as a runnable transformers model whose linear layers keep 1-byte codes.
+
+Why not ``from_pretrained``: transformers does not know the ``ggcompress`` quant_method and would
+allocate a dense weight for every layer. Here the model is built from config.json (without its
+``quantization_config``) with its parameters on the meta device, so building costs no memory; each
+quantized ``nn.Linear`` is replaced by a ``QuantLinear`` holding the uint8 codes and float32 scales read
+from the file (a dense copy of those weights never exists); the remaining tensors (embeddings, norms,
+biases) are assigned from the file; tied weights are re-tied. Quantized weights of modules that are not
+``nn.Linear`` (embeddings with --quantize-embeddings, norms, GPT-2's Conv1D) are decoded to dense tensors:
+they load correctly but do not stay 1-byte in memory.
+
+A folder without a ggcompress scheme loads too (all tensors dense), so ``ggcompress.load`` works on any
+safetensors HF folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ggcompress.checkpoint import Checkpoint, open_checkpoint
+from ggcompress.errors import GGError
+from ggcompress.formats import get_codec
+from ggcompress.kernels import Backend
+from ggcompress.nn import QuantLinear
+from ggcompress.qlayout import (
+    Scheme,
+    check_tensors,
+    decode,
+    quantized_tensor,
+    read_scheme,
+    scale_name,
+    weight_name,
+)
+
+#: Files a transformers tokenizer can be built from.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+
+
+def load_quantized(
+    path: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str | None = None,
+    backend: Backend = "auto",
+    tokenizer: bool = True,
+) -> tuple[nn.Module, Any]:
+    """(model, tokenizer or None) from a quantized (or plain) HF safetensors folder, in eval mode.
+
+    ``dtype`` casts the dense tensors and the compute dtype (codes stay uint8, scales float32); None or
+    "auto" keeps the checkpoint's own dtypes. ``backend`` picks the QuantLinear matmul path (auto: fused
+    Triton kernel on CUDA, chunked torch path on the CPU). A ``.ggz`` container (``ggcompress pack``) is
+    unpacked to a temporary folder first.
+    """
+    from ggcompress.pack import is_packed, unpacked
+
+    if is_packed(path):
+        with unpacked(path) as folder:
+            return load_quantized(folder, device=device, dtype=dtype, backend=backend, tokenizer=tokenizer)
+    ck = open_checkpoint(path)
+    if ck.root is None or ck.config is None:
+        raise GGError(f"{path}: no config.json next to the weights, so the model cannot be built; pass the "
+                      "model folder")
+    scheme = read_scheme(ck)
+    if scheme is not None:
+        check_tensors(ck, scheme)
+    model = _empty_model(ck)
+    _fill(model, ck, scheme, backend)
+    target = _dtype(dtype)
+    if target is not None:
+        model.to(target)
+    model.to(device)
+    model.eval()
+    if scheme is not None:
+        model.ggcompress_scheme = scheme.to_dict()
+    tok = _tokenizer(ck.root) if tokenizer else None
+    return model, tok
+
+
+def quantized_modules(model: nn.Module) -> dict[str, QuantLinear]:
+    """The QuantLinear layers of a loaded model, by qualified name."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+
+
+# ---------------------------------------------------------------------------------------------- building
+
+
+@contextlib.contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Create every nn.Parameter on the meta device (buffers such as rotary tables stay real).
+
+    Parameters are what the checkpoint provides; buffers computed in ``__init__`` (rotary inv_freq,
+    position ids) are not always in the file, so they must be built for real.
+    """
+    register = nn.Module.register_parameter
+
+    def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and not param.is_meta:
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    nn.Module.register_parameter = on_meta  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register  # type: ignore[method-assign]
+
+
+def _empty_model(ck: Checkpoint) -> nn.Module:
+    """The transformers model of config.json (architectures[0], else AutoModel) with meta parameters."""
+    import transformers
+    from transformers import AutoConfig, AutoModel
+
+    config_dict = {k: v for k, v in (ck.config or {}).items() if k != "quantization_config"}
+    where = ck.root / "config.json" if ck.root else ck.source
+    model_type = config_dict.pop("model_type", None)
+    if not model_type:
+        raise GGError(f"{where}: no model_type, so transformers cannot build the model")
+    try:
+        config = AutoConfig.for_model(model_type, **config_dict)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise GGError(f"{where}: transformers cannot read this config ({_first_line(exc)})") from None
+    archs = config_dict.get("architectures") or []
+    cls = getattr(transformers, archs[0], None) if archs else None
+    try:
+        with _parameters_on_meta():
+            if cls is not None:
+                return cls._from_config(config)
+            return AutoModel.from_config(config)
+    except (ValueError, KeyError, TypeError, ImportError, AttributeError) as exc:
+        raise GGError(f"{where}: transformers cannot build {archs[0] if archs else model_type} "
+                      f"({_first_line(exc)})") from None
+
+
+def _key_mapper(model: nn.Module):
+    """Map checkpoint names to the model's (the base-model prefix may be present on one side only)."""
+    own = set(model.state_dict(keep_vars=True))
+    prefix = getattr(model, "base_model_prefix", "") or ""
+
+    def to_model(key: str) -> str:
+        if key in own or not prefix:
+            return key
+        if f"{prefix}.{key}" in own:
+            return f"{prefix}.{key}"
+        if key.startswith(prefix + ".") and key[len(prefix) + 1:] in own:
+            return key[len(prefix) + 1:]
+        return key
+
+    return to_model
+
+
+def _fill(model: nn.Module, ck: Checkpoint, scheme: Scheme | None, backend: Backend) -> None:
+    """Swap quantized Linears for QuantLinear, assign the other tensors, re-tie, insist nothing is missing."""
+    to_model = _key_mapper(model)
+    codes_of = {} if scheme is None else {weight_name(m): m for m in scheme.modules}
+    scale_of = {} if scheme is None else {scale_name(m): m for m in scheme.modules}
+    dense: dict[str, torch.Tensor] = {}
+    parts: dict[str, dict[str, tuple[torch.Tensor, Path]]] = {}
+    for info, t in ck.iter_tensors():  # codes stay uint8: nothing here is ever decoded for a Linear
+        module = codes_of.get(info.name) or scale_of.get(info.name)
+        if module is None:
+            dense[to_model(info.name)] = t
+        else:
+            parts.setdefault(module, {})["codes" if info.name in codes_of else "scale"] = (t, info.file)
+    if scheme is not None:
+        lut = get_codec(scheme.format).lut
+        decoded = getattr(torch, scheme.source_dtype) if scheme.source_dtype else torch.float32
+        for module, part in parts.items():
+            (codes, file), (scale, _) = part["codes"], part["scale"]
+            target = to_model(weight_name(module)).removesuffix(".weight")
+            where = f"{file}: {weight_name(module)}"
+            sub = _submodule(model, target)
+            if isinstance(sub, nn.Linear):
+                q = quantized_tensor(codes, scale, scheme, where)
+                bias = None
+                if sub.bias is not None:
+                    bias = dense.pop(f"{target}.bias", None)
+                    if bias is None:
+                        raise GGError(f"{ck.source}: weights missing from the checkpoint: {target}.bias")
+                layer = QuantLinear.from_quantized(q.codes, q.scale, lut, scheme.block_size, bias=bias,
+                                                   fmt=scheme.format, name=where)
+                layer.backend = backend
+                _set_submodule(model, target, layer)
+            else:  # embeddings, norms, Conv1D: no 1-byte module for them, so they load dense
+                dense[f"{target}.weight"] = decode(codes, scale, scheme, where, dtype=decoded)
+    model.load_state_dict(dense, strict=False, assign=True)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    missing = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise GGError(f"{ck.source}: weights missing from the checkpoint: {', '.join(missing[:3])}{more}")
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def _set_submodule(model: nn.Module, name: str, layer: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, layer)
+
+
+def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or dtype == "auto":
+        return None
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype), None)
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise GGError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16")
+    return value
+
+
+def _tokenizer(root: Path) -> Any:
+    if not any((root / f).is_file() for f in _TOKENIZER_FILES):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(root)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise GGError(f"{root}: cannot load its tokenizer ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
