@@ -11,6 +11,8 @@ Kinds handled now:
 - ``gguf``: a ``.gguf`` file, dequantized by transformers (needs the ``gguf`` package).
 - ``ggcompress``: an HF folder written by ``ggcompress quantize-rf8`` (quant_method "ggcompress"); its
   linear layers keep their 1-byte codes in memory (``ggcompress.quantized.load_quantized``).
+- ``ggz``: a ``.ggz`` container (``ggcompress pack``), unpacked to a temporary folder and loaded as
+  the kind of folder it holds.
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ def detect_kind(local: Path) -> str:
     if local.is_file():
         if local.suffix.lower() == ".gguf":
             return "gguf"
+        if local.suffix.lower() == ".ggz":
+            return "ggz"
         raise GGError(f"{local}: a bare weights file cannot be evaluated; pass its HF folder "
                       "(config.json + weights + tokenizer), a .gguf file or a hub id")
     config_path = local / "config.json"
@@ -142,9 +146,18 @@ def _load_ggcompress(folder: Path, dtype: Any) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def _load_ggz(file: Path, dtype: Any) -> tuple[Any, Any]:
+    """A packed .ggz container (ggcompress pack): unpacked to a temporary folder, loaded as that folder."""
+    from ggcompress.pack import unpacked
+
+    with unpacked(file) as folder:
+        return LOADERS[detect_kind(folder)](folder, dtype)
+
+
 #: kind -> loader(local path, torch dtype) -> (model, tokenizer). New formats register here.
 LOADERS: dict[str, Callable[[Path, Any], tuple[Any, Any]]] = {"hf": _load_hf, "gguf": _load_gguf,
-                                                              "ggcompress": _load_ggcompress}
+                                                              "ggcompress": _load_ggcompress,
+                                                              "ggz": _load_ggz}
 
 
 def _require_causal_lm(config_path: Path) -> None:

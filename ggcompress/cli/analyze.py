@@ -143,7 +143,7 @@ def analyze(
     failed = False
     for ck in doc["checkpoints"]:
         for f in check_gates(gate_values(ck["summary"]), gates):
-            console.print(f"[red]FAIL[/red] {escape(ck['source'])}: {escape(f.reason)}")
+            console.print(f"[red]FAIL[/red] {escape(ck['source'])}: {escape(f.reason)}", soft_wrap=True)
             failed = True
     if failed:
         raise SystemExit(1)

@@ -1,0 +1,212 @@
+"""`ggcompress pack` / `unpack`: entropy-coded .ggz containers, and restoring them to HF folders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ggcompress.cli._common import console, emit_json, expand_inputs
+from ggcompress.gates import parse_gate
+from ggcompress.pack import PackOptions, pack, unpack
+
+
+class _EgOrder(click.ParamType):
+    name = "K|auto"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | None:
+        if value is None or isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "auto":
+            return None
+        try:
+            k = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not an integer or 'auto'", param, ctx)
+        if not 0 <= k <= 16:
+            self.fail(f"{k} is not in 0..16", param, ctx)
+        return k
+
+
+@click.command("pack")
+@click.argument("checkpoints", nargs=-1, required=True, metavar="CHECKPOINT... | -")
+@click.option("-o", "--output", "output", required=True, metavar="OUT",
+              help="The .ggz file; with several inputs a folder receiving <name>.ggz per input.")
+@click.option("--quant", metavar="step:S|rf8",
+              help="step:S quantizes weights to multiples of 2^-S (S: 8, 2^-10, or a number such as 0.004); "
+                   "rf8 stores RF8 codes (quantize-rf8's). [default: step:8; the codes of an already "
+                   "quantized input]")
+@click.option("--coder", type=click.Choice(["eg", "rans"]), default="eg", show_default=True,
+              help="eg: exp-Golomb on frequency ranks (the papers' measure, = analyze's eg_bits); "
+                   "rans: near-entropy rANS (constriction).")
+@click.option("--eg-k", type=_EgOrder(), default="0", show_default=True,
+              help="Exp-Golomb order k, or 'auto' for the best order per tensor (also sets the reference "
+                   "eg_bits reported with --coder rans).")
+@click.option("--granularity", default="channel", show_default=True, metavar="tensor|channel|block:N",
+              help="RF8 scale granularity (--quant rf8 on a dense checkpoint).")
+@click.option("--include", metavar="REGEX",
+              help="Only quantize eligible tensors whose name matches (re.search); the rest stay lossless.")
+@click.option("--exclude", metavar="REGEX", help="Store tensors whose name matches losslessly (re.search).")
+@click.option("--fail-if", "fail_if", multiple=True, metavar="EXPR",
+              help="Exit 1 when a summary metric satisfies EXPR, e.g. 'bits_per_param>4.5', 'ratio<3', "
+                   "'sqnr_db<30' (repeatable; names in docs/pack.md).")
+@click.option("--tensors", "per_tensor", is_flag=True, help="Also show one row per coded tensor.")
+@click.option("--json", "as_json", is_flag=True, help="Print one versioned JSON document on stdout.")
+@click.option("--force", is_flag=True, help="Replace existing containers.")
+def pack_cmd(checkpoints: tuple[str, ...], output: str, quant: str | None, coder: str, eg_k: int | None,
+             granularity: str, include: str | None, exclude: str | None, fail_if: tuple[str, ...],
+             per_tensor: bool, as_json: bool, force: bool) -> None:
+    """Quantize and entropy-code checkpoints into self-describing .ggz containers.
+
+    Weights (float tensors of 2+ dims) are quantized to a uniform step (or RF8 codes), ranked by
+    frequency and coded; norms, biases, scales, integer buffers, config and tokenizer files are stored
+    as they are. `ggcompress unpack` restores the HF folder; `ggcompress eval` reads .ggz directly.
+
+    Example: `ggcompress pack model/ -o model.ggz --quant step:10 --coder rans --fail-if 'ratio<3'`.
+    """
+    gates = tuple(parse_gate(e) for e in fail_if)
+    options = PackOptions(quant=quant, coder=coder, eg_k=eg_k, granularity=granularity, include=include,
+                          exclude=exclude, gates=gates).checked()
+    sources = expand_inputs(checkpoints)
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                  TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), console=console,
+                  transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def tick(desc: str, done: int, total: int) -> None:
+            if desc not in tasks:
+                tasks[desc] = bar.add_task(escape(f"packing {desc}"), total=max(total, 1))
+            bar.update(tasks[desc], completed=done)
+
+        doc = pack(sources, output, options, force=force, progress=tick)
+    if as_json:
+        emit_json(doc)
+    else:
+        out = console if console.is_terminal else Console(stderr=True, width=200)
+        render_pack(doc, out, per_tensor=per_tensor)
+    _report_gates(doc)
+
+
+@click.command("unpack")
+@click.argument("container", metavar="CONTAINER.ggz")
+@click.option("-o", "--output", "output", required=True, metavar="FOLDER", help="The HF folder to write.")
+@click.option("--json", "as_json", is_flag=True, help="Print one versioned JSON document on stdout.")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+def unpack_cmd(container: str, output: str, as_json: bool, force: bool) -> None:
+    """Restore the HF folder (safetensors + config + tokenizer files) a .ggz container holds.
+
+    Quantized weights come back as their dequantized values (symbol·step in the source dtype) or as the
+    RF8 codes + scales quantize-rf8 writes; every tensor is checked against its checksums first.
+
+    Example: `ggcompress unpack model.ggz -o model-restored/`.
+    """
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                  TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), console=console,
+                  transient=True) as bar:
+        task = bar.add_task(escape(f"unpacking {container}"), total=None)
+
+        def tick(desc: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=max(total, 1))
+
+        doc = unpack(container, output, force=force, progress=tick)
+    if as_json:
+        emit_json(doc)
+    else:
+        console.print(f"wrote {escape(doc['output'])}: {doc['tensors']} tensors, {doc['files']} files, "
+                      f"{_size(doc['container_bytes'])} → {_size(doc['restored_bytes'])} "
+                      f"in {doc['seconds']:.1f} s ({doc['mb_per_s']:.0f} MB/s)")
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+
+
+def render_pack(doc: dict[str, Any], out: Console, *, per_tensor: bool = False) -> None:
+    """People's view of a ``ggcompress.pack/1`` document."""
+    for ck in doc["checkpoints"]:
+        how = f"{_quant_label(ck['quantization'])}, {doc['settings']['coder']}"
+        head = f"{ck['source']} → {ck['output']} ({how})"
+        if per_tensor:
+            out.print(_tensor_table(ck, head))
+        out.print(_summary_table(ck, head))
+
+
+def _quant_label(q: dict[str, Any]) -> str:
+    if q["method"] == "step":
+        return f"step {q['step_label']}"
+    scheme = q["scheme"]
+    gran = f"block:{scheme['block_size']}" if scheme["granularity"] == "block" else scheme["granularity"]
+    return f"{scheme['format']} codes, {gran}"
+
+
+def _tensor_table(ck: dict[str, Any], head: str) -> Table:
+    table = Table(title=escape(f"{head} — per coded tensor (bits/param)"), title_justify="left")
+    for col in ("tensor", "shape", "dtype", "coder", "distinct"):
+        table.add_column(col, overflow="fold")
+    for col in ("stored", "payload", "tables", "entropy", "eg ref", "bytes"):
+        table.add_column(col, justify="right")
+    for t in ck["tensors"]:
+        if t["encoding"] == "raw":
+            continue
+        n = t["numel"]
+        table.add_row(escape(t["name"]), "×".join(map(str, t["shape"])), t["dtype"], t["coder"],
+                      str(t["distinct"]), f"{t['bits_per_param']:.3f}", f"{t['payload_bits'] / n:.3f}",
+                      f"{t['table_bits'] / n:.4f}", f"{t['entropy_bits_per_param']:.3f}",
+                      f"{t['eg_bits_per_param']:.3f}", _size(t["stored_bytes"]))
+    return table
+
+
+def _summary_table(ck: dict[str, Any], head: str) -> Table:
+    s = ck["summary"]
+    table = Table(title=escape(f"{head} — totals"), title_justify="left",
+                  caption="bits/param of the coded tensors; ratio = source tensor bytes / container bytes")
+    cols = ("coded tensors", "source → container", "ratio", "vs bf16", "stored b/p", "payload", "tables",
+            "entropy", "over entropy", "eg ref", "SQNR dB", "time", "MB/s")
+    for col in cols:
+        table.add_column(col, justify="right")
+    table.add_row(
+        f"{s['coded_tensors']}/{s['tensors']}", f"{_size(s['source_bytes'])} → {_size(s['container_bytes'])}",
+        _num(s["ratio"], ".3f", "×"), _num(s["ratio_bf16"], ".3f", "×"),
+        _num(s["coded_bits_per_param"], ".3f"),
+        _num(s["payload_bits_per_param"], ".3f"), _num(s["table_bits_per_param"], ".4f"),
+        _num(s["entropy_bits_per_param"], ".3f"), _pct(s["overhead_vs_entropy"]),
+        _num(s["eg_bits_per_param"], ".3f"), _num(s.get("sqnr_db"), ".2f"), f"{s['seconds']:.1f} s",
+        _num(s["mb_per_s"], ".0f"),
+    )
+    return table
+
+
+def _report_gates(doc: dict[str, Any]) -> None:
+    """FAIL lines on stderr and exit 1 when a --fail-if gate broke (after the report was printed)."""
+    missing = False
+    for ck in doc["checkpoints"]:
+        for f in ck["failed_gates"]:
+            console.print(f"[red]FAIL[/red] {escape(ck['source'])}: {escape(f['reason'])}", soft_wrap=True)
+            missing = missing or f["value"] is None
+    if not doc["passed"]:
+        if missing:
+            summary = doc["checkpoints"][-1]["summary"]
+            names = sorted(k for k, v in summary.items() if isinstance(v, int | float))
+            console.print(f"metrics available to gates: {escape(', '.join(names))}", soft_wrap=True)
+        raise SystemExit(1)
+
+
+def _size(n: float | None) -> str:
+    if n is None:
+        return "n/a"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _num(v: float | None, fmt: str, suffix: str = "") -> str:
+    return "n/a" if v is None else f"{v:{fmt}}{suffix}"
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:+.2f}%"

@@ -1,0 +1,839 @@
+"""`pack` / `unpack`: one self-describing, entropy-coded `.ggz` container per checkpoint, restored exactly.
+
+Why: `analyze` says how many bits the weights would take; this makes the saving real on disk. Each
+weight tensor is quantized (a uniform step as in BackSlash, or the RF8 codes of `quantize-rf8`), its
+symbols are ranked by frequency and entropy-coded (exp-Golomb, the papers' measure, or constriction's
+rANS); everything else (norms, biases, scales, integer buffers, config and tokenizer files) is stored
+as it is. The container (docs/format.md) is a fixed preamble, a JSON header (names, shapes, dtypes,
+quantization, coder tables, offsets, a CRC-32 per tensor of both the stored bytes and the restored
+tensor) and the coded bytes. `unpack` writes back an HF folder; `read_packed` streams tensors to loaders.
+
+Memory stays near a few copies of the largest tensor; outputs are written atomically (a temp file in
+the target folder, then a rename); the header holds nothing but content, so pack → unpack → pack gives
+identical bytes. The library returns the `ggcompress.pack/1` document and never prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import struct
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from ggcompress import __version__, coders, rate
+from ggcompress.checkpoint import (
+    DTYPES,
+    TORCH_TO_ST,
+    WEIGHT_NAMES,
+    WEIGHT_SUFFIXES,
+    Checkpoint,
+    CheckpointWriter,
+    TensorInfo,
+    check_output_path,
+    open_checkpoint,
+    support_files,
+)
+from ggcompress.errors import GGError
+from ggcompress.gates import Gate, check_gates
+
+SCHEMA = "ggcompress.pack/1"
+UNPACK_SCHEMA = "ggcompress.unpack/1"
+MAGIC = b"\x89GGZ\r\n\x1a\n"
+FORMAT_VERSION = 1
+#: magic, format version, CRC-32 of the header, header length, data length (little-endian).
+PREAMBLE = struct.Struct("<8sIIQQ")
+ALIGN = 8
+COPY_CHUNK = 16 << 20
+COST_KEYS = ("payload_bits", "table_bits", "entropy_bits", "eg_bits")
+#: Per-dtype integer views used to move tensor bits through numpy.
+_INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+#: progress(description, parameters done, parameters in this checkpoint)
+Progress = Callable[[str, int, int], None]
+
+
+# ---------------------------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class PackOptions:
+    """What to quantize and how to code it; defaults match the CLI."""
+
+    quant: str | None = None  # "step:S" | "rf8"; None: step:8 for dense inputs, the stored codes otherwise
+    coder: str = "eg"  # "eg" (exp-Golomb, the papers' measure) | "rans" (near-entropy)
+    eg_k: int | None = 0  # exp-Golomb order; None picks the best order per tensor
+    granularity: str = "channel"  # RF8 scales (--quant rf8 on a dense input)
+    include: str | None = None  # regex: only matching eligible tensors are quantized (the rest: lossless)
+    exclude: str | None = None
+    gates: tuple[Gate, ...] = field(default_factory=tuple)
+
+    def checked(self) -> PackOptions:
+        parse_quant(self.quant)
+        if self.coder not in ("eg", "rans"):
+            raise GGError(f"coder {self.coder!r}: choose eg or rans")
+        if self.eg_k is not None and not (isinstance(self.eg_k, int) and 0 <= self.eg_k <= rate.MAX_K):
+            raise GGError(f"exp-Golomb order {self.eg_k!r}: must be an integer in 0..{rate.MAX_K}")
+        for flag, pattern in (("--include", self.include), ("--exclude", self.exclude)):
+            if pattern is not None:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise GGError(f"{flag} {pattern!r}: not a valid regular expression ({exc})") from None
+        return self
+
+
+def parse_quant(text: str | None) -> tuple[str, float | None]:
+    """'step:S' (S as rate.parse_step reads it: 8, 2^-8, 0.004) -> ('step', step); 'rf8' -> ('rf8', None)."""
+    if text is None:
+        return "auto", None
+    t = str(text).strip().lower()
+    if t == "rf8":
+        return "rf8", None
+    if t.startswith("step:"):
+        return "step", rate.parse_step(t[5:])
+    raise GGError(f"--quant {text!r}: expected step:S (e.g. step:8 = step 2^-8, step:2^-10) or rf8")
+
+
+# ------------------------------------------------------------------------------------- symbol coding
+
+
+@dataclass
+class _Coded:
+    """One coded tensor: header entry (offsets relative to the tensor), its bytes and its costs."""
+
+    entry: dict[str, Any]
+    blob: bytes
+    restored: np.ndarray  # the restored tensor's bits (flat, integer view)
+    costs: dict[str, float]
+
+
+def _code_symbols(hist: rate.SymbolHistogram, symbols: torch.Tensor, values: np.ndarray,
+                  opts: PackOptions, name: str) -> _Coded:
+    """Rank ``symbols`` with ``hist`` and code the ranks; ``values[r]`` is rank r's restored bits."""
+    by_rank = hist.symbols_by_rank()
+    counts = hist.counts[torch.searchsorted(hist.symbols, by_rank)].numpy()
+    d = by_rank.numel()
+    lo, hi = int(hist.symbols[0]), int(hist.symbols[-1])
+    ranks = _ranks(hist, symbols, by_rank, lo, hi)
+    width = coders.uint_bits(hi - lo)
+    table = coders.pack_uints((by_rank - lo).numpy().astype(np.uint64), width)
+    k = hist.best_k() if opts.eg_k is None else opts.eg_k
+    st = hist.stats(k, huffman=False)
+    costs = {"entropy_bits": st.entropy_bits_per_param * st.n, "eg_bits": float(st.eg_bits)}
+    entry: dict[str, Any] = {"symbols": {"count": d, "min": lo, "bits": width, "offset": 0,
+                                         "length": len(table)}}
+    parts = [table]
+    offset = _aligned(len(table))
+    coder = opts.coder if d > 1 else "const"
+    if coder == "rans" and d > coders.RANS_MAX_SYMBOLS:
+        coder = "eg"  # a table this large costs more than rANS saves; noted per tensor
+    if coder == "eg":
+        stream = coders.eg_encode_lanes(ranks, k, d, coders.lane_size(ranks.size))
+        lmin = int(stream.lane_bits[:-1].min()) if stream.lane_bits.size > 1 else 0
+        lwidth = coders.uint_bits(int(stream.lane_bits[:-1].max()) - lmin) if stream.lane_bits.size > 1 else 0
+        lanes = coders.pack_uints((stream.lane_bits[:-1] - lmin).astype(np.uint64), lwidth)
+        entry["eg"] = {"k": k, "bits": stream.bits, "lane": stream.lane,
+                       "lanes": {"min": lmin, "bits": lwidth, "offset": offset, "length": len(lanes)}}
+        offset = _pad_to(parts, offset, lanes)
+        entry["eg"].update(offset=offset, length=len(stream.payload))
+        offset = _pad_to(parts, offset, stream.payload)
+        costs["payload_bits"] = float(stream.bits)
+        costs["table_bits"] = 8.0 * (len(table) + len(lanes))
+    elif coder == "rans":
+        weights = coders.rans_weights(counts)
+        model_k = coders.best_eg_order(weights - 1)
+        model = rate.eg_encode(weights - 1, model_k)
+        payload = coders.rans_encode(ranks, weights)
+        entry["rans"] = {"precision": coders.RANS_PRECISION,
+                         "model": {"k": model_k, "offset": offset, "length": len(model)}}
+        offset = _pad_to(parts, offset, model)
+        entry["rans"].update(offset=offset, length=len(payload))
+        offset = _pad_to(parts, offset, payload)
+        costs["payload_bits"] = 8.0 * len(payload)
+        costs["table_bits"] = 8.0 * (len(table) + len(model))
+    else:
+        costs["payload_bits"] = 0.0
+        costs["table_bits"] = 8.0 * len(table)
+    entry["coder"] = coder
+    return _Coded(entry, b"".join(parts), values[ranks], costs)
+
+
+def _ranks(hist: rate.SymbolHistogram, symbols: torch.Tensor, by_rank: torch.Tensor, lo: int, hi: int
+           ) -> np.ndarray:
+    """Rank of every symbol: a dense lookup table when the symbol range is small, else hist.to_ranks."""
+    if hi - lo < 1 << 24:
+        lut = np.empty(hi - lo + 1, dtype=np.int32)
+        lut[(by_rank - lo).numpy()] = np.arange(by_rank.numel(), dtype=np.int32)
+        return lut[symbols.reshape(-1).numpy() - lo]
+    return hist.to_ranks(symbols.reshape(-1)).numpy()
+
+
+def _aligned(n: int) -> int:
+    return n + (-n % ALIGN)
+
+
+def _pad_to(parts: list[bytes], offset: int, blob: bytes) -> int:
+    """Append zero padding up to ``offset`` then ``blob``; returns the next aligned offset."""
+    have = sum(len(p) for p in parts)
+    parts.append(b"\0" * (offset - have))
+    parts.append(blob)
+    return _aligned(offset + len(blob))
+
+
+def _int_view(t: torch.Tensor) -> np.ndarray:
+    """The raw bits of a tensor as a flat numpy integer array (no copy when contiguous)."""
+    t = t.detach().contiguous().reshape(-1)
+    return t.view(_INT_VIEW[t.element_size()]).numpy()
+
+
+def _restored_dtype(by_rank: torch.Tensor, step: float, source: torch.dtype) -> torch.dtype:
+    """The dtype a step-quantized tensor is restored in: its own when re-quantizing gives the symbols back.
+
+    symbol·step is computed in float64 and rounded once to the dtype. For power-of-two steps and float
+    weights this always holds (|q| <= 256 fits bf16's 8 bits; larger |q| come from values already on the
+    grid); otherwise (e.g. step 0.004 in bf16) float32, then float64, are used so that unpack → pack
+    gives the same symbols.
+    """
+    for dtype in (source, torch.float32, torch.float64):
+        v = (by_rank.to(torch.float64) * step).to(dtype)
+        if bool(torch.isfinite(v).all()) and torch.equal(rate.quantize(v, step), by_rank):
+            return dtype
+    raise GGError(f"step {rate.format_step(step)}: symbols cannot be restored in float64")
+
+
+# ----------------------------------------------------------------------------------------- the writer
+
+
+class _Container:
+    """Builds one .ggz: coded sections go to a side file, then preamble + header + data are joined."""
+
+    def __init__(self, out: Path, force: bool):
+        self.out = out
+        self.force = force
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, side = tempfile.mkstemp(prefix=f".{out.name}.data-", dir=out.parent)
+        self._data: IO[bytes] = os.fdopen(fd, "wb+")
+        self._side = Path(side)
+        self.size = 0
+        self.tensors: list[dict[str, Any]] = []
+        self.files: list[dict[str, Any]] = []
+
+    def add(self, blob: Any) -> tuple[int, int, int]:
+        """Append an aligned section (any C-contiguous buffer); returns (offset, length, crc32)."""
+        blob = memoryview(blob).cast("B")
+        pad = -self.size % ALIGN
+        if pad:
+            self._data.write(b"\0" * pad)
+            self.size += pad
+        offset = self.size
+        self._data.write(blob)
+        self.size += len(blob)
+        return offset, len(blob), zlib.crc32(blob)
+
+    def finish(self, header: dict[str, Any]) -> int:
+        """Write the container atomically; returns its size in bytes."""
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        text += b" " * (-len(text) % ALIGN)
+        preamble = PREAMBLE.pack(MAGIC, FORMAT_VERSION, zlib.crc32(text), len(text), self.size)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(preamble)
+                f.write(text)
+                self._data.seek(0)
+                shutil.copyfileobj(self._data, f, COPY_CHUNK)
+            if self.out.exists() and not self.force:
+                raise GGError(f"{self.out}: already exists (use --force to replace it)")
+            os.replace(tmp, self.out)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        finally:
+            self.abort()
+        return len(preamble) + len(text) + self.size
+
+    def abort(self) -> None:
+        self._data.close()
+        self._side.unlink(missing_ok=True)
+
+
+# -------------------------------------------------------------------------------------------- packing
+
+
+def pack(
+    sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    options: PackOptions | None = None,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Pack checkpoints into .ggz containers; returns the ``ggcompress.pack/1`` report.
+
+    With one source ``out`` is the container path; with several it is a folder and each source gets
+    ``out/<name>.ggz`` (``name`` as quantize-rf8 names its outputs: the folder name, or the file stem).
+    Every input is opened and every output checked before any work.
+    """
+    opts = (options or PackOptions()).checked()
+    srcs = [str(s) for s in ([sources] if isinstance(sources, (str, os.PathLike)) else sources)]
+    if not srcs:
+        raise GGError("no input checkpoints given")
+    cks = [open_checkpoint(s) for s in srcs]
+    outs = output_paths(srcs, out)
+    for o in outs:
+        check_output_path(o, srcs, force=force)
+    reports = [_pack_one(ck, o, opts, force, progress) for ck, o in zip(cks, outs, strict=True)]
+    failed = False
+    for r in reports:
+        failures = check_gates(gate_values(r["summary"]), opts.gates)
+        r["failed_gates"] = [{"gate": str(f.gate), "metric": f.gate.metric, "value": f.value,
+                              "reason": f.reason} for f in failures]
+        failed = failed or bool(failures)
+    settings = {k: v for k, v in asdict(opts).items() if k != "gates"}
+    return _finite({
+        "schema": SCHEMA,
+        "ggcompress_version": __version__,
+        "settings": settings,
+        "checkpoints": reports,
+        "gates": [str(g) for g in opts.gates],
+        "passed": not failed,
+    })
+
+
+def output_paths(sources: Sequence[str], out: str | os.PathLike[str]) -> list[Path]:
+    """One source: ``out`` itself; several: ``out/<output_name(source)>.ggz`` (names must differ)."""
+    from ggcompress.quantize import output_name
+
+    if len(sources) == 1:
+        return [Path(out).expanduser().absolute()]
+    seen: dict[str, str] = {}
+    paths = []
+    for src in sources:
+        name = output_name(src) + ".ggz"
+        if name in seen:
+            raise GGError(f"{src}: its container {Path(out) / name} would also receive {seen[name]} — "
+                          "give the inputs distinct folder/file names or pack them separately")
+        seen[name] = src
+        paths.append((Path(out) / name).expanduser().absolute())
+    return paths
+
+
+def gate_values(summary: dict[str, Any]) -> dict[str, float | None]:
+    """The numbers --fail-if can name: every numeric summary value."""
+    return {k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def _scheme(ck: Checkpoint) -> Any:
+    from ggcompress.qlayout import read_scheme
+
+    return read_scheme(ck)
+
+
+def _pack_one(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progress: Progress | None
+              ) -> dict[str, Any]:
+    started = time.perf_counter()
+    mode, step = parse_quant(opts.quant)
+    scheme = _scheme(ck)
+    if scheme is not None:
+        if mode == "step" or (mode == "rf8" and scheme.format != "rf8"):
+            hint = " or use --quant rf8" if scheme.format == "rf8" else ""
+            raise GGError(f"{ck.source}: already quantized ({scheme.format} codes); pack stores its codes as "
+                          f"they are — omit --quant{hint}")
+        if opts.include is not None or opts.exclude is not None:
+            raise GGError(f"{ck.source}: already quantized; --include/--exclude choose what to quantize and "
+                          "do not apply (its codes are all stored as they are)")
+        report = _pack_checkpoint(ck, ck, out, opts, force, progress, scheme=scheme)
+    elif mode == "rf8":
+        report = _pack_rf8(ck, out, opts, force, progress)
+    else:
+        step = step if mode == "step" else 2.0**-8
+        report = _pack_checkpoint(ck, ck, out, opts, force, progress, step=step)
+    seconds = time.perf_counter() - started
+    s = report["summary"]
+    s["seconds"] = seconds
+    s["mb_per_s"] = s["source_bytes"] / seconds / 1e6 if seconds > 0 else None
+    return report
+
+
+def _pack_rf8(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progress: Progress | None
+              ) -> dict[str, Any]:
+    """RF8 from a dense checkpoint: quantize-rf8 into a scratch folder beside the output, pack its codes."""
+    from ggcompress.quantize import QuantizeConfig, quantize_checkpoint
+
+    config = QuantizeConfig(format="rf8", granularity=opts.granularity, include=opts.include,
+                            exclude=opts.exclude)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.rf8-", dir=out.parent))
+    try:
+        relay = None if progress is None else (lambda desc, done, total: progress(f"rf8 {desc}", done, total))
+        qdoc = quantize_checkpoint(ck.source, scratch / "rf8", config, force=True, progress=relay)
+        quantized = open_checkpoint(scratch / "rf8")
+        report = _pack_checkpoint(quantized, ck, out, opts, force, progress, scheme=_scheme(quantized))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    totals = qdoc["checkpoints"][0]["totals"]
+    for key in ("sqnr_db", "mean_rel_err", "max_rel_err", "flushed_frac"):
+        report["summary"][key] = totals.get(key)
+    report["source"] = ck.source
+    return report
+
+
+def _eligible_step(info: TensorInfo, opts: PackOptions) -> bool:
+    """Step mode quantizes non-empty floating-point tensors of 2+ dims (matrices, embeddings, convs)."""
+    if not info.is_float or info.numel == 0 or len(info.shape) < 2:
+        return False
+    if opts.include is not None and not re.search(opts.include, info.name):
+        return False
+    return not (opts.exclude is not None and re.search(opts.exclude, info.name))
+
+
+def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOptions, force: bool,
+                     progress: Progress | None, *, step: float | None = None, scheme: Any = None
+                     ) -> dict[str, Any]:
+    """Write ``ck`` as a container; ``origin`` is what sizes are compared with (the dense source)."""
+    from ggcompress.qlayout import weight_name
+
+    code_tensors = {weight_name(m) for m in scheme.modules} if scheme is not None else set()
+    container = _Container(out, force)
+    rows: list[dict[str, Any]] = []
+    total = ck.numel
+    done = 0
+    signal = noise = 0.0
+    notify = progress or (lambda desc, d, t: None)
+    try:
+        for rel, data in _read_support(ck.root):
+            offset, length, crc = container.add(data)
+            container.files.append({"path": rel, "offset": offset, "length": length, "crc32": crc})
+        notify(ck.source, 0, total)
+        for info, x in ck.iter_tensors():
+            if scheme is not None and info.name in code_tensors:
+                coded = _code_codes(info, x, opts)
+            elif step is not None and _eligible_step(info, opts):
+                coded, sig, err = _code_step(info, x, step, opts)
+                signal += sig
+                noise += err
+            else:
+                coded = None
+            if coded is None:
+                blob = _int_view(x) if x.numel() else b""
+                offset, length, crc = container.add(blob)
+                entry = {"name": info.name, "shape": list(info.shape), "dtype": info.dtype, "encoding": "raw",
+                         "offset": offset, "length": length, "crc32": crc}
+                rows.append({"name": info.name, "encoding": "raw", "shape": list(info.shape),
+                             "dtype": info.dtype, "numel": info.numel, "stored_bytes": length})
+            else:
+                offset, length, crc = container.add(coded.blob)
+                entry = {"name": info.name, "shape": list(info.shape), **coded.entry, "offset": offset,
+                         "length": length, "crc32": crc, "decoded_crc32": zlib.crc32(coded.restored)}
+                rows.append(_row(info, entry, coded.costs, length))
+            container.tensors.append(entry)
+            done += info.numel
+            notify(ck.source, done, total)
+            del x, coded
+        header = {
+            "format": "ggcompress.ggz",
+            "format_version": FORMAT_VERSION,
+            "quantization": _quant_header(step, scheme),
+            "coder": {"name": opts.coder, **({"k": opts.eg_k} if opts.coder == "eg" else {}),
+                      **({"precision": coders.RANS_PRECISION} if opts.coder == "rans" else {})},
+            "metadata": dict(ck.metadata),
+            "files": container.files,
+            "tensors": container.tensors,
+        }
+        size = container.finish(header)
+    except BaseException:
+        container.abort()
+        raise
+    return {
+        "source": ck.source,
+        "output": str(out),
+        "summary": _summary(rows, origin, size, container.files, signal, noise, step is not None),
+        "quantization": header["quantization"],
+        "tensors": rows,
+    }
+
+
+def _quant_header(step: float | None, scheme: Any) -> dict[str, Any]:
+    if scheme is not None:
+        return {"method": "codes", "scheme": scheme.to_dict(with_version=False)}
+    return {"method": "step", "step": step, "step_label": rate.format_step(step)}
+
+
+def _code_step(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOptions
+               ) -> tuple[_Coded, float, float]:
+    """Step-quantize one tensor and code it; also (signal, noise) energies for the SQNR."""
+    hist = rate.SymbolHistogram(step).update(x, info.name)
+    q = rate.quantize(x, step, info.name)
+    by_rank = hist.symbols_by_rank()
+    dtype = _restored_dtype(by_rank, step, x.dtype)
+    values = _int_view((by_rank.to(torch.float64) * step).to(dtype))
+    coded = _code_symbols(hist, q, values, opts, info.name)
+    coded.entry = {"dtype": TORCH_TO_ST[dtype], "source_dtype": info.dtype, "encoding": "step", **coded.entry}
+    restored = torch.from_numpy(coded.restored).view(dtype).reshape(x.shape)
+    sig, err = _energies(x, restored)
+    return coded, sig, err
+
+
+def _energies(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(Σx², Σ(x − y)²) in float64 accumulators, chunked."""
+    fx, fy = x.reshape(-1), y.reshape(-1)
+    sig = err = 0.0
+    for i in range(0, fx.numel(), rate.CHUNK * 4):
+        a = fx[i:i + rate.CHUNK * 4].to(torch.float32)
+        b = fy[i:i + rate.CHUNK * 4].to(torch.float32)
+        sig += float(torch.dot(a, a))
+        d = a - b
+        err += float(torch.dot(d, d))
+    return sig, err
+
+
+def _code_codes(info: TensorInfo, x: torch.Tensor, opts: PackOptions) -> _Coded:
+    """Entropy-code one tensor of 8-bit codes (symbols 0..255, ranked by frequency)."""
+    if x.dtype != torch.uint8:
+        raise GGError(f"{info.file}: tensor {info.name} should hold U8 codes, found {info.dtype}")
+    hist = rate.SymbolHistogram(1.0).update(x.reshape(-1).to(torch.float32), info.name)
+    by_rank = hist.symbols_by_rank()
+    values = by_rank.to(torch.uint8).numpy()
+    coded = _code_symbols(hist, x.reshape(-1).to(torch.int64), values, opts, info.name)
+    coded.entry = {"dtype": "U8", "source_dtype": "U8", "encoding": "codes", **coded.entry}
+    return coded
+
+
+def _row(info: TensorInfo, entry: dict[str, Any], costs: dict[str, float], length: int) -> dict[str, Any]:
+    n = info.numel
+    return {
+        "name": info.name, "encoding": entry["encoding"], "shape": list(info.shape),
+        "dtype": entry["source_dtype"], "restored_dtype": entry["dtype"], "numel": n,
+        "coder": entry["coder"], "distinct": entry["symbols"]["count"],
+        "k": entry.get("eg", {}).get("k"),
+        "stored_bytes": length,
+        **{k: costs[k] for k in COST_KEYS},
+        "bits_per_param": (costs["payload_bits"] + costs["table_bits"]) / n,
+        "entropy_bits_per_param": costs["entropy_bits"] / n,
+        "eg_bits_per_param": costs["eg_bits"] / n,
+    }
+
+
+def _summary(rows: list[dict[str, Any]], origin: Checkpoint, size: int, files: list[dict[str, Any]],
+             signal: float, noise: float, stepped: bool) -> dict[str, Any]:
+    coded = [r for r in rows if r["encoding"] != "raw"]
+    raw = [r for r in rows if r["encoding"] == "raw"]
+    params = origin.numel
+    coded_params = sum(r["numel"] for r in coded)
+    sums = {k: sum(r[k] for r in coded) for k in COST_KEYS}
+    source_bytes = origin.nbytes
+    coded_bits = sums["payload_bits"] + sums["table_bits"]
+    out: dict[str, Any] = {
+        "tensors": len(rows),
+        "params": params,
+        "coded_tensors": len(coded),
+        "coded_params": coded_params,
+        "raw_tensors": len(raw),
+        "raw_bytes": sum(r["stored_bytes"] for r in raw),
+        "files": len(files),
+        "file_bytes": sum(f["length"] for f in files),
+        "source_bytes": source_bytes,
+        "container_bytes": size,
+        "ratio": source_bytes / size if size else None,
+        "ratio_bf16": 2 * params / size if size else None,
+        "bits_per_param": 8 * size / params if params else None,
+        "coded_bits_per_param": coded_bits / coded_params if coded_params else None,
+        "payload_bits_per_param": sums["payload_bits"] / coded_params if coded_params else None,
+        "table_bits_per_param": sums["table_bits"] / coded_params if coded_params else None,
+        "entropy_bits_per_param": sums["entropy_bits"] / coded_params if coded_params else None,
+        "eg_bits_per_param": sums["eg_bits"] / coded_params if coded_params else None,
+        "overhead_vs_entropy": coded_bits / sums["entropy_bits"] - 1 if sums["entropy_bits"] else None,
+    }
+    if stepped:
+        out["sqnr_db"] = (10 * math.log10(signal / noise) if noise and signal else None)
+    return out
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN/Inf: map them to None recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _read_support(root: Path | None) -> Iterator[tuple[str, bytes]]:
+    """(relative POSIX path, bytes) of the folder's config/tokenizer/... files, in sorted order."""
+    for p in support_files(root):
+        try:
+            yield p.relative_to(root).as_posix(), p.read_bytes()
+        except OSError as exc:
+            raise GGError(f"{p}: cannot read ({exc.strerror or exc})") from None
+
+
+# ------------------------------------------------------------------------------------------- reading
+
+
+@dataclass
+class PackedFile:
+    """An opened container: its header, and where its data section starts."""
+
+    path: Path
+    header: dict[str, Any]
+    data_start: int
+    data_length: int
+
+    @property
+    def tensors(self) -> list[dict[str, Any]]:
+        return self.header["tensors"]
+
+    @property
+    def files(self) -> list[dict[str, Any]]:
+        return self.header["files"]
+
+
+def open_packed(path: str | os.PathLike[str]) -> PackedFile:
+    """Read and validate the preamble and header (no tensor data); refuses newer format versions."""
+    p = Path(path).expanduser()
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            head = f.read(PREAMBLE.size)
+            if len(head) < PREAMBLE.size or head[:8] != MAGIC:
+                raise GGError(f"{p}: not a ggcompress container (.ggz): bad magic bytes")
+            magic, version, crc, hlen, dlen = PREAMBLE.unpack(head)
+            if version > FORMAT_VERSION:
+                raise GGError(f"{p}: container format version {version} is newer than this ggcompress "
+                              f"{__version__} reads (up to {FORMAT_VERSION}); upgrade ggcompress")
+            if version < 1:
+                raise GGError(f"{p}: container format version {version} is invalid")
+            if PREAMBLE.size + hlen > size:
+                raise GGError(f"{p}: truncated — the header needs {PREAMBLE.size + hlen} bytes, "
+                              f"the file has {size}")
+            text = f.read(hlen)
+    except OSError as exc:
+        raise GGError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    if zlib.crc32(text) != crc:
+        raise GGError(f"{p}: header checksum mismatch — the container is corrupt")
+    try:
+        header = json.loads(text)
+        if header["format_version"] != version or not isinstance(header["tensors"], list):
+            raise ValueError("inconsistent header")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise GGError(f"{p}: malformed container header ({exc})") from None
+    packed = PackedFile(p, header, PREAMBLE.size + hlen, dlen)
+    expected = PREAMBLE.size + hlen + dlen
+    if size < expected:
+        try:
+            room = size - packed.data_start
+            cut = [t["name"] for t in header["tensors"] if t["offset"] + t["length"] > room]
+        except (KeyError, TypeError):
+            cut = []
+        what = (f"tensor {cut[0]!r}" + (f" and {len(cut) - 1} more" if len(cut) > 1 else "")
+                if cut else "its data")
+        raise GGError(f"{p}: truncated ({size} of {expected} bytes): {what} cut off")
+    if size > expected:
+        raise GGError(f"{p}: {size - expected} unexpected bytes after the data section — corrupt container")
+    return packed
+
+
+def read_packed(path: str | os.PathLike[str], names: Iterable[str] | None = None
+                ) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (name, tensor) in container order, each decoded and verified against both checksums."""
+    packed = open_packed(path)
+    wanted = None if names is None else set(names)
+    with open(packed.path, "rb") as f:
+        for entry in packed.tensors:
+            if wanted is not None and entry.get("name") not in wanted:
+                continue
+            yield entry["name"], _decode_entry(packed, f, entry)
+
+
+def read_packed_files(path: str | os.PathLike[str]) -> Iterator[tuple[str, bytes]]:
+    """Yield (relative path, bytes) of the carried files (config.json, tokenizer...), checksum-verified."""
+    packed = open_packed(path)
+    with open(packed.path, "rb") as f:
+        for entry in packed.files:
+            rel = _safe_relpath(packed.path, entry.get("path"))
+            data = _section(packed, f, entry, f"file {rel!r}")
+            yield rel, data
+
+
+def _safe_relpath(where: Path, rel: Any) -> str:
+    """Carried file names must stay inside the output folder."""
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel \
+            or any(part in ("", ".", "..") for part in rel.split("/")) \
+            or Path(rel).suffix.lower() in WEIGHT_SUFFIXES or WEIGHT_NAMES.match(Path(rel).name):
+        raise GGError(f"{where}: refusing carried file name {rel!r} (must be a relative path inside the "
+                      "folder, not a weights file)")
+    return rel
+
+
+def _section(packed: PackedFile, f: IO[bytes], entry: dict[str, Any], what: str) -> bytes:
+    try:
+        offset, length, crc = int(entry["offset"]), int(entry["length"]), int(entry["crc32"])
+    except (KeyError, TypeError, ValueError):
+        raise GGError(f"{packed.path}: malformed header entry for {what}") from None
+    if offset < 0 or length < 0 or offset + length > packed.data_length:
+        raise GGError(f"{packed.path}: {what} lies outside the data section — corrupt container")
+    f.seek(packed.data_start + offset)
+    data = f.read(length)
+    if len(data) != length:
+        raise GGError(f"{packed.path}: {what} is cut off (truncated container)")
+    if zlib.crc32(data) != crc:
+        raise GGError(f"{packed.path}: {what}: checksum mismatch — stored data is corrupt")
+    return data
+
+
+def _decode_entry(packed: PackedFile, f: IO[bytes], entry: dict[str, Any]) -> torch.Tensor:
+    name = entry.get("name")
+    what = f"tensor {name!r}"
+    data = _section(packed, f, entry, what)
+    try:
+        shape = tuple(int(d) for d in entry["shape"])
+        dtype = DTYPES[entry["dtype"]]
+        encoding = entry["encoding"]
+    except (KeyError, TypeError, ValueError):
+        raise GGError(f"{packed.path}: malformed header entry for {what}") from None
+    n = math.prod(shape)
+    if encoding == "raw":
+        if len(data) != n * dtype.itemsize:
+            raise GGError(f"{packed.path}: {what}: {len(data)} bytes stored for {n} {entry['dtype']} values")
+        if n == 0:
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
+    try:
+        flat = _decode_symbols(packed, entry, data, n, dtype)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise GGError(f"{packed.path}: {what}: corrupt or malformed coded data ({exc})") from None
+    if zlib.crc32(flat) != entry.get("decoded_crc32"):
+        raise GGError(f"{packed.path}: {what}: decoded values fail their checksum — corrupt container")
+    return torch.from_numpy(flat).view(dtype).reshape(shape)
+
+
+def _part(data: bytes, spec: dict[str, Any]) -> memoryview:
+    offset, length = int(spec["offset"]), int(spec["length"])
+    if offset < 0 or length < 0 or offset + length > len(data):
+        raise ValueError("a section lies outside the tensor's bytes")
+    return memoryview(data)[offset:offset + length]
+
+
+def _decode_symbols(packed: PackedFile, entry: dict[str, Any], data: bytes, n: int, dtype: torch.dtype
+                    ) -> np.ndarray:
+    name = entry["name"]
+    sym = entry["symbols"]
+    d, lo, width = int(sym["count"]), int(sym["min"]), int(sym["bits"])
+    offsets = coders.unpack_uints(_part(data, sym), width, d)
+    by_rank = torch.from_numpy(offsets.astype(np.int64)) + lo
+    if entry["encoding"] == "step":
+        q = packed.header["quantization"]
+        if q.get("method") != "step":
+            raise ValueError("step-coded tensor in a container without a step")
+        values = _int_view((by_rank.to(torch.float64) * float(q["step"])).to(dtype))
+    elif entry["encoding"] == "codes":
+        if dtype != torch.uint8 or (d and (int(by_rank.min()) < 0 or int(by_rank.max()) > 255)):
+            raise ValueError("codes must be U8 symbols 0..255")
+        values = by_rank.to(torch.uint8).numpy()
+    else:
+        raise ValueError(f"unknown encoding {entry['encoding']!r}")
+    coder = entry["coder"]
+    if coder == "const":
+        if d != 1:
+            raise ValueError("a constant tensor needs exactly one symbol")
+        return np.full(n, values[0], dtype=values.dtype)
+    if coder == "eg":
+        eg = entry["eg"]
+        lanes = eg["lanes"]
+        count = max(-(-n // int(eg["lane"])) - 1, 0)
+        lane_bits = coders.unpack_uints(_part(data, lanes), int(lanes["bits"]), count).astype(np.int64)
+        lane_bits += int(lanes["min"])
+        last = int(eg["bits"]) - int(lane_bits.sum())
+        lane_bits = np.append(lane_bits, last)
+        return coders.eg_decode_lanes(_part(data, eg), n, int(eg["k"]), int(eg["lane"]), lane_bits,
+                                      values, name)
+    if coder == "rans":
+        rans = entry["rans"]
+        if int(rans["precision"]) != coders.RANS_PRECISION:
+            raise ValueError(f"rANS precision {rans['precision']} (this ggcompress reads "
+                             f"{coders.RANS_PRECISION})")
+        model = rans["model"]
+        weights = rate.eg_decode(bytes(_part(data, model)), d, int(model["k"])).numpy() + 1
+        if int(weights.sum()) != 1 << coders.RANS_PRECISION:
+            raise ValueError("rANS model weights do not sum to 2^precision")
+        ranks = coders.rans_decode(_part(data, rans), n, weights, name)
+        if ranks.size and int(ranks.max()) >= d:
+            raise ValueError("a decoded rank is outside the symbol table")
+        return values[ranks]
+    raise ValueError(f"unknown coder {coder!r}")
+
+
+# ----------------------------------------------------------------------------------------- unpacking
+
+
+def unpack(path: str | os.PathLike[str], out: str | os.PathLike[str], *, force: bool = False,
+           progress: Progress | None = None) -> dict[str, Any]:
+    """Restore the HF folder a container was packed from (weights as quantized); returns a report."""
+    started = time.perf_counter()
+    packed = open_packed(path)
+    total = sum(math.prod(t.get("shape", [])) for t in packed.tensors)
+    notify = progress or (lambda desc, d, t: None)
+    done = 0
+    nbytes = 0
+    with CheckpointWriter(out, force=force, inputs=[packed.path]) as writer:
+        meta = packed.header.get("metadata") or {}
+        writer.metadata = {str(k): str(v) for k, v in meta.items()}
+        for rel, data in read_packed_files(packed.path):
+            target = writer.tmp / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        notify(str(packed.path), 0, total)
+        for name, tensor in read_packed(packed.path):
+            writer.add_tensor(name, tensor)
+            done += tensor.numel()
+            nbytes += tensor.numel() * tensor.element_size()
+            notify(str(packed.path), done, total)
+            del tensor
+    seconds = time.perf_counter() - started
+    return {
+        "schema": UNPACK_SCHEMA,
+        "ggcompress_version": __version__,
+        "source": str(packed.path),
+        "output": str(Path(out).expanduser().absolute()),
+        "tensors": len(packed.tensors),
+        "params": total,
+        "files": len(packed.files),
+        "restored_bytes": nbytes,
+        "container_bytes": packed.data_start + packed.data_length,
+        "quantization": packed.header.get("quantization"),
+        "seconds": seconds,
+        "mb_per_s": nbytes / seconds / 1e6 if seconds > 0 else None,
+    }
+
+
+@contextlib.contextmanager
+def unpacked(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary HF folder holding the container's checkpoint (removed on exit), for loaders."""
+    with tempfile.TemporaryDirectory(prefix="ggcompress-ggz-") as tmp:
+        folder = Path(tmp) / "model"
+        unpack(path, folder)
+        yield folder
+
+
+def is_packed(path: str | os.PathLike[str]) -> bool:
+    """True for a file that starts with the .ggz magic bytes."""
+    p = Path(path).expanduser()
+    try:
+        with open(p, "rb") as f:
+            return p.is_file() and f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
