@@ -25,6 +25,7 @@ def _register() -> None:
     # Each command owns its module; add new ones here once they work end to end.
     from ggcompress.cli import analyze, dequantize, diff, pack, quantize
     from ggcompress.cli import eval as eval_cmd
+    from ggcompress.cli import init as init_cli
 
     cli.add_command(analyze.analyze)
     cli.add_command(eval_cmd.eval_cmd)
@@ -33,6 +34,7 @@ def _register() -> None:
     cli.add_command(pack.pack_cmd)
     cli.add_command(pack.unpack_cmd)
     cli.add_command(diff.diff_cmd)
+    cli.add_command(init_cli.init_cmd)
 
 
 _register()
