@@ -7,7 +7,6 @@ Rendering lives in report.py; this module only computes.
 
 from __future__ import annotations
 
-import math
 import re
 import zlib
 from collections.abc import Callable, Iterable
@@ -18,6 +17,7 @@ import torch
 
 from ggcompress import __version__, gg, rate
 from ggcompress.checkpoint import DTYPES, Checkpoint, TensorInfo, open_checkpoint
+from ggcompress.jsonsafe import json_safe
 from ggcompress.roles import role_of
 
 SCHEMA = "ggcompress.analyze/1"
@@ -69,7 +69,7 @@ class TensorReport:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("values")
-        return _finite(d)
+        return json_safe(d)
 
 
 @dataclass
@@ -82,8 +82,8 @@ class CheckpointReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
-            "summary": _finite(self.summary),
-            "roles": _finite(self.roles),
+            "summary": json_safe(self.summary),
+            "roles": json_safe(self.roles),
             "tensors": [t.to_dict() for t in self.tensors],
         }
 
@@ -284,13 +284,3 @@ def _subsample(flat: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     idx = torch.randint(flat.numel(), (n,), generator=gen)
     return flat[idx]
 
-
-def _finite(obj: Any) -> Any:
-    """JSON has no NaN/Inf: map them to None recursively."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj

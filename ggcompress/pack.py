@@ -48,6 +48,7 @@ from ggcompress.checkpoint import (
 )
 from ggcompress.errors import GGError
 from ggcompress.gates import Gate, check_gates
+from ggcompress.jsonsafe import json_safe
 
 SCHEMA = "ggcompress.pack/1"
 UNPACK_SCHEMA = "ggcompress.unpack/1"
@@ -303,7 +304,7 @@ def pack(
                               "reason": f.reason} for f in failures]
         failed = failed or bool(failures)
     settings = {k: v for k, v in asdict(opts).items() if k != "gates"}
-    return _finite({
+    return json_safe({
         "schema": SCHEMA,
         "ggcompress_version": __version__,
         "settings": settings,
@@ -560,16 +561,6 @@ def _summary(rows: list[dict[str, Any]], origin: Checkpoint, size: int, files: l
         out["sqnr_db"] = (10 * math.log10(signal / noise) if noise and signal else None)
     return out
 
-
-def _finite(obj: Any) -> Any:
-    """JSON has no NaN/Inf: map them to None recursively."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def _read_support(root: Path | None) -> Iterator[tuple[str, bytes]]:

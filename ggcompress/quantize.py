@@ -33,6 +33,7 @@ from ggcompress.checkpoint import (
 )
 from ggcompress.errors import GGError
 from ggcompress.formats import QuantizedTensor, available_formats, error_stats, get_codec, parse_granularity
+from ggcompress.jsonsafe import json_safe
 from ggcompress.qlayout import SCALE_SUFFIX, Scheme, read_scheme
 from ggcompress.roles import role_of
 
@@ -410,15 +411,5 @@ def _checkpoint_report(ck: Checkpoint, out: Path | None, scheme: Scheme, rows: l
     }
     if compare is not None:
         report["compare"] = {f: {**t.errors(), **_size_totals(t, kept)} for f, t in compare.items()}
-    return _finite(report)
+    return json_safe(report)
 
-
-def _finite(obj: Any) -> Any:
-    """JSON has no NaN/Inf: an exact (inf dB) or undefined value becomes None."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
