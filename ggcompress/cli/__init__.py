@@ -23,18 +23,19 @@ def cli(debug: bool) -> None:
 
 def _register() -> None:
     # Each command owns its module; add new ones here once they work end to end.
-    from ggcompress.cli import analyze, dequantize, diff, pack, quantize
+    from ggcompress.cli import analyze, backslash, deepshape, dequantize, diff, init, pack, quantize
     from ggcompress.cli import eval as eval_cmd
-    from ggcompress.cli import init as init_cli
 
     cli.add_command(analyze.analyze)
-    cli.add_command(eval_cmd.eval_cmd)
     cli.add_command(quantize.quantize_rf8)
     cli.add_command(dequantize.dequantize)
     cli.add_command(pack.pack_cmd)
     cli.add_command(pack.unpack_cmd)
     cli.add_command(diff.diff_cmd)
-    cli.add_command(init_cli.init_cmd)
+    cli.add_command(eval_cmd.eval_cmd)
+    cli.add_command(init.init_cmd)
+    cli.add_command(backslash.backslash)
+    cli.add_command(deepshape.deepshape_cmd)
 
 
 _register()

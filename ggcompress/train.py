@@ -1,0 +1,787 @@
+"""Shared training engine: text data, the AdamW loop, DDP, checkpoints and exact resume.
+
+Why one engine: BackSlash, DeepShape's recovery fine-tune and GG-init experiments all train a causal LM
+on text with the same loop; they differ only by a loss term added to the objective and a transform
+applied after each optimizer step. Those enter through `Hook` objects, so the loop, the data order,
+the checkpoint format and the distributed plumbing live here once.
+
+Data (`load_data`): .txt files (one document each), .jsonl files (one document per record, its "text"
+field), folders of them (recursively, sorted), or a Hugging Face dataset name (through ``datasets``;
+refused with a clear error when offline). Documents are tokenized, joined with the EOS token, packed
+into fixed-length blocks and split: a given validation file, else the last `validation_fraction` of
+the blocks (a contiguous tail, so no validation block overlaps a training block).
+
+Order: the training stream is an endless concatenation of seeded permutations of the blocks (epoch e
+uses seed·1_000_003 + e), and optimizer step t consumes stream positions [t·G, (t+1)·G) with the
+global batch G = batch_size · grad_accum · world_size. Micro-batch a of rank r takes positions
+t·G + (a·world + r)·batch_size ..., so the samples of a step do not depend on how they are split over
+processes and accumulation, and the data position is one integer (the step).
+
+Loss: HF's mean token loss of each micro-batch, divided by grad_accum; DDP averages over ranks, so
+every step's gradient is the mean over the G blocks (all blocks have the same token count), whatever
+the world size. A hook's loss term is added once per step (to the last micro-batch, not divided).
+
+Distributed: `distributed()` initializes torch.distributed from torchrun's environment (gloo on CPU,
+nccl on GPU) and the model is wrapped in DistributedDataParallel; gradient accumulation uses
+no_sync. Only rank 0 writes checkpoints and outputs; validation is sharded over ranks and all-reduced.
+FSDP (models that do not fit one GPU) is not implemented: docs/train.md says how it would take over.
+
+Checkpoints (`work_dir/checkpoints/step-NNNNNN/`): model weights (safetensors, fp32), optimizer state
+(torch.save of tensors and numbers, read back with weights_only=True), scheduler, torch RNG states, the
+step, the hooks' state and the history, written to a temporary folder and renamed, keeping the last
+`keep_checkpoints`. `resume=True` restores all of it, so a resumed run computes the same numbers as an
+uninterrupted one (bit for bit on CPU with the same thread count). A finished run leaves
+`work_dir/final/` (weights + result), so resuming a finished phase returns at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ggcompress.errors import GGError
+
+#: Files the data loader reads inside folders.
+TEXT_SUFFIXES = (".txt", ".jsonl")
+#: Seed multiplier separating the per-epoch permutations.
+_EPOCH_SEED = 1_000_003
+#: Config fields a resumed run may change without changing the computation.
+_RESUME_FREE = {"log_every", "save_every", "keep_checkpoints", "eval_every", "eval_blocks"}
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class TrainConfig:
+    """Everything that shapes a training run (the model and data are passed separately).
+
+    `batch_size` is sequences per micro-batch per process; the global batch of one optimizer step is
+    batch_size · grad_accum · world_size. `warmup_steps=None` means 5% of `steps`.
+    """
+
+    steps: int = 100
+    lr: float = 1e-4
+    batch_size: int = 4
+    grad_accum: int = 1
+    block_size: int = 256
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    warmup_steps: int | None = None
+    min_lr_ratio: float = 0.1
+    max_grad_norm: float | None = 1.0
+    bf16: bool = False
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 0  # 0: validation perplexity only when the caller asks (before/after)
+    eval_blocks: int = 64  # validation blocks used by each perplexity (0: all)
+    save_every: int = 100  # 0: no intermediate checkpoints
+    keep_checkpoints: int = 1
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.adam_betas = tuple(self.adam_betas)  # type: ignore[assignment]
+        checks = [
+            (self.steps >= 0, "steps must be >= 0"),
+            (self.lr >= 0 and math.isfinite(self.lr), "lr must be a finite number >= 0"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.grad_accum >= 1, "grad_accum must be >= 1"),
+            (self.block_size >= 2, "block_size must be >= 2"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (0 <= self.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]"),
+            (self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps must be >= 0"),
+            (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
+            (self.log_every >= 1, "log_every must be >= 1"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise GGError(f"training config: {msg}")
+
+    @property
+    def warmup(self) -> int:
+        return int(0.05 * self.steps) if self.warmup_steps is None else self.warmup_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["adam_betas"] = list(self.adam_betas)
+        return d
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warmup over `warmup` steps (step 0 already trains), then cosine down to min_ratio."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class TextData:
+    """Packed token blocks: train (n_train, T) and validation (n_val, T), int64."""
+
+    train: torch.Tensor
+    validation: torch.Tensor
+    source: str
+    tokens: int  # tokens in the corpus before packing (train + validation sources)
+
+    @property
+    def block_size(self) -> int:
+        return int(self.train.shape[1])
+
+
+def read_documents(spec: str | os.PathLike[str]) -> list[str]:
+    """Documents of a .txt / .jsonl file, a folder of them, or an HF dataset name ("text" column)."""
+    s = str(spec)
+    path = Path(s).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        if not files:
+            raise GGError(f"{s}: folder holds no .txt or .jsonl files")
+        return [doc for f in files for doc in _read_file(f)]
+    if path.is_file():
+        return _read_file(path)
+    if _looks_like_dataset(s):
+        return _read_hf_dataset(s)
+    raise GGError(f"{s}: no such file or folder")
+
+
+def _read_file(path: Path) -> list[str]:
+    suffix = path.suffix.lower()
+    if suffix not in TEXT_SUFFIXES:
+        raise GGError(f"{path}: unsupported data file (expected .txt, .jsonl or a folder of them)")
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise GGError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise GGError(f"{path}: cannot read ({e.strerror})") from None
+    if suffix == ".txt":
+        return [raw] if raw.strip() else []
+    docs = []
+    for i, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise GGError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+            raise GGError(f"{path}:{i}: each JSONL record needs a string \"text\" field")
+        if rec["text"].strip():
+            docs.append(rec["text"])
+    return docs
+
+
+_DATASET = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+)?$")
+
+
+def _looks_like_dataset(spec: str) -> bool:
+    """A name like `wikitext:wikitext-2-raw-v1` or `owner/name` (not a path with a data suffix)."""
+    return bool(_DATASET.match(spec)) and not spec.lower().endswith(TEXT_SUFFIXES + (".json",))
+
+
+def _read_hf_dataset(spec: str) -> list[str]:
+    name, _, subset = spec.partition(":")
+    try:
+        import datasets
+    except ImportError:
+        raise GGError(f"{spec}: no such file or folder (and the datasets package is not installed)") from None
+    try:
+        ds = datasets.load_dataset(name, subset or None, split="train")
+    except Exception as e:  # datasets raises many types (ConnectionError, FileNotFoundError, ValueError...)
+        raise GGError(f"{spec}: no such file or folder, and not a loadable Hugging Face dataset "
+                      f"({_first_line(e)})") from None
+    if "text" not in ds.column_names:
+        raise GGError(f"{spec}: the dataset has no \"text\" column (columns: {', '.join(ds.column_names)})")
+    return [t for t in ds["text"] if isinstance(t, str) and t.strip()]
+
+
+def tokenize(documents: Sequence[str], tokenizer: Any) -> torch.Tensor:
+    """One int64 token stream: documents joined by the EOS token (when the tokenizer has one).
+
+    Each document is cut at blank lines (the separator stays with the piece before it) so no single
+    tokenizer call sees a huge string; BPE merges never span a blank line in practice.
+    """
+    eos = getattr(tokenizer, "eos_token_id", None)
+    pieces: list[str] = []
+    ends: list[int] = []
+    for doc in documents:
+        parts = re.split(r"(?<=\n\n)", doc)
+        pieces.extend(p for p in parts if p)
+        ends.append(len(pieces))
+    if not pieces:
+        return torch.empty(0, dtype=torch.int64)
+    ids = tokenizer(pieces, add_special_tokens=False, verbose=False)["input_ids"]
+    stream: list[int] = []
+    start = 0
+    for end in ends:
+        for p in ids[start:end]:
+            stream.extend(p)
+        if eos is not None:
+            stream.append(int(eos))
+        start = end
+    return torch.tensor(stream, dtype=torch.int64)
+
+
+def pack(stream: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Cut a token stream into (n, block_size) blocks, dropping the incomplete tail."""
+    n = stream.numel() // block_size
+    return stream[: n * block_size].view(n, block_size).clone()
+
+
+def load_data(
+    data: str | os.PathLike[str],
+    tokenizer: Any,
+    block_size: int,
+    *,
+    validation: str | os.PathLike[str] | None = None,
+    validation_fraction: float = 0.05,
+) -> TextData:
+    """Read, tokenize, pack and split a corpus (see the module doc for the formats and the split)."""
+    if not 0 < validation_fraction < 1:
+        raise GGError(f"validation fraction must be in (0, 1), got {validation_fraction}")
+    stream = tokenize(read_documents(data), tokenizer)
+    if stream.numel() == 0:
+        raise GGError(f"{data}: empty corpus (no text to train on)")
+    blocks = pack(stream, block_size)
+    tokens = stream.numel()
+    if validation is not None:
+        vstream = tokenize(read_documents(validation), tokenizer)
+        val = pack(vstream, block_size)
+        tokens += vstream.numel()
+        if len(val) == 0:
+            raise GGError(f"{validation}: fewer than {block_size} tokens, not one validation block")
+        if len(blocks) == 0:
+            raise GGError(f"{data}: only {stream.numel()} tokens, not one block of {block_size}")
+        train = blocks
+    else:
+        if len(blocks) < 2:
+            raise GGError(f"{data}: only {stream.numel()} tokens; need at least two blocks of {block_size} "
+                          "(one to train, one to validate): add text or lower the block size")
+        n_val = min(len(blocks) - 1, max(1, round(validation_fraction * len(blocks))))
+        train, val = blocks[: len(blocks) - n_val], blocks[len(blocks) - n_val:]
+    return TextData(train=train.contiguous(), validation=val.contiguous(), source=str(data), tokens=tokens)
+
+
+class BatchStream:
+    """Which training blocks each micro-batch of each rank uses (module doc: "Order")."""
+
+    def __init__(self, n: int, seed: int, batch_size: int, grad_accum: int, world: int, rank: int):
+        self.n, self.seed = n, seed
+        self.batch_size, self.grad_accum, self.world, self.rank = batch_size, grad_accum, world, rank
+        self._perms: dict[int, torch.Tensor] = {}
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.grad_accum * self.world
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed * _EPOCH_SEED + epoch)
+            self._perms = {epoch: torch.randperm(self.n, generator=g)}  # one epoch cached at a time
+        return self._perms[epoch]
+
+    def indices(self, step: int, micro: int) -> torch.Tensor:
+        """Block indices of micro-batch `micro` of optimizer step `step` on this rank."""
+        start = step * self.global_batch + (micro * self.world + self.rank) * self.batch_size
+        pos = torch.arange(start, start + self.batch_size)
+        out = torch.empty(self.batch_size, dtype=torch.int64)
+        for epoch in pos.div(self.n, rounding_mode="floor").unique().tolist():
+            sel = pos.div(self.n, rounding_mode="floor") == epoch
+            out[sel] = self._perm(epoch)[pos[sel] % self.n]
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+def load_causal_lm(spec: str | os.PathLike[str], device: str = "cpu") -> tuple[Any, Any, str]:
+    """(model in fp32 on `device`, tokenizer, local source) of an HF causal-LM folder or hub id."""
+    from ggcompress.loading import load_model
+
+    loaded = load_model(spec, device=device, dtype="float32")
+    if getattr(loaded.tokenizer, "eos_token_id", None) is None:
+        raise GGError(f"{spec}: its tokenizer has no EOS token to separate documents")
+    return loaded.model, loaded.tokenizer, loaded.source
+
+
+def source_dtype(model: Any) -> torch.dtype:
+    """The dtype the checkpoint was stored in (config.dtype / torch_dtype), else float32."""
+    cfg = model.config
+    d = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
+    if isinstance(d, str):
+        d = getattr(torch, d, None)
+    return d if isinstance(d, torch.dtype) and d.is_floating_point else torch.float32
+
+
+def round_trip_(model: Any, dtype: torch.dtype) -> None:
+    """Round every floating parameter through `dtype` in place, so measurements describe what is saved."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point() and p.dtype != dtype:
+                p.copy_(p.to(dtype).to(p.dtype))
+
+
+def save_hf_model(model: Any, tokenizer: Any, folder: Path, dtype: torch.dtype) -> None:
+    """Write `model` (cast to `dtype`) and its tokenizer as an ordinary HF folder (non-atomic)."""
+    import copy
+
+    out = copy.deepcopy(model).to(dtype) if _param_dtype(model) != dtype else model
+    out.config.use_cache = True
+    out.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def _param_dtype(model: Any) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+# ---------------------------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits: rank / world size, and the device it trains on."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+    backend: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _resolve_device(pref: str, local_rank: int) -> str:
+    if pref == "auto":
+        return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    if pref == "cuda":
+        return f"cuda:{local_rank}"
+    return pref
+
+
+def dist_info(device: str = "auto") -> DistInfo:
+    """This process's rank, world size and device (world 1 unless torch.distributed is initialized)."""
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = _resolve_device(device, local)
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local, dev, dist.get_backend())
+    return DistInfo(device=dev)
+
+
+@contextlib.contextmanager
+def distributed(device: str = "auto") -> Iterator[DistInfo]:
+    """Initialize torch.distributed when launched by torchrun (WORLD_SIZE > 1), tear it down after.
+
+    gloo on CPU, nccl on CUDA. A plain `python` launch yields world size 1 and touches nothing.
+    """
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    owned = False
+    if world > 1 and not dist.is_initialized():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        dev = _resolve_device(device, local)
+        backend = "nccl" if dev.startswith("cuda") else "gloo"
+        if dev.startswith("cuda"):
+            torch.cuda.set_device(dev)
+        try:
+            dist.init_process_group(backend=backend)
+        except Exception as e:
+            raise GGError(f"torch.distributed: cannot initialize the {backend} process group "
+                          f"({_first_line(e)})") from None
+        owned = True
+    try:
+        yield dist_info(device)
+    finally:
+        if owned and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in a single process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+# ---------------------------------------------------------------------------------------------- hooks
+
+
+class Hook:
+    """A caller's addition to the loop. All methods are optional; `model` is the unwrapped module.
+
+    Order within one optimizer step: before_step → forward/backward (loss_term added to the last
+    micro-batch) → optimizer.step → after_step. metrics() is called at logging steps only, so it may
+    be costly; state_dict() goes into checkpoints so a resumed run continues the hook exactly.
+    """
+
+    def before_step(self, model: Any, step: int) -> None:
+        """Called before the forward passes of `step`."""
+
+    def loss_term(self, model: Any, step: int) -> torch.Tensor | None:
+        """A scalar added to the training loss of `step` (None: nothing)."""
+        return None
+
+    def after_step(self, model: Any, step: int) -> None:
+        """Called after optimizer.step() of `step` (e.g. a decoupled shrink of the weights)."""
+
+    def metrics(self, model: Any, step: int) -> dict[str, float]:
+        """Numbers for the progress display and the history."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what state_dict() returned (JSON round trip)."""
+
+
+# ---------------------------------------------------------------------------------------------- results
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports. history holds one record per `log_every` steps."""
+
+    steps: int
+    global_batch: int
+    tokens_seen: int
+    final_loss: float | None
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+#: progress(event): {"event": "step"|"eval"|"checkpoint"|"resume", "step": int, "total": int, ...}
+Progress = Callable[[dict[str, Any]], None]
+
+
+def perplexity(
+    model: Any,
+    blocks: torch.Tensor,
+    *,
+    batch_size: int = 8,
+    max_blocks: int = 0,
+    bf16: bool = False,
+    device: str | None = None,
+) -> dict[str, float]:
+    """Mean next-token loss and perplexity over the first `max_blocks` blocks (0: all).
+
+    Sums in float64; under torch.distributed each rank takes every world-th block and the sums are
+    all-reduced, so every rank returns the same numbers.
+    """
+    info = dist_info()
+    dev = device or str(next(model.parameters()).device)
+    sel = blocks if max_blocks <= 0 else blocks[:max_blocks]
+    mine = sel[info.rank :: info.world]
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=dev)
+    with torch.no_grad(), _autocast(dev, bf16):
+        for i in range(0, len(mine), batch_size):
+            batch = mine[i : i + batch_size].to(dev)
+            logits = model(input_ids=batch).logits.float()  # (B, T, V)
+            nll = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")
+            total[0] += nll.double()
+            total[1] += batch[:, 1:].numel()
+    model.train(was_training)
+    total = _all_reduce_sum(total)
+    loss = float(total[0] / total[1]) if total[1] > 0 else math.nan
+    return {"loss": loss, "ppl": math.exp(loss) if math.isfinite(loss) else math.nan,
+            "tokens": int(total[1])}
+
+
+def _autocast(device: str, bf16: bool) -> contextlib.AbstractContextManager:
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def _ckpt_dir(work_dir: Path) -> Path:
+    return work_dir / "checkpoints"
+
+
+def latest_checkpoint(work_dir: Path) -> Path | None:
+    """The newest complete checkpoint folder under work_dir/checkpoints, if any."""
+    root = _ckpt_dir(work_dir)
+    if not root.is_dir():
+        return None
+    done = sorted(p for p in root.glob("step-*") if (p / "state.json").is_file())
+    return done[-1] if done else None
+
+
+def _save_checkpoint(work_dir: Path, step: int, model: Any, optimizer: Any, scheduler: Any, state: dict,
+                     keep: int) -> Path:
+    from safetensors.torch import save_model
+
+    root = _ckpt_dir(work_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(model, str(tmp / "model.safetensors"))  # handles tied (shared) tensors
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, tmp / "rng.pt")
+    state = {**state, "scheduler": scheduler.state_dict()}
+    (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")  # written last: marks it complete
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    kept = sorted(p for p in root.glob("step-*") if (p / "state.json").is_file())
+    for old in kept[: max(len(kept) - keep, 0)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> dict:
+    from safetensors.torch import load_model
+
+    try:
+        state = json.loads((path / "state.json").read_text())
+        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+        if missing or unexpected:
+            raise GGError(f"{path}: checkpoint does not match the model ({len(missing)} missing, "
+                          f"{len(unexpected)} unexpected tensors)")
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+        rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
+    except GGError:
+        raise
+    except Exception as e:
+        raise GGError(f"{path}: cannot read the training checkpoint ({_first_line(e)})") from None
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return state
+
+
+def _check_resume_config(path: Path, saved: dict, current: dict) -> None:
+    for key, value in current.items():
+        if key in _RESUME_FREE:
+            continue
+        if saved.get(key) != value:
+            raise GGError(f"{path}: cannot resume: {key} was {saved.get(key)!r} in the interrupted run, "
+                          f"now {value!r} (use the same settings, or --force to start over)")
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+
+def train(
+    model: Any,
+    data: TextData,
+    config: TrainConfig,
+    *,
+    work_dir: str | os.PathLike[str] | None = None,
+    hooks: Sequence[Hook] = (),
+    resume: bool = False,
+    progress: Progress | None = None,
+    run_key: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train `model` in place on `data` for config.steps optimizer steps; returns the run's result.
+
+    `model` is an HF causal LM on the device it should train on (fp32 master weights; `config.bf16`
+    autocasts the forward). With `work_dir`, checkpoints go to work_dir/checkpoints every
+    `save_every` steps and the finished weights to work_dir/final; `resume=True` continues from the
+    newest checkpoint (or returns the finished result). `run_key` holds extra settings (the caller's)
+    a resume must match. Under torch.distributed the model is wrapped in DDP here.
+    """
+    info = dist_info(config.device)
+    notify = progress or (lambda event: None)
+    wd = Path(work_dir) if work_dir is not None else None
+    key = {**config.to_dict(), **(run_key or {}), "world": info.world,
+           "data_blocks": [len(data.train), len(data.validation), data.block_size]}
+    if wd is not None and resume:
+        finished = _load_finished(wd, model, key)
+        if finished is not None:
+            notify({"event": "finished", "step": finished.steps, "total": config.steps})
+            return finished
+
+    model.config.use_cache = False
+    model.train()
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr, betas=config.adam_betas, eps=config.adam_eps)
+    warmup = config.warmup
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, config.steps, warmup, config.min_lr_ratio))
+    stream = BatchStream(len(data.train), config.seed, config.batch_size, config.grad_accum, info.world,
+                         info.rank)
+    torch.manual_seed(config.seed)
+
+    start, history, evals, resumed_from = 0, [], [], None
+    window: list[float] = []  # losses of the steps since the last history record
+    ckpt = latest_checkpoint(wd) if (wd is not None and resume) else None
+    if ckpt is not None:
+        state = _load_checkpoint(ckpt, model, optimizer, scheduler)
+        _check_resume_config(ckpt, state["config"], key)
+        start, history, evals = state["step"], state["history"], state["evals"]
+        window = state.get("window", [])
+        for hook, hs in zip(hooks, state["hooks"], strict=True):
+            hook.load_state_dict(hs)
+        resumed_from = start
+        notify({"event": "resume", "step": start, "total": config.steps, "checkpoint": str(ckpt)})
+
+    ddp = None
+    if info.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        on_gpu = info.device.startswith("cuda")
+        ddp = DistributedDataParallel(model, device_ids=[info.device] if on_gpu else None)
+    runner = ddp if ddp is not None else model
+
+    t0 = time.perf_counter()
+    last_loss: float | None = None
+    for step in range(start, config.steps):
+        for h in hooks:
+            h.before_step(model, step)
+        step_loss = torch.zeros((), dtype=torch.float64, device=info.device)
+        extra_value = 0.0
+        for micro in range(config.grad_accum):
+            batch = data.train[stream.indices(step, micro)].to(info.device)  # (B, T)
+            last = micro == config.grad_accum - 1
+            sync = contextlib.nullcontext() if (ddp is None or last) else ddp.no_sync()
+            with sync:
+                with _autocast(info.device, config.bf16):
+                    loss = runner(input_ids=batch, labels=batch).loss.float()
+                step_loss += loss.detach().double()
+                total = loss / config.grad_accum
+                if last:
+                    for h in hooks:
+                        term = h.loss_term(model, step)
+                        if term is not None:
+                            total = total + term
+                            extra_value += float(term.detach())
+                total.backward()
+        if config.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        lr_now = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        for h in hooks:
+            h.after_step(model, step)
+
+        step_loss = _all_reduce_sum(step_loss) / (config.grad_accum * info.world)
+        last_loss = float(step_loss)
+        window.append(last_loss)
+        done = step + 1
+        event: dict[str, Any] = {"event": "step", "step": done, "total": config.steps, "loss": last_loss,
+                                 "ppl": _exp(last_loss), "lr": lr_now}
+        if extra_value:
+            event["loss_term"] = extra_value
+        if done % config.log_every == 0 or done == config.steps:
+            rec = {"step": done, "loss": sum(window) / len(window), "lr": lr_now}
+            rec["ppl"] = _exp(rec["loss"])
+            for h in hooks:
+                rec.update(h.metrics(model, step))
+            history.append(rec)
+            event.update({k: v for k, v in rec.items() if k not in ("step", "loss", "ppl", "lr")})
+            window = []
+        notify(event)
+        if config.eval_every and done % config.eval_every == 0 and done < config.steps:
+            ev = {"step": done, **perplexity(model, data.validation, batch_size=config.batch_size,
+                                             max_blocks=config.eval_blocks, bf16=config.bf16)}
+            evals.append(ev)
+            notify({"event": "eval", "total": config.steps, **ev})
+        if wd is not None and config.save_every and done % config.save_every == 0 and done < config.steps:
+            if info.is_main:
+                path = _save_checkpoint(wd, done, model, optimizer, scheduler,
+                                        {"step": done, "config": key, "history": history, "evals": evals,
+                                         "window": window, "hooks": [h.state_dict() for h in hooks]},
+                                        config.keep_checkpoints)
+                notify({"event": "checkpoint", "step": done, "total": config.steps, "path": str(path)})
+            barrier()
+
+    result = TrainResult(
+        steps=config.steps, global_batch=stream.global_batch,
+        tokens_seen=config.steps * stream.global_batch * data.block_size, final_loss=last_loss,
+        seconds=time.perf_counter() - t0, history=history, evals=evals, resumed_from=resumed_from)
+    if ddp is not None:
+        del ddp
+    model.eval()
+    if wd is not None:
+        if info.is_main:
+            _save_finished(wd, model, key, result)
+        barrier()
+    return result
+
+
+def _exp(x: float) -> float:
+    return math.exp(x) if x < 700 else math.inf
+
+
+def _save_finished(wd: Path, model: Any, key: dict, result: TrainResult) -> None:
+    from safetensors.torch import save_model
+
+    final = wd / "final"
+    tmp = wd / f".tmp-final-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))
+    (tmp / "result.json").write_text(json.dumps({"config": key, "result": result.to_dict()}, indent=1) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    shutil.rmtree(_ckpt_dir(wd), ignore_errors=True)
+
+
+def _load_finished(wd: Path, model: Any, key: dict) -> TrainResult | None:
+    from safetensors.torch import load_model
+
+    path = wd / "final"
+    if not (path / "result.json").is_file():
+        return None
+    saved = json.loads((path / "result.json").read_text())
+    _check_resume_config(path, saved["config"], key)
+    load_model(model, str(path / "model.safetensors"), strict=False)
+    model.eval()
+    names = {f.name for f in fields(TrainResult)}
+    return TrainResult(**{k: v for k, v in saved["result"].items() if k in names})
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
