@@ -47,6 +47,7 @@ import torch
 from ggcompress import __version__, gg
 from ggcompress.checkpoint import check_output_path
 from ggcompress.errors import GGError
+from ggcompress.jsonsafe import json_safe
 from ggcompress.rate import SymbolHistogram, format_step
 from ggcompress.train import (
     Hook,
@@ -512,19 +513,9 @@ def _report(model_spec: str, source: str, data: TextData, outp: Path, cfg: BackS
         "baseline_training": base_result.to_dict() if base_result is not None else None,
         "seconds": seconds,
     }
-    return _clean(doc)
+    return json_safe(doc)
 
 
 def _summary(m: dict) -> dict:
     return {k: v for k, v in m.items() if k != "tensors"}
 
-
-def _clean(obj: Any) -> Any:
-    """NaN/Inf → None so the report is strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    return obj
