@@ -43,3 +43,15 @@ def text_files():
     from ggcompress import fixtures
 
     return fixtures.text()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """One torch thread for the whole suite: small matmuls gain nothing from a second OpenMP thread
+    on a 2-core machine and lose a lot when it is shared; results also stop depending on it."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -30,15 +30,6 @@ from ggcompress.quantize import QuantizeConfig, output_name, plan
 from ggcompress.quantized import load_quantized, quantized_modules
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small matmuls on a shared 2-core machine: a second thread only adds synchronisation stalls."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def run(*args: str, input: str | None = None):
     return CliRunner().invoke(cli, list(args), input=input)
 

@@ -38,15 +38,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tinylm import build_model_folder, build_tokenizer  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matmuls on a shared 2-core box; also makes CPU results independent of the thread count."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> dict[str, Path]:
     train_txt, val_txt = fixtures.text()
