@@ -73,7 +73,7 @@ class QuantLinear(nn.Module):
             raise GGError(f"{name}: bias has shape {tuple(bias.shape)}, expected ({ops.out_features},)")
         layer = cls(
             ops.in_features, ops.out_features, block_size, bias=bias is not None, fmt=fmt,
-            scale_rows=scale.shape[0], device="meta",  # placeholders only; replaced just below
+            scale_rows=scale.shape[0], device="meta",  # shape-only buffers on meta, replaced just below
         )
         layer.codes = codes.contiguous()
         layer.scale = scale.to(device=codes.device, dtype=torch.float32).contiguous()
