@@ -46,7 +46,7 @@ import torch
 
 from ggcompress import __version__, gg
 from ggcompress.checkpoint import check_output_path
-from ggcompress.errors import GGError
+from ggcompress.errors import GGError, check_patterns
 from ggcompress.jsonsafe import json_safe
 from ggcompress.rate import SymbolHistogram, format_step
 from ggcompress.train import (
@@ -112,12 +112,7 @@ class BackSlashConfig:
         for ok, msg in checks:
             if not ok:
                 raise GGError(f"backslash: {msg}")
-        for pattern in (self.include, self.exclude):
-            if pattern is not None:
-                try:
-                    re.compile(pattern)
-                except re.error as e:
-                    raise GGError(f"backslash: {pattern!r} is not a valid regular expression ({e})") from None
+        check_patterns(self.include, self.exclude)
 
     @property
     def steps(self) -> int:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import copy
 import gc
 import math
-import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -49,7 +48,7 @@ import torch
 from ggcompress import __version__, gg
 from ggcompress.backslash import BackSlashConfig, RateHook, measure, select_weights
 from ggcompress.checkpoint import CheckpointWriter, check_output_path
-from ggcompress.errors import GGError
+from ggcompress.errors import GGError, check_patterns
 from ggcompress.jsonsafe import json_safe
 from ggcompress.rate import format_step
 from ggcompress.train import (
@@ -109,12 +108,7 @@ class DeepShapeConfig:
         for ok, msg in checks:
             if not ok:
                 raise GGError(f"deepshape: {msg}")
-        for pattern in (self.include, self.exclude):
-            if pattern is not None:
-                try:
-                    re.compile(pattern)
-                except re.error as e:
-                    raise GGError(f"deepshape: {pattern!r} is not a valid regular expression ({e})") from None
+        check_patterns(self.include, self.exclude)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -46,7 +46,7 @@ from ggcompress.checkpoint import (
     open_checkpoint,
     support_files,
 )
-from ggcompress.errors import GGError
+from ggcompress.errors import GGError, check_patterns
 from ggcompress.gates import Gate, check_gates
 from ggcompress.jsonsafe import json_safe
 
@@ -87,12 +87,7 @@ class PackOptions:
             raise GGError(f"coder {self.coder!r}: choose eg or rans")
         if self.eg_k is not None and not (isinstance(self.eg_k, int) and 0 <= self.eg_k <= rate.MAX_K):
             raise GGError(f"exp-Golomb order {self.eg_k!r}: must be an integer in 0..{rate.MAX_K}")
-        for flag, pattern in (("--include", self.include), ("--exclude", self.exclude)):
-            if pattern is not None:
-                try:
-                    re.compile(pattern)
-                except re.error as exc:
-                    raise GGError(f"{flag} {pattern!r}: not a valid regular expression ({exc})") from None
+        check_patterns(self.include, self.exclude)
         return self
 
 

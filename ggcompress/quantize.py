@@ -31,7 +31,7 @@ from ggcompress.checkpoint import (
     check_output_path,
     open_checkpoint,
 )
-from ggcompress.errors import GGError
+from ggcompress.errors import GGError, check_patterns
 from ggcompress.formats import QuantizedTensor, available_formats, error_stats, get_codec, parse_granularity
 from ggcompress.jsonsafe import json_safe
 from ggcompress.qlayout import SCALE_SUFFIX, Scheme, read_scheme
@@ -64,12 +64,7 @@ class QuantizeConfig:
         """Validate names and patterns now, so a typo fails before any work (one clear line)."""
         get_codec(self.format)
         parse_granularity(self.granularity)
-        for flag, pattern in (("--include", self.include), ("--exclude", self.exclude)):
-            if pattern is not None:
-                try:
-                    re.compile(pattern)
-                except re.error as exc:
-                    raise GGError(f"{flag} {pattern!r}: not a valid regular expression ({exc})") from None
+        check_patterns(self.include, self.exclude)
         return self
 
 
