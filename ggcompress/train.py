@@ -143,6 +143,11 @@ class TextData:
     def block_size(self) -> int:
         return int(self.train.shape[1])
 
+    def summary(self) -> dict[str, Any]:
+        """The `data` section of the backslash / deepshape reports."""
+        return {"source": self.source, "tokens": self.tokens, "block_size": self.block_size,
+                "train_blocks": len(self.train), "validation_blocks": len(self.validation)}
+
 
 def read_documents(spec: str | os.PathLike[str]) -> list[str]:
     """Documents of a .txt / .jsonl file, a folder of them, or an HF dataset name ("text" column)."""
