@@ -19,8 +19,8 @@ import torch
 from scipy import stats
 
 from ggcompress import fixtures
-from ggcompress.analyze import AnalyzeOptions, analyze_checkpoint
-from ggcompress.checkpoint import open_checkpoint
+from ggcompress.io.checkpoint import open_checkpoint
+from ggcompress.stats.analyze import AnalyzeOptions, analyze_checkpoint
 
 
 def floor_pass(path: str) -> float:
@@ -35,7 +35,7 @@ def floor_pass(path: str) -> float:
 
 def breakdown(path: str) -> dict[str, float]:
     """Time each stage of analyze_tensor separately over the whole checkpoint."""
-    from ggcompress import gg, rate
+    from ggcompress.stats import gg, rate
 
     out = dict.fromkeys(
         ["read", "value counts + moments", "rate (quantize + histogram)", "MLE β + goodness of fit"], 0.0

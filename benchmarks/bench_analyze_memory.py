@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from ggcompress import gg
-from ggcompress.checkpoint import CheckpointWriter
+from ggcompress.io.checkpoint import CheckpointWriter
+from ggcompress.stats import gg
 
 
 def make_checkpoint(out: Path, gib: float, tensor_mib: int) -> tuple[int, int]:

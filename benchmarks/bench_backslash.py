@@ -35,9 +35,9 @@ from dataclasses import asdict
 import torch
 
 from ggcompress import fixtures
-from ggcompress.backslash import BackSlashConfig, RateHook, measure, select_weights
-from ggcompress.rate import parse_step
-from ggcompress.train import TrainConfig, load_causal_lm, load_data, round_trip_, train
+from ggcompress.methods.backslash import BackSlashConfig, RateHook, measure, select_weights
+from ggcompress.methods.train import TrainConfig, load_causal_lm, load_data, round_trip_, train
+from ggcompress.stats.rate import parse_step
 
 #: (label, BackSlashConfig overrides, TrainConfig overrides)
 RUNS: list[tuple[str, dict, dict]] = [

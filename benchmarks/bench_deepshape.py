@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 from ggcompress import fixtures
-from ggcompress.deepshape import DeepShapeConfig, parse_sweep, run_sweep
-from ggcompress.rate import parse_step
-from ggcompress.train import TrainConfig
+from ggcompress.methods.deepshape import DeepShapeConfig, parse_sweep, run_sweep
+from ggcompress.methods.train import TrainConfig
+from ggcompress.stats.rate import parse_step
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from ggcompress import gg
+from ggcompress.stats import gg
 
 print = functools.partial(print, flush=True)  # noqa: A001 (progress shows while it runs)
 

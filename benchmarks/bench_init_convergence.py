@@ -2,7 +2,7 @@
 
 Same model config, data, block order and steps for every run; only the initial weights differ:
 - default: the transformers GPT-2 init (normal 0.02, scaled residual projections);
-- kaiming: Kaiming normal (β = 2, ξ = 2, fan_in) through ggcompress.init;
+- kaiming: Kaiming normal (β = 2, ξ = 2, fan_in) through ggcompress.methods.init;
 - lecun: normal with ξ = 1 (β = 2) — the GG runs' variance, so β alone differs from them;
 - gg β=B: GG with ξ = 1, one β for all weights (several B);
 - gg measured: ξ = 1, β per layer role measured on the real all-MiniLM-L6-v2 (`--shape-from`).
@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from ggcompress import fixtures
-from ggcompress.init import init_model, shapes_from_checkpoint
-from ggcompress.train import TextData, TrainConfig, pack, perplexity, tokenize, train
+from ggcompress.methods.init import init_model, shapes_from_checkpoint
+from ggcompress.methods.train import TextData, TrainConfig, pack, perplexity, tokenize, train
 
 
 def build_tokenizer(text: str, vocab: int):
@@ -126,7 +126,7 @@ def main() -> None:
 
 
 def plot(runs: dict[str, list[dict]], target: float, path: Path) -> None:
-    from ggcompress.plot import _pyplot
+    from ggcompress.reports.plot import _pyplot
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)

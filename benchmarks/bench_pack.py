@@ -29,8 +29,8 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from ggcompress import __version__, fixtures  # noqa: E402
-from ggcompress.checkpoint import open_checkpoint  # noqa: E402
-from ggcompress.pack import PackOptions, pack, unpack  # noqa: E402
+from ggcompress.codec.pack import PackOptions, pack, unpack  # noqa: E402
+from ggcompress.io.checkpoint import open_checkpoint  # noqa: E402
 
 MODELS = {"minilm": fixtures.minilm, "smollm2": fixtures.smollm2}
 

@@ -16,7 +16,7 @@ import time
 import torch
 from torch import nn
 
-from ggcompress.nn import QuantLinear
+from ggcompress.kernels.nn import QuantLinear
 
 SHAPES = [(576, 1536), (1536, 576)]  # (in_features, out_features): SmolLM2-135M up/gate and down
 BATCHES = [1, 64]

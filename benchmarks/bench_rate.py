@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from ggcompress.rate import SymbolHistogram, eg_decode, eg_encode, quantize, rate_stats
+from ggcompress.stats.rate import SymbolHistogram, eg_decode, eg_encode, quantize, rate_stats
 
 
 def fastest(fn: Callable[[], object], repeats: int) -> float:

@@ -7,7 +7,7 @@ Three parts (all by default; pick with --parts):
   (Codec-level SQNR over all 2-D tensors incl. embeddings and the RF8 rounding/bias variants is
   benchmarks/bench_formats_sqnr.py.)
 - ``eval``: SmolLM2-135M quantized with ``quantize-rf8`` (channel scales) per format, then
-  ``ggcompress.evaluation.evaluate`` against the unquantized model on the real validation text:
+  ``ggcompress.integrations.evaluation.evaluate`` against the unquantized model on the real validation text:
   perplexity, its ratio, KL mean/median/p99 and same top-1. Target: RF8 perplexity within 1%.
 - ``cosine``: all-MiniLM-L6-v2 sentence embeddings (mean pooling + L2 norm, as sentence-transformers
   configures this model) of real validation sentences, each quantized model vs the original.
@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 
 from ggcompress import fixtures
-from ggcompress.evaluation import EvalOptions, evaluate
-from ggcompress.quantize import QuantizeConfig, compare_formats, quantize_checkpoint
-from ggcompress.quantized import load_quantized
+from ggcompress.formats.quantize import QuantizeConfig, compare_formats, quantize_checkpoint
+from ggcompress.integrations.evaluation import EvalOptions, evaluate
+from ggcompress.io.quantized import load_quantized
 
 GRANULARITIES = ("tensor", "channel", "block:128")
 

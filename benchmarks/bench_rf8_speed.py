@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 
 from ggcompress import fixtures
-from ggcompress.checkpoint import CheckpointWriter, open_checkpoint
 from ggcompress.formats import get_codec
-from ggcompress.quantize import QuantizeConfig, quantize_checkpoint
+from ggcompress.formats.quantize import QuantizeConfig, quantize_checkpoint
+from ggcompress.io.checkpoint import CheckpointWriter, open_checkpoint
 
 
 def seconds(fn) -> float:
@@ -56,7 +56,7 @@ def copy_pass(path: Path, out: Path) -> None:
 
 def encode_only(path: Path) -> None:
     """RF8 codes of the default selection, nothing else (no error report, no write)."""
-    from ggcompress.quantize import plan
+    from ggcompress.formats.quantize import plan
 
     ck = open_checkpoint(path)
     names = [d.info.name for d in plan(ck, QuantizeConfig()) if d.quantize]
@@ -97,7 +97,7 @@ def best(fn, reps: int) -> float:
 def _models(rf8: Path, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
 
-    from ggcompress.quantized import load_quantized
+    from ggcompress.io.quantized import load_quantized
 
     dense = AutoModelForCausalLM.from_pretrained(fixtures.smollm2(), dtype=dtype).eval()
     quant, _ = load_quantized(rf8, dtype=dtype)
@@ -122,7 +122,7 @@ def part_latency(rf8: Path, reps: int) -> None:
 _CHILD = """
 import sys, torch
 from transformers import AutoModelForCausalLM, LlamaForCausalLM  # SmolLM2's class, imported up front
-from ggcompress.quantized import load_quantized
+from ggcompress.io.quantized import load_quantized
 
 def vm(key):
     for line in open("/proc/self/status"):

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 
 from ggcompress import fixtures
-from ggcompress.analyze import AnalyzeOptions, analyze
-from ggcompress.evaluation import EvalOptions, evaluate
-from ggcompress.pack import PackOptions, pack
-from ggcompress.quantize import QuantizeConfig, quantize_checkpoint
+from ggcompress.codec.pack import PackOptions, pack
+from ggcompress.formats.quantize import QuantizeConfig, quantize_checkpoint
+from ggcompress.integrations.evaluation import EvalOptions, evaluate
+from ggcompress.stats.analyze import AnalyzeOptions, analyze
 
 
 def main() -> None:

@@ -10,9 +10,9 @@ def load(path: str, *, device: str = "cpu", dtype: Any = None, backend: str = "a
     """A transformers model from a ggcompress-quantized (or plain) HF folder; Linear layers keep 1-byte codes.
 
     The tokenizer: ``transformers.AutoTokenizer.from_pretrained(path)``, or use
-    ``ggcompress.quantized.load_quantized(path)``, which returns ``(model, tokenizer)``. Imported lazily
+    ``ggcompress.io.quantized.load_quantized(path)``, which returns ``(model, tokenizer)``. Imported lazily
     so ``import ggcompress`` stays light.
     """
-    from ggcompress.quantized import load_quantized
+    from ggcompress.io.quantized import load_quantized
 
     return load_quantized(path, device=device, dtype=dtype, backend=backend, tokenizer=False)[0]

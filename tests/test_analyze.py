@@ -11,8 +11,8 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from ggcompress.analyze import SCHEMA, AnalyzeOptions, analyze
 from ggcompress.cli import cli
+from ggcompress.stats.analyze import SCHEMA, AnalyzeOptions, analyze
 
 TENSOR_KEYS = {
     "name", "role", "shape", "dtype", "numel", "verdict", "analyzed", "mean", "std", "beta", "alpha",

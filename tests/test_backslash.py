@@ -17,8 +17,10 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 from scipy import special
 
-from ggcompress import fixtures, gg
-from ggcompress.backslash import (
+from ggcompress import fixtures
+from ggcompress.cli import cli
+from ggcompress.errors import GGError
+from ggcompress.methods.backslash import (
     NU_HI,
     NU_LO,
     REPORT_NAME,
@@ -31,10 +33,9 @@ from ggcompress.backslash import (
     select_weights,
     shrink_,
 )
-from ggcompress.cli import cli
-from ggcompress.errors import GGError
-from ggcompress.rate import SymbolHistogram
-from ggcompress.train import TrainConfig, load_causal_lm
+from ggcompress.methods.train import TrainConfig, load_causal_lm
+from ggcompress.stats import gg
+from ggcompress.stats.rate import SymbolHistogram
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tinylm import build_model_folder  # noqa: E402

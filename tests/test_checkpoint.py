@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ggcompress.checkpoint import CheckpointWriter, atomic_write_bytes, open_checkpoint
 from ggcompress.errors import GGError
+from ggcompress.io.checkpoint import CheckpointWriter, atomic_write_bytes, open_checkpoint
 
 
 def _tensors() -> dict[str, torch.Tensor]:

@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from ggcompress import coders, rate
+from ggcompress.codec import coders
 from ggcompress.errors import GGError
+from ggcompress.stats import rate
 
 
 def ref_bits(values: list[int], width: int) -> bytes:

@@ -13,9 +13,9 @@ import torch
 from click.testing import CliRunner
 from scipy import stats
 
-from ggcompress import gg
 from ggcompress.cli import cli
-from ggcompress.deepshape import (
+from ggcompress.errors import GGError
+from ggcompress.methods.deepshape import (
     DeepShapeConfig,
     core_limit,
     parse_sweep,
@@ -25,8 +25,8 @@ from ggcompress.deepshape import (
     run_sweep,
     target_counts,
 )
-from ggcompress.errors import GGError
-from ggcompress.train import TrainConfig, load_causal_lm, load_data, train
+from ggcompress.methods.train import TrainConfig, load_causal_lm, load_data, train
+from ggcompress.stats import gg
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tinylm  # noqa: E402

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from ggcompress.cli import cli
-from ggcompress.diff import Tolerance, compare, parse_tolerance
 from ggcompress.errors import GGError
+from ggcompress.reports.diff import Tolerance, compare, parse_tolerance
 
 
 def run(*args: str):

@@ -23,7 +23,7 @@ from scipy.special import rel_entr
 from ggcompress import fixtures
 from ggcompress.cli import cli
 from ggcompress.errors import GGError
-from ggcompress.evaluation import (
+from ggcompress.integrations.evaluation import (
     SCHEMA,
     EvalOptions,
     compare_logits,
@@ -32,10 +32,10 @@ from ggcompress.evaluation import (
     recovery,
     text_windows,
 )
-from ggcompress.gates import Gate, check_gates, gate_from_bound, parse_gate
-from ggcompress.loading import load_model
-from ggcompress.tasks import TASK_DIR, documents
-from ggcompress.tasks.cloze import make_items
+from ggcompress.integrations.tasks import TASK_DIR, documents
+from ggcompress.integrations.tasks.cloze import make_items
+from ggcompress.io.loading import load_model
+from ggcompress.reports.gates import Gate, check_gates, gate_from_bound, parse_gate
 
 VOCAB = 512
 

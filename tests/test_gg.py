@@ -1,4 +1,4 @@
-"""GG math and fitting (ggcompress.gg) against scipy.stats.gennorm, float64 references and theory."""
+"""GG math and fitting (ggcompress.stats.gg) against scipy.stats.gennorm, float64 references and theory."""
 
 import math
 
@@ -8,8 +8,8 @@ import torch
 from safetensors import safe_open
 from scipy import special, stats
 
-from ggcompress import gg
 from ggcompress.errors import GGError
+from ggcompress.stats import gg
 
 BETAS = [0.3, 0.5, 1.0, 1.5, 2.0, 3.0]
 

@@ -11,10 +11,10 @@ import torch
 from click.testing import CliRunner
 from scipy import integrate, special, stats
 
-from ggcompress import gg
 from ggcompress.cli import cli
 from ggcompress.errors import GGError
-from ggcompress.init import gg_, init_model, shapes_from_checkpoint, shapes_from_report
+from ggcompress.methods.init import gg_, init_model, shapes_from_checkpoint, shapes_from_report
+from ggcompress.stats import gg
 
 torch.set_num_threads(1)
 
@@ -127,7 +127,7 @@ def test_init_model_include_and_mode_fan_out() -> None:
 
 
 def test_shapes_from_real_checkpoint_and_report(minilm_dir) -> None:
-    from ggcompress.analyze import AnalyzeOptions, analyze
+    from ggcompress.stats.analyze import AnalyzeOptions, analyze
 
     measured = shapes_from_checkpoint(minilm_dir)
     assert {"attn_q", "attn_k", "attn_v", "attn_o", "mlp_up", "mlp_down", "embedding"} <= set(measured)

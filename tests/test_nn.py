@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ggcompress.errors import GGError
-from ggcompress.nn import QuantLinear, replace_linears
+from ggcompress.kernels.nn import QuantLinear, replace_linears
 
 
 def int8_quantize(w: torch.Tensor, block: int | None):

@@ -16,12 +16,12 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from ggcompress import pack as P
-from ggcompress import rate
-from ggcompress.analyze import AnalyzeOptions, analyze
-from ggcompress.checkpoint import open_checkpoint
 from ggcompress.cli import cli
+from ggcompress.codec import pack as P
 from ggcompress.errors import GGError
+from ggcompress.io.checkpoint import open_checkpoint
+from ggcompress.stats import rate
+from ggcompress.stats.analyze import AnalyzeOptions, analyze
 
 STEP = 2.0**-8
 
@@ -147,7 +147,7 @@ def test_smollm2_sample_round_trip_and_load_from_ggz(smollm2_dir: Path, tmp_path
         x = src.get(name)
         want = reference_restore(x, 2.0**-10) if name in coded else x
         assert t.dtype == torch.bfloat16 and torch.equal(bits_of(t), bits_of(want)), name
-    from ggcompress.loading import load_model
+    from ggcompress.io.loading import load_model
 
     loaded = load_model(out)
     assert loaded.kind == "ggz"
@@ -161,7 +161,7 @@ def test_smollm2_sample_round_trip_and_load_from_ggz(smollm2_dir: Path, tmp_path
 
 
 def test_rf8_packs_codes_and_restores_the_quantized_folder(minilm_dir: Path, tmp_path: Path) -> None:
-    from ggcompress.quantize import QuantizeConfig, quantize_checkpoint
+    from ggcompress.formats.quantize import QuantizeConfig, quantize_checkpoint
 
     include = r"layer\.0\.attention"
     out = tmp_path / "rf8.ggz"

@@ -21,13 +21,13 @@ from click.testing import CliRunner
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ggcompress.checkpoint import open_checkpoint
 from ggcompress.cli import cli
 from ggcompress.errors import GGError
 from ggcompress.formats import QuantizedTensor, available_formats, get_codec
-from ggcompress.nn import QuantLinear
-from ggcompress.quantize import QuantizeConfig, output_name, plan
-from ggcompress.quantized import load_quantized, quantized_modules
+from ggcompress.formats.quantize import QuantizeConfig, output_name, plan
+from ggcompress.io.checkpoint import open_checkpoint
+from ggcompress.io.quantized import load_quantized, quantized_modules
+from ggcompress.kernels.nn import QuantLinear
 
 
 def run(*args: str, input: str | None = None):
@@ -421,7 +421,7 @@ def test_load_quantized_equals_dense_model_on_dequantized_weights(llamas, tmp_pa
 
 def test_ggcompress_load_and_eval_read_rf8_folders(llamas, tmp_path):
     import ggcompress
-    from ggcompress.loading import load_model
+    from ggcompress.io.loading import load_model
 
     out = tmp_path / "rf8"
     assert run("quantize-rf8", str(llamas[False]), "-o", str(out)).exit_code == 0

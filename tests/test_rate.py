@@ -13,9 +13,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ggcompress import rate
 from ggcompress.errors import GGError
-from ggcompress.rate import (
+from ggcompress.stats import rate
+from ggcompress.stats.rate import (
     SymbolHistogram,
     eg_decode,
     eg_encode,
@@ -340,7 +340,7 @@ def test_best_k_and_edge_cases() -> None:
 
 @pytest.mark.parametrize("step", ["2^-8", "2^-13", "0.003"])
 def test_update_counts_equals_update_on_the_expanded_tensor(step: str) -> None:
-    from ggcompress import gg
+    from ggcompress.stats import gg
 
     x = (torch.randn(200_000, generator=torch.Generator().manual_seed(2)) * 0.05).to(torch.bfloat16)
     vals, counts = gg.value_counts(x)

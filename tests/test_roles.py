@@ -2,7 +2,7 @@
 
 import pytest
 
-from ggcompress.roles import role_of
+from ggcompress.stats.roles import role_of
 
 CASES = {
     "model.embed_tokens.weight": "embedding",

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from ggcompress import fixtures
 from ggcompress.cli import cli
 from ggcompress.errors import GGError
-from ggcompress.train import (
+from ggcompress.methods.train import (
     BatchStream,
     Hook,
     TrainConfig,

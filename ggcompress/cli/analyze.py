@@ -8,12 +8,12 @@ import click
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ggcompress import rate
-from ggcompress.analyze import AnalyzeOptions, analyze_checkpoint, document, select
-from ggcompress.checkpoint import open_checkpoint
 from ggcompress.cli._common import console, emit_json, expand_inputs, stdout_console
-from ggcompress.gates import check_gates, parse_gate
-from ggcompress.report import analyze_csv, print_analyze
+from ggcompress.io.checkpoint import open_checkpoint
+from ggcompress.reports.gates import check_gates, parse_gate
+from ggcompress.reports.report import analyze_csv, print_analyze
+from ggcompress.stats import rate
+from ggcompress.stats.analyze import AnalyzeOptions, analyze_checkpoint, document, select
 
 
 @click.command()
@@ -104,7 +104,7 @@ def analyze(
         include=include, exclude=exclude,
     )  # fmt: skip
     if plot_dir:
-        from ggcompress import plot
+        from ggcompress.reports import plot
 
         opts.keep_values = plot.TENSOR_SAMPLE if plot_by == "tensor" else plot.ROLE_SAMPLE
     plots: list = []

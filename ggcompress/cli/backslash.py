@@ -8,10 +8,17 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ggcompress import rate
-from ggcompress.backslash import MODES, REPORT_NAME, SAVE_DTYPES, SHAPES, BackSlashConfig, run_backslash
 from ggcompress.cli._common import console, emit_json
-from ggcompress.train import TrainConfig, distributed
+from ggcompress.methods.backslash import (
+    MODES,
+    REPORT_NAME,
+    SAVE_DTYPES,
+    SHAPES,
+    BackSlashConfig,
+    run_backslash,
+)
+from ggcompress.methods.train import TrainConfig, distributed
+from ggcompress.stats import rate
 
 
 @click.command()

@@ -9,9 +9,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ggcompress.cli._common import console, emit_json
-from ggcompress.deepshape import SAVE_DTYPES, SCOPES, DeepShapeConfig, parse_sweep, run_deepshape, run_sweep
-from ggcompress.rate import parse_step
-from ggcompress.train import TrainConfig
+from ggcompress.methods.deepshape import (
+    SAVE_DTYPES,
+    SCOPES,
+    DeepShapeConfig,
+    parse_sweep,
+    run_deepshape,
+    run_sweep,
+)
+from ggcompress.methods.train import TrainConfig
+from ggcompress.stats.rate import parse_step
 
 
 @click.command("deepshape")

@@ -7,7 +7,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from ggcompress.cli._common import console, emit_json
-from ggcompress.dequantize import dequantize_checkpoint
+from ggcompress.formats.dequantize import dequantize_checkpoint
 
 
 @click.command("dequantize")

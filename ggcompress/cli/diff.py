@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ggcompress.cli._common import console, emit_json
-from ggcompress.diff import compare, load_report, parse_tolerance
+from ggcompress.reports.diff import compare, load_report, parse_tolerance
 
 _STYLE = {"regression": "red", "improved": "green", "within tolerance": "yellow", "missing": "red",
           "added": "cyan", "changed": "", "same": "dim"}

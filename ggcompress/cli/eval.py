@@ -10,12 +10,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ggcompress.checkpoint import atomic_write_bytes
 from ggcompress.cli._common import console, emit_json, expand_inputs
 from ggcompress.errors import GGError
-from ggcompress.evaluation import EvalOptions, evaluate
-from ggcompress.gates import gate_from_bound, parse_gate
-from ggcompress.loading import DTYPES
+from ggcompress.integrations.evaluation import EvalOptions, evaluate
+from ggcompress.io.checkpoint import atomic_write_bytes
+from ggcompress.io.loading import DTYPES
+from ggcompress.reports.gates import gate_from_bound, parse_gate
 
 _TEXT_ROWS = (("ppl", "perplexity (text)", "↓"), ("ppl_ratio", "ppl ratio", "↓"), ("kl_mean", "KL mean", "↓"),
               ("kl_median", "KL median", "↓"), ("kl_p99", "KL p99", "↓"), ("kl_max", "KL max", "↓"),

@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from ggcompress.cli._common import console, emit_json
-from ggcompress.init import MODES, SAVE_DTYPES, init_checkpoint
+from ggcompress.methods.init import MODES, SAVE_DTYPES, init_checkpoint
 
 
 @click.command("init")

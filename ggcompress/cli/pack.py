@@ -11,8 +11,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ggcompress.cli._common import console, emit_json, expand_inputs
-from ggcompress.gates import parse_gate
-from ggcompress.pack import PackOptions, pack, unpack
+from ggcompress.codec.pack import PackOptions, pack, unpack
+from ggcompress.reports.gates import parse_gate
 
 
 class _EgOrder(click.ParamType):

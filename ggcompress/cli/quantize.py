@@ -13,8 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ggcompress.cli._common import console, emit_json, expand_inputs
-from ggcompress.gates import check_gates, parse_gate
-from ggcompress.quantize import QuantizeConfig, quantize_checkpoint
+from ggcompress.formats.quantize import QuantizeConfig, quantize_checkpoint
+from ggcompress.reports.gates import check_gates, parse_gate
 
 FORMAT_CHOICES = ("rf8", "e4m3", "e5m2", "int8")
 #: What decoding one weight costs in hardware: the point of RF8 is the first line.

@@ -31,9 +31,9 @@ from typing import Any
 
 import torch
 
-from ggcompress import gg
 from ggcompress.errors import GGError
-from ggcompress.roles import role_of
+from ggcompress.stats import gg
+from ggcompress.stats.roles import role_of
 
 MODES = ("fan_in", "fan_out")
 SCHEMA = "ggcompress.init/1"
@@ -135,7 +135,7 @@ def init_model(
 ) -> list[InitRecord]:
     """Re-initialize `model` in place: GG weights for Linear/Conv1D/Embedding, norm gains 1, biases 0.
 
-    β is `shape_by_role[role]` when that role (ggcompress.roles) is given there, else `shape`.
+    β is `shape_by_role[role]` when that role (ggcompress.stats.roles) is given there, else `shape`.
     `include` (re.search on parameter names) restricts which parameters are touched; the others keep
     their values. A weight shared by several modules (tied embedding/head) is drawn once, under the
     first name. Returns one record per parameter touched, in module order.
@@ -223,8 +223,8 @@ def shapes_from_checkpoint(spec: str | Path, *, sample: int | None = 2**16, seed
 
     `sample` values per tensor (seeded) keep this fast on big models; the MLE fit is what analyze uses.
     """
-    from ggcompress.analyze import AnalyzeOptions, analyze_checkpoint
-    from ggcompress.checkpoint import open_checkpoint
+    from ggcompress.io.checkpoint import open_checkpoint
+    from ggcompress.stats.analyze import AnalyzeOptions, analyze_checkpoint
 
     ck = open_checkpoint(spec)
     rep = analyze_checkpoint(ck, AnalyzeOptions(sample=sample, seed=seed, fit="mle"))
@@ -254,7 +254,7 @@ SAVE_DTYPES = ("float32", "bfloat16", "float16")
 
 def _config_source(spec: str) -> tuple[Path, Path | None]:
     """(config.json path, folder whose tokenizer files to copy) of a config file, folder or hub id."""
-    from ggcompress.checkpoint import HUB_ID
+    from ggcompress.io.checkpoint import HUB_ID
 
     p = Path(spec).expanduser()
     if p.is_file():
@@ -327,7 +327,7 @@ def init_checkpoint(
     temporary folder beside `out` and renamed into place (CheckpointWriter). Same inputs + seed give the
     same weights.
     """
-    from ggcompress.checkpoint import CheckpointWriter, check_output_path
+    from ggcompress.io.checkpoint import CheckpointWriter, check_output_path
 
     _check(shape, xi, mode)
     if dtype not in SAVE_DTYPES:

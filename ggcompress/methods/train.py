@@ -318,7 +318,7 @@ class BatchStream:
 
 def load_causal_lm(spec: str | os.PathLike[str], device: str = "cpu") -> tuple[Any, Any, str]:
     """(model in fp32 on `device`, tokenizer, local source) of an HF causal-LM folder or hub id."""
-    from ggcompress.loading import load_model
+    from ggcompress.io.loading import load_model
 
     loaded = load_model(spec, device=device, dtype="float32")
     if getattr(loaded.tokenizer, "eos_token_id", None) is None:

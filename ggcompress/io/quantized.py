@@ -24,12 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ggcompress.checkpoint import Checkpoint, open_checkpoint
 from ggcompress.errors import GGError
 from ggcompress.formats import get_codec
-from ggcompress.kernels import Backend
-from ggcompress.nn import QuantLinear
-from ggcompress.qlayout import (
+from ggcompress.io.checkpoint import Checkpoint, open_checkpoint
+from ggcompress.io.qlayout import (
     Scheme,
     check_tensors,
     decode,
@@ -38,6 +36,8 @@ from ggcompress.qlayout import (
     scale_name,
     weight_name,
 )
+from ggcompress.kernels import Backend
+from ggcompress.kernels.nn import QuantLinear
 
 #: Files a transformers tokenizer can be built from.
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
@@ -58,7 +58,7 @@ def load_quantized(
     Triton kernel on CUDA, chunked torch path on the CPU). A ``.ggz`` container (``ggcompress pack``) is
     unpacked to a temporary folder first.
     """
-    from ggcompress.pack import is_packed, unpacked
+    from ggcompress.codec.pack import is_packed, unpacked
 
     if is_packed(path):
         with unpacked(path) as folder:

@@ -23,7 +23,9 @@ from typing import Any
 import torch
 
 from ggcompress import __version__
-from ggcompress.checkpoint import (
+from ggcompress.errors import GGError, check_patterns
+from ggcompress.formats import QuantizedTensor, available_formats, error_stats, get_codec, parse_granularity
+from ggcompress.io.checkpoint import (
     DTYPES,
     Checkpoint,
     CheckpointWriter,
@@ -31,11 +33,9 @@ from ggcompress.checkpoint import (
     check_output_path,
     open_checkpoint,
 )
-from ggcompress.errors import GGError, check_patterns
-from ggcompress.formats import QuantizedTensor, available_formats, error_stats, get_codec, parse_granularity
-from ggcompress.jsonsafe import json_safe
-from ggcompress.qlayout import SCALE_SUFFIX, Scheme, read_scheme
-from ggcompress.roles import role_of
+from ggcompress.io.qlayout import SCALE_SUFFIX, Scheme, read_scheme
+from ggcompress.reports.jsonsafe import json_safe
+from ggcompress.stats.roles import role_of
 
 SCHEMA = "ggcompress.quantize/1"
 #: File stems that say nothing about the model: such inputs are named after their folder instead.

@@ -22,11 +22,11 @@ from typing import Any
 import torch
 
 from ggcompress import __version__
-from ggcompress.checkpoint import Checkpoint
 from ggcompress.errors import GGError
 from ggcompress.formats import QuantizedTensor, get_codec, parse_granularity
 from ggcompress.formats.base import matrix_shape, validate
 from ggcompress.formats.rf8 import RF8_VERSION
+from ggcompress.io.checkpoint import Checkpoint
 
 QUANT_METHOD = "ggcompress"
 #: ``X.weight`` holds the codes, ``X.weight`` + SCALE_SUFFIX the float32 scales.

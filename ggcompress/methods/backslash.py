@@ -20,7 +20,7 @@ Recipe: `rate_steps` steps with the rate term, then `recover_steps` plain steps,
 schedule. λ is the reference's raw λ (its shrink is per weight ∝ λ/N, so a model 10× larger needs a 10×
 larger λ for the same per-weight push); both modes use the same λ.
 
-The rate is measured as the papers do (`ggcompress.rate`): quantize with a step 2^-s, rank symbols by
+The rate is measured as the papers do (`ggcompress.stats.rate`): quantize with a step 2^-s, rank symbols by
 frequency over all selected weights together, exp-Golomb order k code lengths; plus the empirical
 entropy, the share of zeros, ν per tensor, and validation perplexity of the model as saved and with
 its selected weights quantized to the step (what the bits describe). `run_backslash` trains, measures
@@ -44,12 +44,10 @@ from typing import Any
 
 import torch
 
-from ggcompress import __version__, gg
-from ggcompress.checkpoint import check_output_path
+from ggcompress import __version__
 from ggcompress.errors import GGError, check_patterns
-from ggcompress.jsonsafe import json_safe
-from ggcompress.rate import SymbolHistogram, format_step
-from ggcompress.train import (
+from ggcompress.io.checkpoint import check_output_path
+from ggcompress.methods.train import (
     Hook,
     TextData,
     TrainConfig,
@@ -63,6 +61,9 @@ from ggcompress.train import (
     source_dtype,
     train,
 )
+from ggcompress.reports.jsonsafe import json_safe
+from ggcompress.stats import gg
+from ggcompress.stats.rate import SymbolHistogram, format_step
 
 SCHEMA = "ggcompress.backslash/1"
 MODES = ("loss", "decoupled")
@@ -353,7 +354,7 @@ class _quantized:
 # ---------------------------------------------------------------------------------------------- the run
 
 
-#: progress(event) as in ggcompress.train, plus {"phase": "backslash"|"baseline"|"measure", ...}
+#: progress(event) as in ggcompress.methods.train, plus {"phase": "backslash"|"baseline"|"measure", ...}
 Progress = Callable[[dict[str, Any]], None]
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ggcompress.rate import format_step
+from ggcompress.stats.rate import format_step
 
 CSV_COLUMNS = [
     "checkpoint", "name", "role", "shape", "dtype", "numel", "analyzed", "mean", "std", "beta", "alpha",

@@ -4,7 +4,7 @@ Why: every compression step must show what it costs. ``evaluate`` runs each mode
 baseline) through
 
 1. lm-eval (``HFLM`` wrapping the in-memory model, run by ``lm_eval.evaluate``): any harness task it can
-   reach, plus ggcompress's offline tasks (``ggcompress.tasks``). Recovery per metric is
+   reach, plus ggcompress's offline tasks (``ggcompress.integrations.tasks``). Recovery per metric is
    model/baseline when higher is better and baseline/model when lower is better.
 2. ggcompress's own comparison over ``text`` (as llama.cpp's KL-divergence report): the text is
    tokenized once, cut into non-overlapping windows of ``window`` tokens spread evenly over it (at
@@ -42,9 +42,9 @@ import torch
 
 from ggcompress import __version__
 from ggcompress.errors import GGError
-from ggcompress.gates import Gate, check_gates
-from ggcompress.loading import LoadedModel, load_model
-from ggcompress.tasks import SHIPPED, TEXT_TASKS, materialize, read_text
+from ggcompress.integrations.tasks import SHIPPED, TEXT_TASKS, materialize, read_text
+from ggcompress.io.loading import LoadedModel, load_model
+from ggcompress.reports.gates import Gate, check_gates
 
 SCHEMA = "ggcompress.eval/1"
 #: Metrics ggcompress computes itself over --text; all but ppl are relative to the baseline already.

@@ -10,7 +10,7 @@ Kinds handled now:
   (resolved through ``huggingface_hub``, honouring ``HF_HUB_OFFLINE`` and the local cache).
 - ``gguf``: a ``.gguf`` file, dequantized by transformers (needs the ``gguf`` package).
 - ``ggcompress``: an HF folder written by ``ggcompress quantize-rf8`` (quant_method "ggcompress"); its
-  linear layers keep their 1-byte codes in memory (``ggcompress.quantized.load_quantized``).
+  linear layers keep their 1-byte codes in memory (``ggcompress.io.quantized.load_quantized``).
 - ``ggz``: a ``.ggz`` container (``ggcompress pack``), unpacked to a temporary folder and loaded as
   the kind of folder it holds.
 """
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ggcompress.checkpoint import HUB_ID, _hub_snapshot
 from ggcompress.errors import GGError
+from ggcompress.io.checkpoint import HUB_ID, _hub_snapshot
 
 #: Files any transformers tokenizer is built from; a folder with none of them has no tokenizer.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
@@ -138,7 +138,7 @@ def _load_gguf(file: Path, dtype: Any) -> tuple[Any, Any]:
 
 def _load_ggcompress(folder: Path, dtype: Any) -> tuple[Any, Any]:
     """A ggcompress-quantized folder (RF8/FP8/INT8 codes): Linear layers become QuantLinear."""
-    from ggcompress.quantized import load_quantized
+    from ggcompress.io.quantized import load_quantized
 
     _require_causal_lm(folder / "config.json")
     tokenizer = _load_tokenizer(folder)
@@ -148,7 +148,7 @@ def _load_ggcompress(folder: Path, dtype: Any) -> tuple[Any, Any]:
 
 def _load_ggz(file: Path, dtype: Any) -> tuple[Any, Any]:
     """A packed .ggz container (ggcompress pack): unpacked to a temporary folder, loaded as that folder."""
-    from ggcompress.pack import unpacked
+    from ggcompress.codec.pack import unpacked
 
     with unpacked(file) as folder:
         return LOADERS[detect_kind(folder)](folder, dtype)

@@ -15,10 +15,11 @@ from typing import Any
 
 import torch
 
-from ggcompress import __version__, gg, rate
-from ggcompress.checkpoint import DTYPES, Checkpoint, TensorInfo, open_checkpoint
-from ggcompress.jsonsafe import json_safe
-from ggcompress.roles import role_of
+from ggcompress import __version__
+from ggcompress.io.checkpoint import DTYPES, Checkpoint, TensorInfo, open_checkpoint
+from ggcompress.reports.jsonsafe import json_safe
+from ggcompress.stats import gg, rate
+from ggcompress.stats.roles import role_of
 
 SCHEMA = "ggcompress.analyze/1"
 #: Below this many values a shape fit is noise; such tensors are reported, not fitted.

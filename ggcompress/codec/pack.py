@@ -33,8 +33,10 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from ggcompress import __version__, coders, rate
-from ggcompress.checkpoint import (
+from ggcompress import __version__
+from ggcompress.codec import coders
+from ggcompress.errors import GGError, check_patterns
+from ggcompress.io.checkpoint import (
     DTYPES,
     TORCH_TO_ST,
     WEIGHT_NAMES,
@@ -46,9 +48,9 @@ from ggcompress.checkpoint import (
     open_checkpoint,
     support_files,
 )
-from ggcompress.errors import GGError, check_patterns
-from ggcompress.gates import Gate, check_gates
-from ggcompress.jsonsafe import json_safe
+from ggcompress.reports.gates import Gate, check_gates
+from ggcompress.reports.jsonsafe import json_safe
+from ggcompress.stats import rate
 
 SCHEMA = "ggcompress.pack/1"
 UNPACK_SCHEMA = "ggcompress.unpack/1"
@@ -311,7 +313,7 @@ def pack(
 
 def output_paths(sources: Sequence[str], out: str | os.PathLike[str]) -> list[Path]:
     """One source: ``out`` itself; several: ``out/<output_name(source)>.ggz`` (names must differ)."""
-    from ggcompress.quantize import output_name
+    from ggcompress.formats.quantize import output_name
 
     if len(sources) == 1:
         return [Path(out).expanduser().absolute()]
@@ -333,7 +335,7 @@ def gate_values(summary: dict[str, Any]) -> dict[str, float | None]:
 
 
 def _scheme(ck: Checkpoint) -> Any:
-    from ggcompress.qlayout import read_scheme
+    from ggcompress.io.qlayout import read_scheme
 
     return read_scheme(ck)
 
@@ -367,7 +369,7 @@ def _pack_one(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progres
 def _pack_rf8(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progress: Progress | None
               ) -> dict[str, Any]:
     """RF8 from a dense checkpoint: quantize-rf8 into a scratch folder beside the output, pack its codes."""
-    from ggcompress.quantize import QuantizeConfig, quantize_checkpoint
+    from ggcompress.formats.quantize import QuantizeConfig, quantize_checkpoint
 
     config = QuantizeConfig(format="rf8", granularity=opts.granularity, include=opts.include,
                             exclude=opts.exclude)
@@ -399,7 +401,7 @@ def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOp
                      progress: Progress | None, *, step: float | None = None, scheme: Any = None
                      ) -> dict[str, Any]:
     """Write ``ck`` as a container; ``origin`` is what sizes are compared with (the dense source)."""
-    from ggcompress.qlayout import weight_name
+    from ggcompress.io.qlayout import weight_name
 
     code_tensors = {weight_name(m) for m in scheme.modules} if scheme is not None else set()
     container = _Container(out, force)

@@ -16,9 +16,9 @@ together (`scope="global"`, the reference's way):
    value, the next c_2 the next one, and so on: a monotone map, so the order of weights is kept
    (w_i < w_j ⇒ w'_i ≤ w'_j) and each weight moves as little as a rank-preserving map allows.
 
-Then fine-tune on calibration text with the training engine (`ggcompress.train`) to recover quality,
+Then fine-tune on calibration text with the training engine (`ggcompress.methods.train`) to recover quality,
 optionally distilling to the original model's next-token distributions (a KL term) and optionally
-keeping a BackSlash rate term (`ggcompress.backslash.RateHook`) so the weights stay compressible.
+keeping a BackSlash rate term (`ggcompress.methods.backslash.RateHook`) so the weights stay compressible.
 Measurements (validation perplexity, exp-Golomb and entropy bits/param at `step`, sparsity) come from
 `backslash.measure`, before, after reshaping and after the fine-tune.
 
@@ -45,13 +45,11 @@ from typing import Any
 
 import torch
 
-from ggcompress import __version__, gg
-from ggcompress.backslash import BackSlashConfig, RateHook, measure, select_weights
-from ggcompress.checkpoint import CheckpointWriter, check_output_path
+from ggcompress import __version__
 from ggcompress.errors import GGError, check_patterns
-from ggcompress.jsonsafe import json_safe
-from ggcompress.rate import format_step
-from ggcompress.train import (
+from ggcompress.io.checkpoint import CheckpointWriter, check_output_path
+from ggcompress.methods.backslash import BackSlashConfig, RateHook, measure, select_weights
+from ggcompress.methods.train import (
     Hook,
     TextData,
     TrainConfig,
@@ -62,9 +60,12 @@ from ggcompress.train import (
     source_dtype,
     train,
 )
+from ggcompress.reports.jsonsafe import json_safe
+from ggcompress.stats import gg
+from ggcompress.stats.rate import format_step
 
 SCHEMA = "ggcompress.deepshape/1"
-SWEEP_SCHEMA = "ggcompress.deepshape-sweep/1"
+SWEEP_SCHEMA = "ggcompress.methods.deepshape-sweep/1"
 SCOPES = ("tensor", "global")
 REPORT_NAME = "deepshape_report.json"
 SWEEP_NAME = "deepshape_sweep.json"
@@ -506,7 +507,7 @@ def run_sweep(
 
 def plot_sweep(doc: dict[str, Any], path: Path) -> Path:
     """Validation perplexity against exp-Golomb bits/param: original, reshaped and fine-tuned points."""
-    from ggcompress.plot import _pyplot
+    from ggcompress.reports.plot import _pyplot
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
@@ -532,7 +533,7 @@ def plot_sweep(doc: dict[str, Any], path: Path) -> Path:
 
 
 def _device(pref: str) -> str:
-    from ggcompress.train import dist_info
+    from ggcompress.methods.train import dist_info
 
     return dist_info(pref).device
 

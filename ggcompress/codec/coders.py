@@ -19,8 +19,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from ggcompress import rate
 from ggcompress.errors import GGError
+from ggcompress.stats import rate
 
 #: Symbols per chunk in the encoder: its temporaries stay in cache (see rate.CODE_CHUNK).
 ENCODE_CHUNK = 1 << 16

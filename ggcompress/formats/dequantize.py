@@ -17,9 +17,9 @@ from typing import Any
 import torch
 
 from ggcompress import __version__
-from ggcompress.checkpoint import TORCH_TO_ST, CheckpointWriter, open_checkpoint
 from ggcompress.errors import GGError
-from ggcompress.qlayout import check_tensors, decode, read_scheme, scale_name, weight_name
+from ggcompress.io.checkpoint import TORCH_TO_ST, CheckpointWriter, open_checkpoint
+from ggcompress.io.qlayout import check_tensors, decode, read_scheme, scale_name, weight_name
 
 SCHEMA = "ggcompress.dequantize/1"
 #: --dtype choices; None keeps the dtype the weights had before quantization (``source_dtype``).

@@ -10,7 +10,8 @@ is 25%). Nothing is invented: every choice is a real sentence fragment.
 The shipped ``ggc_cloze.jsonl`` was made from the Wikipedia validation text of
 ``ggcompress.fixtures.text()`` with::
 
-    python -m ggcompress.tasks.cloze VALIDATION.txt -o ggcompress/tasks/ggc_cloze.jsonl
+    python -m ggcompress.integrations.tasks.cloze VALIDATION.txt \
+        -o ggcompress/integrations/tasks/ggc_cloze.jsonl
 
 Run the same on your own text to make a domain-specific task (see docs/eval.md).
 """
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ggcompress.errors import GGError
-from ggcompress.tasks import documents
+from ggcompress.integrations.tasks import documents
 
 N_CHOICES = 4
 MIN_WORDS, MAX_WORDS = 12, 40  # sentences shorter than this make trivial halves; longer ones run on
@@ -119,7 +120,7 @@ def write_jsonl(items: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ggcompress.tasks.cloze",
+    parser = argparse.ArgumentParser(prog="python -m ggcompress.integrations.tasks.cloze",
                                      description="Make multiple-choice cloze items (JSONL) from a text file.")
     parser.add_argument("text", type=Path, help="UTF-8 text; documents separated by blank lines")
     parser.add_argument("-o", "--output", type=Path, required=True, help="JSONL file to write")

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ggcompress import gg
-from ggcompress.analyze import TensorReport
 from ggcompress.errors import GGError
+from ggcompress.stats import gg
+from ggcompress.stats.analyze import TensorReport
 
 #: Values kept per tensor for a per-role plot, so memory stays bounded on big models.
 ROLE_SAMPLE = 2**16

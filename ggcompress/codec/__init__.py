@@ -1,0 +1,1 @@
+"""The .ggz container: pack/unpack and its entropy coders."""

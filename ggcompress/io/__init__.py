@@ -1,0 +1,1 @@
+"""Reading and writing checkpoints: safetensors files, shards, folders, hub ids, runnable models."""

@@ -1,0 +1,1 @@
+"""Training-side methods: the shared training engine, BackSlash, DeepShape, GG initialization."""
