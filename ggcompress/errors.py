@@ -1,4 +1,9 @@
-"""The one exception type the CLI turns into a single clear error line (exit 1)."""
+"""The one exception type the CLI turns into a single clear error line (exit 1), and its relatives."""
+
+from __future__ import annotations
+
+import errno
+import os
 
 
 class GGError(Exception):
@@ -6,6 +11,48 @@ class GGError(Exception):
 
     The message must name the file/tensor and say what is wrong; the CLI prints it as one line.
     """
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived. Raised from the CLI's signal handler so every writer's abort path runs (exit 143).
+
+    A BaseException, like KeyboardInterrupt, so that `except Exception` in library code cannot swallow it.
+    """
+
+
+#: What an OSError means for the user and what to do about it, by errno.
+_OS_HINTS: dict[int, str] = {
+    errno.ENOSPC: "no space left on the device — free some space or write somewhere else",
+    errno.EDQUOT: "disk quota exceeded — free some space or write somewhere else",
+    errno.EROFS: "read-only file system — choose a writable path",
+    errno.EACCES: "permission denied — check its permissions or choose another path",
+    errno.EPERM: "operation not permitted — check its permissions or choose another path",
+    errno.EISDIR: "is a folder where a file was expected — give a file path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder — fix the path",
+    errno.ENAMETOOLONG: "name too long for the file system — choose a shorter name",
+    errno.ENOENT: "no such file or folder",
+    errno.EEXIST: "already exists",
+    errno.ENOTEMPTY: "folder is not empty",
+    errno.EMFILE: "too many open files — raise `ulimit -n`",
+    errno.ENFILE: "too many open files on the system",
+    errno.EIO: "input/output error from the device — check the disk",
+    errno.ELOOP: "too many levels of symbolic links",
+    errno.EXDEV: "cannot move across file systems",
+    errno.EFBIG: "file too large for the file system",
+    errno.ENXIO: "no such device",
+}
+
+
+def describe_os_error(exc: OSError, path: str | os.PathLike[str] | None = None, doing: str = "") -> str:
+    """One line for an OSError: the path (given, or the one the OS names), what happened, what to do."""
+    where = path if path is not None else exc.filename
+    what = _OS_HINTS.get(exc.errno or -1) or (exc.strerror or str(exc) or type(exc).__name__)
+    if exc.errno in (errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG) and path is not None and exc.filename:
+        what += f" ({exc.filename})"
+    elif exc.filename2 is not None:
+        what += f" ({exc.filename} → {exc.filename2})"
+    doing = f"cannot {doing}: " if doing else ""
+    return f"{where}: {doing}{what}" if where is not None else f"{doing}{what}"
 
 
 def check_patterns(include: str | None, exclude: str | None) -> None:

@@ -13,11 +13,15 @@ from ggcompress.cli._common import Group
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="ggcompress")
-@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one error line.")
+@click.option("--debug", is_flag=True,
+              help="Show full tracebacks instead of one error line (also after the subcommand name, or "
+                   "GGCOMPRESS_DEBUG=1).")
 def cli(debug: bool) -> None:
     """Make LLM checkpoints smaller and faster with generalized-Gaussian (GG) priors.
 
-    Exit codes: 0 ok, 1 bad input or a failed threshold, 2 usage error.
+    Exit codes: 0 ok, 1 bad input, a failed threshold or an I/O error (one `error:` line), 2 usage error,
+    130 interrupted (Ctrl-C), 143 terminated (SIGTERM); partial outputs are removed on every path.
+    Details: docs/reliability.md.
     """
 
 

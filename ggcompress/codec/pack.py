@@ -45,8 +45,13 @@ from ggcompress.io.checkpoint import (
     CheckpointWriter,
     TensorInfo,
     check_output_path,
+    make_parent,
+    missing_parents,
     open_checkpoint,
+    output_error,
+    remove_empty_folders,
     support_files,
+    temp_prefix,
 )
 from ggcompress.reports.gates import Gate, check_gates
 from ggcompress.reports.jsonsafe import json_safe
@@ -221,8 +226,13 @@ class _Container:
     def __init__(self, out: Path, force: bool):
         self.out = out
         self.force = force
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, side = tempfile.mkstemp(prefix=f".{out.name}.data-", dir=out.parent)
+        self._made = missing_parents(out)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fd, side = tempfile.mkstemp(prefix=temp_prefix(out, "data"), dir=out.parent)
+        except OSError as e:
+            remove_empty_folders(self._made)
+            raise output_error(out, e) from e
         self._data: IO[bytes] = os.fdopen(fd, "wb+")
         self._side = Path(side)
         self.size = 0
@@ -233,12 +243,14 @@ class _Container:
         """Append an aligned section (any C-contiguous buffer); returns (offset, length, crc32)."""
         blob = memoryview(blob).cast("B")
         pad = -self.size % ALIGN
-        if pad:
-            self._data.write(b"\0" * pad)
-            self.size += pad
-        offset = self.size
-        self._data.write(blob)
-        self.size += len(blob)
+        offset = self.size + pad
+        try:
+            if pad:
+                self._data.write(b"\0" * pad)
+            self._data.write(blob)
+        except OSError as e:
+            raise output_error(self.out, e) from e
+        self.size = offset + len(blob)
         return offset, len(blob), zlib.crc32(blob)
 
     def finish(self, header: dict[str, Any]) -> int:
@@ -246,8 +258,10 @@ class _Container:
         text = json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
         text += b" " * (-len(text) % ALIGN)
         preamble = PREAMBLE.pack(MAGIC, FORMAT_VERSION, zlib.crc32(text), len(text), self.size)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent)
+        tmp = None
         try:
+            fd, tmp = tempfile.mkstemp(prefix=temp_prefix(self.out, "tmp"), dir=self.out.parent)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a container gets normal permissions
             with os.fdopen(fd, "wb") as f:
                 f.write(preamble)
                 f.write(text)
@@ -256,16 +270,24 @@ class _Container:
             if self.out.exists() and not self.force:
                 raise GGError(f"{self.out}: already exists (use --force to replace it)")
             os.replace(tmp, self.out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+        except BaseException as e:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            if isinstance(e, OSError):
+                raise output_error(self.out, e) from e
             raise
         finally:
             self.abort()
         return len(preamble) + len(text) + self.size
 
     def abort(self) -> None:
-        self._data.close()
+        try:
+            self._data.close()
+        except OSError:  # a full disk can fail the final flush; the side file goes either way
+            pass
         self._side.unlink(missing_ok=True)
+        if not self.out.exists():
+            remove_empty_folders(self._made)
 
 
 # -------------------------------------------------------------------------------------------- packing
@@ -292,7 +314,7 @@ def pack(
     cks = [open_checkpoint(s) for s in srcs]
     outs = output_paths(srcs, out)
     for o in outs:
-        check_output_path(o, srcs, force=force)
+        check_output_path(o, srcs, force=force, kind="file")
     reports = [_pack_one(ck, o, opts, force, progress) for ck, o in zip(cks, outs, strict=True)]
     failed = False
     for r in reports:
@@ -373,7 +395,12 @@ def _pack_rf8(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progres
 
     config = QuantizeConfig(format="rf8", granularity=opts.granularity, include=opts.include,
                             exclude=opts.exclude)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.rf8-", dir=out.parent))
+    made = missing_parents(out)
+    try:
+        scratch = Path(tempfile.mkdtemp(prefix=temp_prefix(out, "rf8"), dir=make_parent(out)))
+    except OSError as e:
+        remove_empty_folders(made)
+        raise output_error(out, e) from e
     try:
         relay = None if progress is None else (lambda desc, done, total: progress(f"rf8 {desc}", done, total))
         qdoc = quantize_checkpoint(ck.source, scratch / "rf8", config, force=True, progress=relay)
@@ -381,6 +408,8 @@ def _pack_rf8(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progres
         report = _pack_checkpoint(quantized, ck, out, opts, force, progress, scheme=_scheme(quantized))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        if not out.exists():
+            remove_empty_folders(made)
     totals = qdoc["checkpoints"][0]["totals"]
     for key in ("sqnr_db", "mean_rel_err", "max_rel_err", "flushed_frac"):
         report["summary"][key] = totals.get(key)
@@ -825,3 +854,9 @@ def is_packed(path: str | os.PathLike[str]) -> bool:
             return p.is_file() and f.read(len(MAGIC)) == MAGIC
     except OSError:
         return False
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

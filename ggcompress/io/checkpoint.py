@@ -6,12 +6,17 @@ safety rules (never unpickle, never touch an input, atomic output, --force) live
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import re
 import shutil
+import socket
+import stat
 import struct
 import tempfile
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +24,10 @@ from typing import Any
 
 import torch
 
-from ggcompress.errors import GGError
+from ggcompress.errors import GGError, describe_os_error
+
+#: Notes for the user (stale temp files removed...); the CLI prints them on stderr as `note: ...`.
+log = logging.getLogger("ggcompress")
 
 #: safetensors dtype strings <-> torch dtypes.
 DTYPES: dict[str, torch.dtype] = {
@@ -406,7 +414,10 @@ class SafetensorsStreamWriter:
         os.unlink(self._data.name)
 
     def abort(self) -> None:
-        self._data.close()
+        try:
+            self._data.close()
+        except OSError:  # a full disk can fail the final flush; the file goes either way
+            pass
         Path(self._data.name).unlink(missing_ok=True)
 
 
@@ -428,10 +439,14 @@ class CheckpointWriter:
         self.out = Path(out).expanduser().absolute()
         self.force = force
         self.max_shard_bytes = max_shard_bytes
-        check_output_path(self.out, inputs, force=force)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
-        os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs get normal permissions
+        check_output_path(self.out, inputs, force=force, kind="folder")
+        self._made = missing_parents(self.out)
+        try:
+            self.tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(self.out, "tmp"), dir=make_parent(self.out)))
+            os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs get normal permissions
+        except OSError as e:
+            remove_empty_folders(self._made)
+            raise output_error(self.out, e) from e
         self._shards: list[Path] = []
         self._weight_map: dict[str, str] = {}
         self._writer: SafetensorsStreamWriter | None = None
@@ -443,8 +458,10 @@ class CheckpointWriter:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is None:
             self.commit()
-        else:
-            self.abort()
+            return
+        self.abort()
+        if isinstance(exc, OSError):  # name the output, not a hidden temp file
+            raise output_error(self.out, exc) from exc
 
     def add_tensor(self, name: str, tensor: torch.Tensor) -> None:
         """Append one tensor to the current shard (a new shard starts past max_shard_bytes)."""
@@ -505,13 +522,16 @@ class CheckpointWriter:
             if self.out.exists():
                 if not self.force:  # appeared while we worked
                     raise GGError(f"{self.out}: already exists (use --force to replace it)")
-                trash = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
+                trash = Path(tempfile.mkdtemp(prefix=temp_prefix(self.out, "old"), dir=self.out.parent))
                 os.replace(self.out, trash / "old")
                 os.replace(self.tmp, self.out)
                 shutil.rmtree(trash, ignore_errors=True)
             else:
                 os.replace(self.tmp, self.out)
             return self.out
+        except OSError as e:
+            self.abort()
+            raise output_error(self.out, e) from e
         except BaseException:
             self.abort()
             raise
@@ -521,6 +541,8 @@ class CheckpointWriter:
             self._writer.abort()
             self._writer = None
         shutil.rmtree(self.tmp, ignore_errors=True)
+        if not self.out.exists():
+            remove_empty_folders(self._made)
 
 
 def _umask() -> int:
@@ -529,9 +551,25 @@ def _umask() -> int:
     return mask
 
 
-def check_output_path(out: Path, inputs: Iterable[str | os.PathLike[str]], *, force: bool) -> None:
-    """Refuse outputs that exist (without force) or that would overwrite/overlap any input."""
+def check_output_path(
+    out: Path, inputs: Iterable[str | os.PathLike[str]], *, force: bool, kind: str | None = None
+) -> None:
+    """Refuse outputs that exist (without force), overlap an input, or cannot be written — before any work.
+
+    `kind` ("file" or "folder") is what the command writes: --force replaces an output of that kind
+    only, never a folder by a file. Also removes temp files that killed runs of this output left.
+    """
+    if "\x00" in str(out):
+        raise GGError(f"{str(out)!r}: the path contains a NUL byte — not a valid file name")
     out = Path(out).expanduser().absolute()
+    try:
+        _check_output(out, inputs, force, kind)
+    except OSError as e:  # e.g. a name longer than the file system allows
+        raise GGError(describe_os_error(e, out, "write")) from None
+    clean_stale_temps(out)
+
+
+def _check_output(out: Path, inputs: Iterable[str | os.PathLike[str]], force: bool, kind: str | None) -> None:
     for src in inputs:
         p = Path(src).expanduser()
         if not p.exists():
@@ -542,23 +580,170 @@ def check_output_path(out: Path, inputs: Iterable[str | os.PathLike[str]], *, fo
             raise GGError(
                 f"{out}: output would overwrite or sit inside the input {src} — choose another path"
             )
-    if out.exists() and not force:
-        raise GGError(f"{out}: already exists (use --force to replace it)")
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise GGError(f"{out}: already exists (use --force to replace it)")
+        st = out.lstat()
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+            raise GGError(f"{out}: is a device, pipe or socket, not a file or folder — --force replaces only "
+                          "files and folders; choose another path")
+        if kind == "file" and out.is_dir():
+            raise GGError(f"{out}: is a folder; this command writes a file — give a file path "
+                          "(--force never replaces a folder by a file)")
+        if kind == "folder" and not out.is_dir():
+            raise GGError(f"{out}: is a file; this command writes a folder — give a folder path "
+                          "(--force never replaces a file by a folder)")
+    check_writable(out)
+
+
+def check_writable(out: Path) -> None:
+    """Fail now, not after the work, when `out` cannot be created: a parent that is a file, a read-only
+    or forbidden folder, a name longer than the file system allows."""
+    out = Path(out).expanduser().absolute()
+    base = out.parent
+    missing = [out.name]
+    while not base.exists():
+        if base.is_symlink():
+            raise GGError(f"{out}: cannot write: {base} is a broken symbolic link")
+        missing.append(base.name)
+        base = base.parent
+    if not base.is_dir():
+        raise GGError(f"{out}: cannot write: {base} is a file, not a folder — fix the path")
+    if not os.access(base, os.W_OK | os.X_OK):
+        err = errno.EROFS if _read_only(base) else errno.EACCES
+        raise GGError(describe_os_error(OSError(err, os.strerror(err)), out, "write") + f" ({base})")
+    try:
+        name_max = os.pathconf(base, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    for name in missing:
+        if len(os.fsencode(name)) > name_max:
+            raise GGError(f"{out}: cannot write: the name {name[:40]}… is {len(os.fsencode(name))} bytes, "
+                          f"longer than the {name_max} the file system allows — choose a shorter name")
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def make_parent(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out.parent
+
+
+def output_error(out: Path, exc: OSError) -> GGError:
+    """A writer's OSError as one line naming the output (not its hidden temp file); nothing was kept."""
+    return GGError(describe_os_error(exc, out, "write") + " — nothing was written")
+
+
+# ---------------------------------------------------------------------------------------------- temp files
+
+#: Kinds of hidden files the writers keep beside an output while they work: `.NAME.KIND-PID-HOST-xxxx`.
+TEMP_KINDS = ("tmp", "data", "old", "rf8")
+_HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"
+_STEM_MAX = 100  # keep temp names well under NAME_MAX even for long output names
+
+
+def _stem(name: str) -> str:
+    if len(os.fsencode(name)) <= _STEM_MAX:
+        return name
+    return f"{name[:60]}~{zlib.crc32(os.fsencode(name)):08x}"
+
+
+def temp_prefix(out: Path, kind: str) -> str:
+    """mkstemp/mkdtemp prefix of a hidden temp beside `out`; the pid and host let a later run tell a
+    killed run's leftovers from a live run's files."""
+    return f".{_stem(Path(out).name)}.{kind}-{os.getpid()}-{_HOST}-"
+
+
+_TEMP_NAME = re.compile(r"(?P<pid>\d+)-(?P<host>[0-9a-f]{8})-")
+
+
+def clean_stale_temps(out: Path) -> list[Path]:
+    """Remove the temp files of earlier runs of `out` that were killed (their process is gone).
+
+    Files of a live process, or of another machine (shared file systems), are left alone; temp files
+    without a pid (older versions) are reported, not removed. Returns the paths removed.
+    """
+    out = Path(out).expanduser().absolute()
+    try:
+        entries = list(out.parent.iterdir())
+    except OSError:
+        return []
+    removed = []
+    prefixes = [f".{_stem(out.name)}.{kind}-" for kind in TEMP_KINDS]
+    for p in entries:
+        prefix = next((x for x in prefixes if p.name.startswith(x)), None)
+        if prefix is None:
+            continue
+        m = _TEMP_NAME.match(p.name[len(prefix):])
+        if m is None:
+            log.warning("%s: looks like a temp file of an interrupted run of an older version — remove it "
+                        "if no other run is writing %s", p, out.name)
+            continue
+        if m["host"] != _HOST or _alive(int(m["pid"])):
+            continue
+        try:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        except OSError as e:
+            log.warning("%s: cannot remove a killed run's temp file (%s)", p, e.strerror)
+            continue
+        log.warning("removed %s, left by a killed run (pid %s) of %s", p.name, m["pid"], out)
+        removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # it exists (another user's), or we cannot tell: keep its files
+    return True
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, force: bool = False) -> Path:
-    """Write one file atomically (temp file in the same folder, then rename)."""
+    """Write one file atomically (temp file in the same folder, then rename); --force replaces only at
+    the rename, and a failure leaves neither a partial file nor a new folder behind."""
     p = Path(path).expanduser().absolute()
-    if p.exists() and not force:
-        raise GGError(f"{p}: already exists (use --force to replace it)")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.tmp-", dir=p.parent)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
+    check_output_path(p, (), force=force, kind="file")
+    made = missing_parents(p)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(p, "tmp"), dir=make_parent(p))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        remove_empty_folders(made)
+        if isinstance(e, OSError):
+            raise output_error(p, e) from e
         raise
     return p
+
+
+def missing_parents(p: Path) -> list[Path]:
+    """The folders above `p` that do not exist yet (deepest first), to remove again after a failure."""
+    out = []
+    q = p.parent
+    while not q.exists() and q != q.parent:
+        out.append(q)
+        q = q.parent
+    return out
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    for d in folders:
+        try:
+            d.rmdir()
+        except OSError:
+            return

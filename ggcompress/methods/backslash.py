@@ -46,7 +46,8 @@ import torch
 
 from ggcompress import __version__
 from ggcompress.errors import GGError, check_patterns
-from ggcompress.io.checkpoint import check_output_path
+from ggcompress.io.checkpoint import log
+from ggcompress.methods.rundir import RunFolder
 from ggcompress.methods.train import (
     Hook,
     TextData,
@@ -379,19 +380,12 @@ def run_backslash(
     """
     notify = progress or (lambda event: None)
     info = dist_info(tcfg.device)
-    outp = Path(out).expanduser().absolute()
     tcfg = TrainConfig(**{**tcfg.to_dict(), "steps": cfg.steps})
-    report_path = outp / REPORT_NAME
-    if resume and report_path.is_file():
-        return json.loads(report_path.read_text())
+    folder = RunFolder(Path(out).expanduser().absolute(), "backslash", TRAIN_DIR, REPORT_NAME, SCHEMA)
+    if resume and (finished := folder.finished_report()) is not None:
+        return finished
     inputs = [model_spec, data_spec] + ([validation] if validation else [])
-    check_output_path(outp, inputs, force=force or resume)
-    barrier()
-    if info.is_main:
-        if outp.exists() and not resume:  # --force: start over
-            shutil.rmtree(outp) if outp.is_dir() else outp.unlink()
-        outp.mkdir(parents=True, exist_ok=True)
-    barrier()
+    folder.plan(inputs, resume=resume, force=force)  # checks only: nothing is written before the inputs load
     t0 = time.perf_counter()
 
     notify({"event": "phase", "phase": "load", "model": model_spec})
@@ -399,48 +393,63 @@ def run_backslash(
     data = load_data(data_spec, tokenizer, tcfg.block_size, validation=validation)
     dtype = _save_dtype(cfg.save_dtype, model)
     params = select_weights(model, cfg.include, cfg.exclude)
-    notify({"event": "phase", "phase": "measure", "what": "before"})
-    before = measure(model, data, params, cfg, tcfg)
-
-    def phase(name: str) -> Progress:
-        return lambda event: notify({**event, "phase": name})
-
     run_key = {"backslash": cfg.to_dict(), "model": source, "data": str(data_spec)}
-    notify({"event": "phase", "phase": "backslash", "total": tcfg.steps})
-    hook = RateHook(params, cfg)
-    result = train(model, data, tcfg, work_dir=outp / TRAIN_DIR / "backslash", hooks=[hook], resume=resume,
-                   progress=phase("backslash"), run_key=run_key)
-    round_trip_(model, dtype)
-    notify({"event": "phase", "phase": "measure", "what": "after"})
-    after = measure(model, data, params, cfg, tcfg)
-    if info.is_main:
-        _write_model(model, tokenizer, outp, dtype)
     barrier()
-    del model, params, hook
-    gc.collect()
+    if info.is_main:
+        folder.start(run_key)
+    barrier()
+    # Only rank 0 writes; the others read the work folder on --resume only, which is OUT itself then.
+    work = folder.work if folder.work is not None else folder.out
+    resume = resume and folder.mode == "resume"
+    try:
+        notify({"event": "phase", "phase": "measure", "what": "before"})
+        before = measure(model, data, params, cfg, tcfg)
 
-    base = base_result = None
-    if cfg.baseline:
-        notify({"event": "phase", "phase": "baseline", "total": tcfg.steps})
-        bmodel, _, _ = load_causal_lm(model_spec, info.device)
-        bparams = select_weights(bmodel, cfg.include, cfg.exclude)
-        plain = BackSlashConfig(**{**asdict(cfg), "lam": 0.0, "baseline": False})
-        base_result = train(bmodel, data, tcfg, work_dir=outp / TRAIN_DIR / "baseline",
-                            hooks=[RateHook(bparams, plain)], resume=resume, progress=phase("baseline"),
-                            run_key={**run_key, "phase": "baseline"})
-        round_trip_(bmodel, dtype)
-        notify({"event": "phase", "phase": "measure", "what": "baseline"})
-        base = measure(bmodel, data, bparams, cfg, tcfg)
-        del bmodel, bparams
+        def phase(name: str) -> Progress:
+            return lambda event: notify({**event, "phase": name})
+
+        notify({"event": "phase", "phase": "backslash", "total": tcfg.steps})
+        hook = RateHook(params, cfg)
+        result = train(model, data, tcfg, work_dir=work / TRAIN_DIR / "backslash", hooks=[hook],
+                       resume=resume, progress=phase("backslash"), run_key=run_key)
+        round_trip_(model, dtype)
+        notify({"event": "phase", "phase": "measure", "what": "after"})
+        after = measure(model, data, params, cfg, tcfg)
+        if info.is_main:
+            _write_model(model, tokenizer, work, dtype)
+        barrier()
+        del model, params, hook
         gc.collect()
 
-    report = _report(model_spec, source, data, outp, cfg, tcfg, info.world, dtype, before, after, result,
-                     base, base_result, time.perf_counter() - t0)
-    if info.is_main:
-        _atomic_text(report_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
-        if not keep_checkpoints:
-            shutil.rmtree(outp / TRAIN_DIR, ignore_errors=True)
-    barrier()
+        base = base_result = None
+        if cfg.baseline:
+            notify({"event": "phase", "phase": "baseline", "total": tcfg.steps})
+            bmodel, _, _ = load_causal_lm(model_spec, info.device)
+            bparams = select_weights(bmodel, cfg.include, cfg.exclude)
+            plain = BackSlashConfig(**{**asdict(cfg), "lam": 0.0, "baseline": False})
+            base_result = train(bmodel, data, tcfg, work_dir=work / TRAIN_DIR / "baseline",
+                                hooks=[RateHook(bparams, plain)], resume=resume, progress=phase("baseline"),
+                                run_key={**run_key, "phase": "baseline"})
+            round_trip_(bmodel, dtype)
+            notify({"event": "phase", "phase": "measure", "what": "baseline"})
+            base = measure(bmodel, data, bparams, cfg, tcfg)
+            del bmodel, bparams
+            gc.collect()
+
+        report = _report(model_spec, source, data, folder.out, cfg, tcfg, info.world, dtype, before, after,
+                         result, base, base_result, time.perf_counter() - t0)
+        if info.is_main:
+            _atomic_text(work / REPORT_NAME, json.dumps(report, indent=2, allow_nan=False) + "\n")
+            if not keep_checkpoints:
+                shutil.rmtree(work / TRAIN_DIR, ignore_errors=True)
+            folder.commit()
+        barrier()
+    except BaseException:
+        if info.is_main:
+            note = folder.abort()
+            if note:
+                log.warning(note)
+        raise
     return report
 
 
