@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 
 
 class GGError(Exception):
@@ -41,6 +42,21 @@ _OS_HINTS: dict[int, str] = {
     errno.EFBIG: "file too large for the file system",
     errno.ENXIO: "no such device",
 }
+
+
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def as_os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind `exc`: itself, or the `(os error N)` a Rust/C library (safetensors,
+    tokenizers) put in its message when the disk was full or read-only; None for anything else."""
+    if isinstance(exc, OSError):
+        return exc
+    m = _RUST_OS_ERROR.search(str(exc)) if isinstance(exc, Exception) else None
+    if m is None:
+        return None
+    code = int(m.group(1))
+    return OSError(code, os.strerror(code))
 
 
 def describe_os_error(exc: OSError, path: str | os.PathLike[str] | None = None, doing: str = "") -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from ggcompress.errors import GGError, Terminated, describe_os_error
+from ggcompress.errors import GGError, Terminated, as_os_error, describe_os_error
 
 #: People's output goes to stderr so stdout stays clean for --json / --csv pipelines.
 console = Console(stderr=True)
@@ -66,8 +66,9 @@ def error_line(exc: BaseException) -> str:
     """The one line an expected failure prints (without the `error: ` prefix)."""
     if isinstance(exc, GGError):
         return str(exc)
-    if isinstance(exc, OSError):
-        return describe_os_error(exc)
+    os_error = as_os_error(exc)
+    if os_error is not None:
+        return describe_os_error(os_error)
     if isinstance(exc, ValueError) and "null byte" in str(exc):
         return "a path contains a NUL byte — not a valid file name"
     if isinstance(exc, MemoryError):

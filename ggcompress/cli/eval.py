@@ -13,7 +13,7 @@ from rich.table import Table
 from ggcompress.cli._common import console, emit_json, expand_inputs
 from ggcompress.errors import GGError
 from ggcompress.integrations.evaluation import EvalOptions, evaluate
-from ggcompress.io.checkpoint import atomic_write_bytes
+from ggcompress.io.checkpoint import atomic_write_bytes, check_output_path
 from ggcompress.io.loading import DTYPES
 from ggcompress.reports.gates import gate_from_bound, parse_gate
 
@@ -79,8 +79,8 @@ def eval_cmd(models: tuple[str, ...], tasks: str | None, text: Path | None, incl
             raise click.BadParameter("give at least one task, or 'none'", param_hint="--tasks")
     if task_list == () and text is None:
         raise GGError("--tasks none leaves nothing to do without --text FILE")
-    if markdown is not None and markdown.exists() and not force:  # fail before the long run, not after
-        raise GGError(f"{markdown}: already exists (use --force to replace it)")
+    if markdown is not None:  # fail before the long run, not after it (exists, read-only, bad path...)
+        check_output_path(markdown, [*models, *([text] if text else [])], force=force, kind="file")
     if limit is not None and limit >= 1 and limit == int(limit):
         limit = int(limit)
     options = EvalOptions(tasks=task_list, text=text, include_paths=include_path, limit=limit,
@@ -98,11 +98,14 @@ def eval_cmd(models: tuple[str, ...], tasks: str | None, text: Path | None, incl
 
         report = evaluate(expand_inputs(models), options, progress)
     console.print(render_table(report))
-    if markdown is not None:
-        atomic_write_bytes(markdown, render_markdown(report).encode("utf-8"), force=force)
-        console.print(f"wrote {markdown}")
-    if as_json:
+    if as_json:  # before the file: if writing it fails now (disk full), the results are still out
         emit_json(report)
+    if markdown is not None:
+        try:
+            atomic_write_bytes(markdown, render_markdown(report).encode("utf-8"), force=force)
+        except GGError as e:
+            raise GGError(f"{e} (the results are in the table above)") from None
+        console.print(f"wrote {markdown}")
     for row in report["models"]:
         for failure in row["failed_gates"]:
             console.print(f"[red]FAIL[/red] {escape(row['label'])}: {escape(failure['reason'])}")

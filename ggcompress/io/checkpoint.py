@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ggcompress.errors import GGError, describe_os_error
+from ggcompress.errors import GGError, as_os_error, describe_os_error
 
 #: Notes for the user (stale temp files removed...); the CLI prints them on stderr as `note: ...`.
 log = logging.getLogger("ggcompress")
@@ -460,8 +460,9 @@ class CheckpointWriter:
             self.commit()
             return
         self.abort()
-        if isinstance(exc, OSError):  # name the output, not a hidden temp file
-            raise output_error(self.out, exc) from exc
+        os_error = as_os_error(exc)
+        if os_error is not None:  # name the output, not a hidden temp file
+            raise output_error(self.out, os_error) from exc
 
     def add_tensor(self, name: str, tensor: torch.Tensor) -> None:
         """Append one tensor to the current shard (a new shard starts past max_shard_bytes)."""

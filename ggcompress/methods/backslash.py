@@ -45,8 +45,8 @@ from typing import Any
 import torch
 
 from ggcompress import __version__
-from ggcompress.errors import GGError, check_patterns
-from ggcompress.io.checkpoint import log
+from ggcompress.errors import GGError, as_os_error, check_patterns
+from ggcompress.io.checkpoint import log, output_error
 from ggcompress.methods.rundir import RunFolder
 from ggcompress.methods.train import (
     Hook,
@@ -444,11 +444,14 @@ def run_backslash(
                 shutil.rmtree(work / TRAIN_DIR, ignore_errors=True)
             folder.commit()
         barrier()
-    except BaseException:
+    except BaseException as e:
         if info.is_main:
             note = folder.abort()
             if note:
                 log.warning(note)
+        os_error = as_os_error(e)
+        if os_error is not None and not isinstance(e, GGError):
+            raise output_error(folder.out, os_error) from e
         raise
     return report
 
