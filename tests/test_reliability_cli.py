@@ -505,3 +505,26 @@ def test_sigterm_mid_training_removes_the_fresh_output(tiny, corpus, tmp_path) -
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 143, err
     assert "Traceback" not in err and not out.exists() and leftovers(tmp_path) == []
+
+
+def test_backslash_interrupted_after_training_keeps_state_and_resume_cleans_up(tiny, corpus, tmp_path,
+                                                                               monkeypatch) -> None:
+    import ggcompress.methods.backslash as bs
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "o"
+    monkeypatch.setattr(bs, "round_trip_", boom)  # right after training finished
+    res = _backslash(tiny, corpus, out)
+    assert res.exit_code == 130 and "continue it with --resume" in res.stderr
+    monkeypatch.undo()
+    one_error_line(_backslash(tiny, corpus, out), "unfinished backslash run", "--resume")
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    half = out / "training" / "backslash" / f".tmp-step-000009-{dead.pid}"  # a checkpoint cut by SIGKILL
+    half.mkdir(parents=True)
+    res = _backslash(tiny, corpus, out, "--resume")
+    assert res.exit_code == 0, res.output
+    assert f"left by a killed run (pid {dead.pid})" in res.stderr and not half.exists()
+    assert not (out / "training").exists() and (out / "backslash_report.json").is_file()

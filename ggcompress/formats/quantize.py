@@ -221,7 +221,7 @@ def quantize_checkpoint(
     outs = output_folders(srcs, out)
     if out is not None:
         for o in outs:
-            check_output_path(o, srcs, force=force)
+            check_output_path(o, srcs, force=force, kind="folder")
     reports = [_quantize_one(ck, o, config, force, progress) for ck, o in zip(cks, outs, strict=True)]
     return {
         "schema": SCHEMA,

@@ -685,7 +685,7 @@ def clean_stale_temps(out: Path) -> list[Path]:
             log.warning("%s: looks like a temp file of an interrupted run of an older version — remove it "
                         "if no other run is writing %s", p, out.name)
             continue
-        if m["host"] != _HOST or _alive(int(m["pid"])):
+        if m["host"] != _HOST or pid_alive(int(m["pid"])):
             continue
         try:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
@@ -697,7 +697,8 @@ def clean_stale_temps(out: Path) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` (on this machine) still runs; unsure counts as alive, so its files stay."""
     if pid == os.getpid():
         return True
     try:

@@ -387,7 +387,7 @@ def run_deepshape(
     notify = progress or (lambda event: None)
     outp = Path(out).expanduser().absolute()
     inputs = [model_spec, data_spec] + ([validation] if validation else [])
-    check_output_path(outp, inputs, force=force)
+    check_output_path(outp, inputs, force=force, kind="folder")
     t0 = time.perf_counter()
     notify({"event": "phase", "phase": "load", "model": model_spec})
     model, tokenizer, source, data, params, teacher = _setup(model_spec, data_spec, cfg, tcfg, validation,
@@ -471,7 +471,7 @@ def run_sweep(
     notify = progress or (lambda event: None)
     outp = Path(out).expanduser().absolute()
     inputs = [model_spec, data_spec] + ([validation] if validation else [])
-    check_output_path(outp, inputs, force=force)
+    check_output_path(outp, inputs, force=force, kind="folder")
     t0 = time.perf_counter()
     model, _, source, data, params, teacher = _setup(model_spec, data_spec, cfg, tcfg, validation,
                                                      _device(tcfg.device))

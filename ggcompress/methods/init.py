@@ -335,7 +335,7 @@ def init_checkpoint(
     inputs = [source] + ([shape_from] if shape_from else [])
     outp = Path(out).expanduser().absolute()
 
-    check_output_path(outp, inputs, force=force)
+    check_output_path(outp, inputs, force=force, kind="folder")
     by_role = shapes_from(shape_from) if shape_from else None
     model, folder = build_model(source, seed)
     gen = torch.Generator().manual_seed(seed)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -27,9 +28,11 @@ from ggcompress import __version__
 from ggcompress.errors import GGError, describe_os_error
 from ggcompress.io.checkpoint import (
     check_output_path,
+    log,
     make_parent,
     missing_parents,
     output_error,
+    pid_alive,
     remove_empty_folders,
     temp_prefix,
 )
@@ -101,6 +104,7 @@ class RunFolder:
         try:
             if self.mode == "resume":
                 self.work = self.out
+                _clean_dead_run_temps(self.out, self.train_dir)
                 return self.work
             self._made = missing_parents(self.out)
             if self.mode == "staged":
@@ -162,3 +166,22 @@ class RunFolder:
         shutil.rmtree(self.work, ignore_errors=True)
         remove_empty_folders(self._made or [])
         return None
+
+
+#: Temp names inside a run folder: `.tmp-step-000004-PID`, `.tmp-final-PID`, `.tmp-model-PID`,
+#: `.backslash_report.json.tmp-PID`.
+_RUN_TEMP = re.compile(r"^\..*tmp-(?:.*-)?(?P<pid>\d+)$")
+
+
+def _clean_dead_run_temps(out: Path, train_dir: str) -> None:
+    """On --resume: remove the half-written checkpoints/files a killed run of OUT left inside it."""
+    folders = [out, *out.glob(f"{train_dir}/*"), *out.glob(f"{train_dir}/*/checkpoints")]
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            m = _RUN_TEMP.match(p.name)
+            if m is None or pid_alive(int(m["pid"])):
+                continue
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            log.warning("removed %s, left by a killed run (pid %s)", p, m["pid"])
