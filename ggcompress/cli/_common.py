@@ -95,6 +95,8 @@ class _Boundary:
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
+    # One is enough: a second SIGTERM must not cut the cleanup the first one started.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated()
 
 
