@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -143,6 +144,9 @@ class _Bar:
 
     def event(self, e: dict[str, Any]) -> None:
         kind, phase = e.get("event"), e.get("phase", "")
+        if kind == "note":  # the run differs from what was asked (e.g. blocks clamped to the context)
+            self.progress.console.print(f"note: {escape(e['message'])}")
+            return
         if kind == "phase":
             if phase in ("backslash", "baseline"):
                 self.tasks[phase] = self.progress.add_task(phase, total=e.get("total"), info="")

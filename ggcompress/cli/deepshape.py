@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -115,6 +116,9 @@ class _Display:
         self.bar.__exit__(*exc)
 
     def __call__(self, e: dict[str, Any]) -> None:
+        if e.get("event") == "note":  # always shown (stderr): the run differs from what was asked
+            self.bar.console.print(f"note: {escape(e['message'])}")
+            return
         if self.disable:
             return
         if e.get("event") == "phase" and e.get("phase") != "finetune":

@@ -97,6 +97,8 @@ def eval_cmd(models: tuple[str, ...], tasks: str | None, text: Path | None, incl
             bar.update(task, description=escape(stage), completed=done, total=total, count=count)
 
         report = evaluate(expand_inputs(models), options, progress)
+    for note in report.get("notes", []):  # lengths clamped to a model's context
+        console.print(f"note: {escape(note)}")
     console.print(render_table(report))
     if markdown is not None:
         atomic_write_bytes(markdown, render_markdown(report).encode("utf-8"), force=force)

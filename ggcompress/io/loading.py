@@ -178,8 +178,9 @@ def _require_causal_lm(config_path: Path) -> None:
         ok = model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     if not ok:
         what = ", ".join(archs) or f"model_type {model_type!r}"
-        raise GGError(f"{config_path.parent}: not a causal language model ({what}); eval needs a decoder LM "
-                      "such as *ForCausalLM")
+        raise GGError(f"{config_path.parent}: not a causal language model ({what}): this command runs "
+                      "next-token prediction, so it needs a decoder LM such as *ForCausalLM (encoders like "
+                      "BERT can still be analyzed, quantized, packed and initialized)")
 
 
 def _load_tokenizer(folder: Path) -> Any:

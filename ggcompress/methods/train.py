@@ -326,6 +326,20 @@ def load_causal_lm(spec: str | os.PathLike[str], device: str = "cpu") -> tuple[A
     return loaded.model, loaded.tokenizer, loaded.source
 
 
+def fit_block_size(model: Any, config: TrainConfig) -> tuple[TrainConfig, str | None]:
+    """(config with block_size clamped to the model's context, note saying so or None).
+
+    A block longer than the position table crashes GPT-2/OPT-style models (IndexError) and runs a rotary
+    model past its context; see ggcompress.io.context.
+    """
+    from ggcompress.io.context import clamp, model_context
+
+    size, note = clamp(config.block_size, model_context(model), "block size")
+    if note is None:
+        return config, None
+    return TrainConfig(**{**config.to_dict(), "block_size": size}), note
+
+
 def source_dtype(model: Any) -> torch.dtype:
     """The dtype the checkpoint was stored in (config.dtype / torch_dtype), else float32."""
     cfg = model.config
