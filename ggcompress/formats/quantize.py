@@ -337,7 +337,7 @@ def _quantize_one(ck: Checkpoint, out: Path | None, config: QuantizeConfig, forc
                 writer.add_tensor(info.name, w)
         else:
             if info.name in transposed:  # Conv1D [in, out] -> [out, in]: per-output scales, QuantLinear codes
-                w = w.t()
+                w = w.t().contiguous()
                 row["transposed"] = True
             try:
                 q, stats = measure(fmt, w, gran.spec, info.name)
