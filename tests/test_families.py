@@ -334,3 +334,19 @@ def test_deepshape_default_core_on_tiny_model_refuses_clearly(models, corpus, tm
         run_deepshape(str(models["llama"]), str(corpus[1]), tmp_path / "out", DeepShapeConfig(),
                       _tcfg(steps=0))
     assert not (tmp_path / "out").exists()
+
+
+def test_gpt2_pack_rf8_keeps_conv1d_one_byte(models, tmp_path) -> None:
+    """pack --quant rf8 goes through quantize-rf8, so GPT-2's Conv1D codes are transposed there too."""
+    import ggcompress
+    from ggcompress.codec.pack import PackOptions, pack
+    from ggcompress.formats.quantize import quantize_checkpoint
+    from ggcompress.io.quantized import quantized_modules
+
+    pack(str(models["gpt2"]), tmp_path / "g.ggz", PackOptions(quant="rf8"))
+    packed = ggcompress.load(str(tmp_path / "g.ggz"))
+    quantize_checkpoint(str(models["gpt2"]), tmp_path / "q")
+    direct = ggcompress.load(str(tmp_path / "q"))
+    assert len(quantized_modules(packed)) == 8
+    with torch.no_grad():  # the same codes and scales in both: identical logits
+        assert torch.equal(packed(input_ids=_ids()).logits, direct(input_ids=_ids()).logits)

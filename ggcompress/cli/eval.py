@@ -43,7 +43,7 @@ _TEXT_ROWS = (("ppl", "perplexity (text)", "â†“"), ("ppl_ratio", "ppl ratio", "â
 @click.option("--max-tokens", type=click.IntRange(min=2), default=4096, show_default=True,
               help="At most this many tokens of --text for the KL comparison (windows spread over the text).")
 @click.option("--window", type=click.IntRange(min=2), default=512, show_default=True,
-              help="Context window of the KL comparison, in tokens.")
+              help="Context window of the KL comparison, in tokens (at most the baseline's context).")
 @click.option("--max-length", type=click.IntRange(min=2), metavar="N",
               help="Cap lm-eval's context length (rolling perplexity windows). [default: the model's]")
 @click.option("--fail-if", "fail_if", multiple=True, metavar="EXPR",
