@@ -350,3 +350,33 @@ def test_gpt2_pack_rf8_keeps_conv1d_one_byte(models, tmp_path) -> None:
     assert len(quantized_modules(packed)) == 8
     with torch.no_grad():  # the same codes and scales in both: identical logits
         assert torch.equal(packed(input_ids=_ids()).logits, direct(input_ids=_ids()).logits)
+
+
+def test_replace_linears_swaps_conv1d(models) -> None:
+    """kernels.nn.replace_linears takes a Conv1D when given its weight's transpose as [out, in] codes."""
+    from ggcompress.formats import get_codec
+    from ggcompress.kernels.nn import QuantLinear, replace_linears
+
+    model = _reference_model(models["gpt2"], "gpt2")
+    name = "transformer.h.0.mlp.c_fc"
+    conv = model.get_submodule(name)
+    codec = get_codec("rf8")
+    q = codec.encode(conv.weight.detach().t().contiguous(), "channel", name=name)
+    dense = codec.decode(q, name=name)  # [out, in] fp32: what QuantLinear computes with
+    x = torch.randn(3, 32, generator=torch.Generator().manual_seed(1))
+    want = x @ dense.t() + conv.bias.detach()
+    replace_linears(model, {name: (q.codes, q.scale, codec.lut, None, "rf8")})
+    swapped = model.get_submodule(name)
+    assert isinstance(swapped, QuantLinear)
+    with torch.no_grad():  # the same fp32 weights: only a matmul's rounding (ulps) may differ
+        torch.testing.assert_close(swapped(x), want, rtol=1e-5, atol=1e-6)
+
+
+def test_scheme_transposed_must_list_quantized_modules() -> None:
+    from ggcompress.io.qlayout import Scheme
+
+    good = Scheme("rf8", "channel", None, ("a", "b"), "float32", transposed=("b",)).to_dict()
+    assert Scheme.from_dict(good, "x").transposed == ("b",)
+    assert "transposed" not in Scheme("rf8", "channel", None, ("a",)).to_dict()  # absent when empty
+    with pytest.raises(GGError, match="transposed must be a list of quantized module names"):
+        Scheme.from_dict({**good, "transposed": ["c"]}, "x")
