@@ -146,6 +146,11 @@ def test_pack_unpack_load(models, family, tmp_path) -> None:
             assert torch.equal(r.double(), grid), name
         else:
             assert torch.equal(r, w), name
+    if not FAMILIES[family].causal:  # eval's loader refuses it, naming the container (not a temp folder)
+        from ggcompress.io.loading import load_model
+
+        with pytest.raises(GGError, match=rf"^{tmp_path / 'm.ggz'}: not a causal language model"):
+            load_model(tmp_path / "m.ggz")
     model = ggcompress.load(str(tmp_path / "m.ggz"))  # the container loads directly too
     reference = _reference_model(tmp_path / "u", family)
     with torch.no_grad():
@@ -380,3 +385,18 @@ def test_scheme_transposed_must_list_quantized_modules() -> None:
     assert "transposed" not in Scheme("rf8", "channel", None, ("a",)).to_dict()  # absent when empty
     with pytest.raises(GGError, match="transposed must be a list of quantized module names"):
         Scheme.from_dict({**good, "transposed": ["c"]}, "x")
+
+
+def test_train_refuses_blocks_longer_than_context(models, corpus) -> None:
+    """The engine itself refuses (one line) what fit_block_size would have clamped."""
+    from ggcompress.methods.train import fit_block_size, load_causal_lm, load_data, train
+
+    model, tokenizer, _ = load_causal_lm(str(models["opt"]))
+    data = load_data(str(corpus[1]), tokenizer, 256)
+    refusal = (r"blocks of 256 tokens are longer than the model's context "
+               r"\(128 tokens, config max_position_embeddings\)")
+    with pytest.raises(GGError, match=refusal):
+        train(model, data, _tcfg(steps=1))
+    tcfg, note = fit_block_size(model, _tcfg(steps=1))
+    assert tcfg.block_size == 128 and "block size 256" in note
+    assert fit_block_size(model, _tcfg(block_size=64)) == (_tcfg(block_size=64), None)

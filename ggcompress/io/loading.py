@@ -151,7 +151,10 @@ def _load_ggz(file: Path, dtype: Any) -> tuple[Any, Any]:
     from ggcompress.codec.pack import unpacked
 
     with unpacked(file) as folder:
-        return LOADERS[detect_kind(folder)](folder, dtype)
+        try:
+            return LOADERS[detect_kind(folder)](folder, dtype)
+        except GGError as exc:  # name the user's container, not the temporary folder it was unpacked to
+            raise GGError(str(exc).replace(str(folder), str(file))) from None
 
 
 #: kind -> loader(local path, torch dtype) -> (model, tokenizer). New formats register here.
