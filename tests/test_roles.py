@@ -37,6 +37,29 @@ CASES = {
     "encoder.layer.0.output.dense.weight": "mlp_down",
     "encoder.layer.0.output.LayerNorm.weight": "norm",
     "pooler.dense.weight": "other",
+    "cls.predictions.decoder.weight": "lm_head",
+    # phi-3: fused q/k/v and gate/up
+    "model.layers.0.self_attn.qkv_proj.weight": "attn_qkv",
+    "model.layers.0.mlp.gate_up_proj.weight": "mlp_gate_up",
+    # gpt-neox
+    "gpt_neox.embed_in.weight": "embedding",
+    "gpt_neox.layers.0.attention.query_key_value.weight": "attn_qkv",
+    "gpt_neox.layers.0.attention.dense.weight": "attn_o",
+    "gpt_neox.layers.0.mlp.dense_h_to_4h.weight": "mlp_up",
+    "gpt_neox.layers.0.mlp.dense_4h_to_h.weight": "mlp_down",
+    "embed_out.weight": "lm_head",
+    # opt
+    "model.decoder.embed_positions.weight": "embedding",
+    "model.decoder.layers.0.self_attn.out_proj.weight": "attn_o",
+    "model.decoder.layers.0.fc1.weight": "mlp_up",
+    "model.decoder.layers.0.fc2.weight": "mlp_down",
+    "model.decoder.layers.0.final_layer_norm.weight": "norm",
+    # gpt-j
+    "transformer.h.0.mlp.fc_in.weight": "mlp_up",
+    "transformer.h.0.mlp.fc_out.weight": "mlp_down",
+    # gemma 2 / qwen 3 extra norms
+    "model.layers.0.pre_feedforward_layernorm.weight": "norm",
+    "model.layers.0.self_attn.q_norm.weight": "norm",
     "embeddings.position_ids": "other",
 }
 

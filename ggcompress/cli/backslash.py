@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -49,8 +50,9 @@ from ggcompress.stats import rate
               help="Quantization step of the rate measure: 2^-S, S (an exponent) or a number.")
 @click.option("--eg-k", type=click.IntRange(0, 16), default=0, show_default=True,
               help="Exp-Golomb order of the headline bits/param.")
-@click.option("--include", metavar="REGEX", help="Only Linear weights whose name matches (re.search).")
-@click.option("--exclude", metavar="REGEX", help="Skip Linear weights whose name matches.")
+@click.option("--include", metavar="REGEX",
+              help="Only linear-layer weights (Linear, Conv1D) whose name matches (re.search).")
+@click.option("--exclude", metavar="REGEX", help="Skip linear-layer weights whose name matches.")
 @click.option("--baseline", is_flag=True,
               help="Also run a plain fine-tune with identical data and steps, and compare.")
 @click.option("--lr", type=click.FloatRange(min=0), default=1e-4, show_default=True,
@@ -63,7 +65,7 @@ from ggcompress.stats import rate
 @click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True,
               help="Micro-batches per optimizer step.")
 @click.option("--block-size", type=click.IntRange(min=2), default=256, show_default=True,
-              help="Tokens per training sequence.")
+              help="Tokens per training sequence (at most the model's context).")
 @click.option("--bf16", is_flag=True, help="bf16 autocast for forward/backward (weights stay fp32).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data order and the run.")
 @click.option("--eval-blocks", type=click.IntRange(min=0), default=64, show_default=True,
@@ -143,6 +145,9 @@ class _Bar:
 
     def event(self, e: dict[str, Any]) -> None:
         kind, phase = e.get("event"), e.get("phase", "")
+        if kind == "note":  # the run differs from what was asked (e.g. blocks clamped to the context)
+            self.progress.console.print(f"note: {escape(e['message'])}")
+            return
         if kind == "phase":
             if phase in ("backslash", "baseline"):
                 self.tasks[phase] = self.progress.add_task(phase, total=e.get("total"), info="")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -42,14 +43,15 @@ from ggcompress.stats.rate import parse_step
 @click.option("--step", default="2^-13", show_default=True, metavar="STEP",
               help="Quantization grid of the remap and of the rate measure: 2^-S, S or a number.")
 @click.option("--eg-k", type=click.IntRange(0, 16), default=0, show_default=True, help="Exp-Golomb order k.")
-@click.option("--include", metavar="REGEX", help="Only Linear weights whose name matches (re.search).")
-@click.option("--exclude", metavar="REGEX", help="Skip Linear weights whose name matches (re.search).")
+@click.option("--include", metavar="REGEX",
+              help="Only linear-layer weights (Linear, Conv1D) whose name matches (re.search).")
+@click.option("--exclude", metavar="REGEX", help="Skip linear-layer weights whose name matches (re.search).")
 @click.option("--finetune-steps", type=click.IntRange(min=0), default=100, show_default=True,
               help="Recovery fine-tune optimizer steps (0: reshape only).")
 @click.option("--lr", type=float, default=1e-5, show_default=True, help="Fine-tune peak learning rate.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--block-size", type=click.IntRange(min=2), default=256, show_default=True,
-              help="Tokens per training/validation block.")
+              help="Tokens per training/validation block (at most the model's context).")
 @click.option("--eval-blocks", type=click.IntRange(min=0), default=64, show_default=True,
               help="Validation blocks per perplexity (0: all).")
 @click.option("--distill", is_flag=True, help="Add KL(original ‖ student) on next-token distributions.")
@@ -115,6 +117,9 @@ class _Display:
         self.bar.__exit__(*exc)
 
     def __call__(self, e: dict[str, Any]) -> None:
+        if e.get("event") == "note":  # always shown (stderr): the run differs from what was asked
+            self.bar.console.print(f"note: {escape(e['message'])}")
+            return
         if self.disable:
             return
         if e.get("event") == "phase" and e.get("phase") != "finetune":

@@ -43,7 +43,7 @@ _TEXT_ROWS = (("ppl", "perplexity (text)", "â†“"), ("ppl_ratio", "ppl ratio", "â
 @click.option("--max-tokens", type=click.IntRange(min=2), default=4096, show_default=True,
               help="At most this many tokens of --text for the KL comparison (windows spread over the text).")
 @click.option("--window", type=click.IntRange(min=2), default=512, show_default=True,
-              help="Context window of the KL comparison, in tokens.")
+              help="Context window of the KL comparison, in tokens (at most the baseline's context).")
 @click.option("--max-length", type=click.IntRange(min=2), metavar="N",
               help="Cap lm-eval's context length (rolling perplexity windows). [default: the model's]")
 @click.option("--fail-if", "fail_if", multiple=True, metavar="EXPR",
@@ -97,6 +97,8 @@ def eval_cmd(models: tuple[str, ...], tasks: str | None, text: Path | None, incl
             bar.update(task, description=escape(stage), completed=done, total=total, count=count)
 
         report = evaluate(expand_inputs(models), options, progress)
+    for note in report.get("notes", []):  # lengths clamped to a model's context
+        console.print(f"note: {escape(note)}")
     console.print(render_table(report))
     if as_json:  # before the file: if writing it fails now (disk full), the results are still out
         emit_json(report)

@@ -72,7 +72,8 @@ def dequantize_checkpoint(
             codes, scale = pending.get(weight_name(module)), pending.get(scale_name(module))
             if codes is None or scale is None:
                 continue
-            dense = decode(codes, scale, scheme, f"{info.file}: {weight_name(module)}", dtype=target)
+            dense = decode(codes, scale, scheme, f"{info.file}: {weight_name(module)}", dtype=target,
+                           module=module)
             writer.add_tensor(weight_name(module), dense)
             bytes_after += dense.numel() * dense.element_size()
             del pending[weight_name(module)], pending[scale_name(module)], dense

@@ -285,6 +285,15 @@ def _refuse_quantized(ck: Checkpoint) -> None:
                       "ggcompress quantizes dense checkpoints — dequantize it first")
 
 
+def _transposed(ck: Checkpoint, decisions: list[Decision]) -> set[str]:
+    """Quantized weights stored [in, out] (transformers Conv1D), which are encoded as their transpose."""
+    if not any(d.quantize for d in decisions):
+        return set()
+    from ggcompress.io.quantized import transposed_weights
+
+    return {d.info.name for d in decisions if d.quantize} & transposed_weights(ck)
+
+
 def _source_dtype(decisions: list[Decision]) -> str | None:
     """The torch dtype name shared by the quantized weights (float32 if they differ; None if none)."""
     dtypes = Counter(d.info.dtype for d in decisions if d.quantize)
@@ -299,9 +308,12 @@ def _quantize_one(ck: Checkpoint, out: Path | None, config: QuantizeConfig, forc
     decisions = plan(ck, config)
     fmt = get_codec(config.format).name
     gran = parse_granularity(config.granularity)
+    transposed = _transposed(ck, decisions)
     scheme = Scheme(fmt, gran.kind, gran.block_size,
                     tuple(d.info.name.removesuffix(".weight") for d in decisions if d.quantize),
-                    _source_dtype(decisions))
+                    _source_dtype(decisions),
+                    transposed=tuple(d.info.name.removesuffix(".weight") for d in decisions
+                                     if d.info.name in transposed))
     others = [f for f in available_formats() if f != fmt] if config.compare else []
     totals = {f: _Totals() for f in [fmt, *others]}
     kept_totals = _Totals()
@@ -324,6 +336,9 @@ def _quantize_one(ck: Checkpoint, out: Path | None, config: QuantizeConfig, forc
             if writer is not None:
                 writer.add_tensor(info.name, w)
         else:
+            if info.name in transposed:  # Conv1D [in, out] -> [out, in]: per-output scales, QuantLinear codes
+                w = w.t().contiguous()
+                row["transposed"] = True
             try:
                 q, stats = measure(fmt, w, gran.spec, info.name)
                 compared = {f: measure(f, w, gran.spec, info.name)[1] for f in others}
@@ -340,7 +355,7 @@ def _quantize_one(ck: Checkpoint, out: Path | None, config: QuantizeConfig, forc
                     row["compare"][f] = _row_errors(st)
                     totals[f].add(st, abs_sum, nonzero, info.nbytes, after, info.numel)
             if writer is not None:
-                writer.add_tensor(info.name, q.codes.reshape(info.shape))
+                writer.add_tensor(info.name, q.codes.reshape(w.shape))
                 writer.add_tensor(info.name + SCALE_SUFFIX, q.scale)
             del q
         rows[info.name] = row

@@ -43,6 +43,7 @@ import torch
 from ggcompress import __version__
 from ggcompress.errors import GGError
 from ggcompress.integrations.tasks import SHIPPED, TEXT_TASKS, materialize, read_text
+from ggcompress.io.context import Context, clamp, model_context
 from ggcompress.io.loading import LoadedModel, load_model
 from ggcompress.reports.gates import Gate, check_gates
 
@@ -90,6 +91,7 @@ def evaluate(models: Sequence[str], options: EvalOptions, progress: Progress | N
     notify = progress or (lambda stage, done, total: None)
     labels = _labels(models)
     rows: list[dict] = []
+    notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="ggcompress-eval-") as tmp:
         work = Path(tmp)
         task_manager = _task_manager(tasks, options, work) if tasks else None
@@ -102,10 +104,12 @@ def evaluate(models: Sequence[str], options: EvalOptions, progress: Progress | N
             notify(f"{stage}: loading", 0, None)
             loaded = load_model(spec, device=options.device, dtype=options.dtype)
             seconds["load"] = time.perf_counter() - t0
+            context = model_context(loaded.model)
             task_scores: dict[str, dict] = {}
             if task_manager is not None:
                 t0 = time.perf_counter()
-                task_scores = _run_tasks(loaded, task_manager, tasks, options,
+                max_length = _max_length(options.max_length, context, labels[i], notes)
+                task_scores = _run_tasks(loaded, task_manager, tasks, options, max_length,
                                          lambda n, s=stage: notify(f"{s}: lm-eval tokens", n, None))
                 seconds["tasks"] = time.perf_counter() - t0
             text_stats = None
@@ -116,12 +120,16 @@ def evaluate(models: Sequence[str], options: EvalOptions, progress: Progress | N
                     notify(f"{s}: next-token KL windows", done, total)
 
                 if reference is None:
-                    reference = _Reference.build(loaded, text, options, work, tick)
+                    window, note = clamp(options.window, context, f"{labels[i]}: --window")
+                    if note:
+                        notes.append(note)
+                    reference = _Reference.build(loaded, text, options, window, work, tick)
                     text_stats = reference.baseline_stats
                 else:
-                    text_stats = reference.compare(loaded, spec, options, tick)
+                    text_stats = reference.compare(loaded, spec, options, context, tick)
                 seconds["text"] = time.perf_counter() - t0
             rows.append({"model": str(spec), "label": labels[i], "source": loaded.source, "kind": loaded.kind,
+                         "context": context.to_dict(),
                          "baseline": i == 0, "dtype": str(loaded.model.dtype).replace("torch.", ""),
                          "parameters": int(sum(p.numel() for p in loaded.model.parameters())),
                          "seconds": {k: round(v, 3) for k, v in seconds.items()},
@@ -155,6 +163,7 @@ def evaluate(models: Sequence[str], options: EvalOptions, progress: Progress | N
         "models": rows,
         "gates": [str(g) for g in options.gates],
         "passed": not failed,
+        "notes": notes,
     }
 
 
@@ -237,8 +246,18 @@ def _task_manager(tasks: tuple[str, ...], options: EvalOptions, work: Path) -> A
 # ---------------------------------------------------------------------------------------------- lm-eval
 
 
+def _max_length(requested: int | None, context: Context, label: str, notes: list[str]) -> int | None:
+    """lm-eval's max_length: --max-length clamped to the model's context, else the context itself."""
+    if requested is None:
+        return context.tokens
+    length, note = clamp(requested, context, f"{label}: --max-length")
+    if note:
+        notes.append(note)
+    return length
+
+
 def _run_tasks(loaded: LoadedModel, manager: Any, tasks: tuple[str, ...], options: EvalOptions,
-               tick: Callable[[int], None]) -> dict[str, dict]:
+               max_length: int | None, tick: Callable[[int], None]) -> dict[str, dict]:
     """One lm-eval run on the in-memory model -> {task: {"samples", "metrics": {name: {...}}}}.
 
     Does what ``simple_evaluate`` does for a pre-built model (seeds, zero-shot default, few-shot seed)
@@ -250,7 +269,7 @@ def _run_tasks(loaded: LoadedModel, manager: Any, tasks: tuple[str, ...], option
     from tqdm import tqdm
 
     lm = _quiet_hflm_class()(pretrained=loaded.model, tokenizer=loaded.tokenizer,
-                             batch_size=options.batch_size, max_length=options.max_length, tick=tick)
+                             batch_size=options.batch_size, max_length=max_length, tick=tick)
     random.seed(options.seed)
     np.random.seed(options.seed)
     torch.manual_seed(options.seed)
@@ -397,16 +416,19 @@ def summarize(kl: np.ndarray, nll_base: np.ndarray, nll_model: np.ndarray, same_
 class _Reference:
     """The baseline's windows and next-token logits (an on-disk float32 memmap), built once."""
 
-    def __init__(self, windows: torch.Tensor, logits: np.ndarray, baseline_stats: dict, info: dict) -> None:
+    def __init__(self, windows: torch.Tensor, logits: np.ndarray, baseline_stats: dict, info: dict,
+                 window: int) -> None:
         self.windows = windows  # (n, W)
+        self.window = window  # the window asked of text_windows (W, unless the text is shorter)
         self.logits = logits  # (n, W-1, V) float32 memmap
         self.baseline_stats = baseline_stats
         self.info = info
 
     @classmethod
-    def build(cls, loaded: LoadedModel, text: str, options: EvalOptions, work: Path,
+    def build(cls, loaded: LoadedModel, text: str, options: EvalOptions, window: int, work: Path,
               tick: Callable[[int, int], None]) -> _Reference:
-        windows = text_windows(loaded.tokenizer, text, max_tokens=options.max_tokens, window=options.window)
+        """Windows of ``window`` tokens (--window already clamped to the baseline's context) and logits."""
+        windows = text_windows(loaded.tokenizer, text, max_tokens=options.max_tokens, window=window)
         n, w = windows.shape
         logits: np.ndarray | None = None
         per_token: list[dict[str, torch.Tensor]] = []
@@ -421,15 +443,21 @@ class _Reference:
             tick(start + block.shape[0], n)
         assert logits is not None
         stats = summarize(*_stack(per_token))
-        info = {"path": str(options.text), "windows": n, "window": w, "tokens": n * (w - 1),
+        info = {"path": str(options.text), "windows": n, "window": w, "window_requested": options.window,
+                "tokens": n * (w - 1),
                 "vocab": int(logits.shape[-1]), "baseline_ppl": stats["ppl"]}
-        return cls(windows, logits, stats, info)
+        return cls(windows, logits, stats, info, window)
 
-    def compare(self, loaded: LoadedModel, spec: str, options: EvalOptions,
+    def compare(self, loaded: LoadedModel, spec: str, options: EvalOptions, context: Context,
                 tick: Callable[[int, int], None]) -> dict:
         """Run ``loaded`` on the baseline's windows and compare token by token."""
+        width = int(self.windows.shape[1])
+        if context.tokens is not None and width > context.tokens:
+            raise GGError(f"{spec}: its context is {context.tokens} tokens (config {context.source}), "
+                          f"shorter than the baseline's {width}-token windows; "
+                          f"pass --window {context.tokens}")
         text = read_text(options.text)
-        mine = text_windows(loaded.tokenizer, text, max_tokens=options.max_tokens, window=options.window)
+        mine = text_windows(loaded.tokenizer, text, max_tokens=options.max_tokens, window=self.window)
         if not torch.equal(mine, self.windows):
             raise GGError(f"{spec}: its tokenizer splits the text differently from the baseline's; "
                           "next-token KL needs the same tokenizer")

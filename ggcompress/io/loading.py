@@ -151,7 +151,10 @@ def _load_ggz(file: Path, dtype: Any) -> tuple[Any, Any]:
     from ggcompress.codec.pack import unpacked
 
     with unpacked(file) as folder:
-        return LOADERS[detect_kind(folder)](folder, dtype)
+        try:
+            return LOADERS[detect_kind(folder)](folder, dtype)
+        except GGError as exc:  # name the user's container, not the temporary folder it was unpacked to
+            raise GGError(str(exc).replace(str(folder), str(file))) from None
 
 
 #: kind -> loader(local path, torch dtype) -> (model, tokenizer). New formats register here.
@@ -178,8 +181,9 @@ def _require_causal_lm(config_path: Path) -> None:
         ok = model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     if not ok:
         what = ", ".join(archs) or f"model_type {model_type!r}"
-        raise GGError(f"{config_path.parent}: not a causal language model ({what}); eval needs a decoder LM "
-                      "such as *ForCausalLM")
+        raise GGError(f"{config_path.parent}: not a causal language model ({what}): this command runs "
+                      "next-token prediction, so it needs a decoder LM such as *ForCausalLM (encoders like "
+                      "BERT can still be analyzed, quantized, packed and initialized)")
 
 
 def _load_tokenizer(folder: Path) -> Any:

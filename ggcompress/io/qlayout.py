@@ -8,6 +8,9 @@ three must agree byte for byte with docs/quantize-rf8.md ("Checkpoint layout"). 
   (rows, cols) matrix view: (1, 1) tensor, (rows, 1) channel, (rows, ceil(cols / N)) block:N);
 - decode: ``W[r, c] = lut[code[r, c]] * scale[r or 0, c // N]`` (docs/rf8.md §2); the format name picks
   the 256-entry table;
+- a weight stored [in, out] in the source (transformers ``Conv1D``: GPT-2's c_attn, c_fc, c_proj) is
+  quantized as its transpose, so its codes are [out, in] like every linear layer's and its scales are
+  per output channel; the scheme lists it under ``transposed`` and dequantize transposes it back;
 - the scheme (``Scheme``) sits in config.json ``quantization_config`` (with ``ggcompress_version``) and,
   as a compact sorted JSON string, in every shard's safetensors ``__metadata__["quantization_config"]``
   (without the version, so output bytes depend only on the input and the settings).
@@ -48,6 +51,7 @@ class Scheme:
     modules: tuple[str, ...]  # module names whose ``.weight`` is quantized, in checkpoint order
     source_dtype: str | None = None  # torch dtype name of the weights before quantization, e.g. "bfloat16"
     format_version: int = 0  # 0: the current version of ``format``
+    transposed: tuple[str, ...] = ()  # modules whose source weight was [in, out]; codes are its transpose
 
     def __post_init__(self) -> None:
         if not self.format_version:
@@ -68,6 +72,8 @@ class Scheme:
             "modules": list(self.modules),
             "source_dtype": self.source_dtype,
         }
+        if self.transposed:  # only when present, so files without Conv1D keep their exact bytes
+            d["transposed"] = list(self.transposed)
         if with_version:
             d["ggcompress_version"] = __version__
         return d
@@ -100,8 +106,12 @@ class Scheme:
         if len(set(modules)) != len(modules):
             raise GGError(f"{where}: quantization_config.modules lists a module twice")
         source_dtype = d.get("source_dtype")
+        transposed = d.get("transposed", [])
+        if not isinstance(transposed, list) or not all(isinstance(m, str) and m in modules
+                                                       for m in transposed):
+            raise GGError(f"{where}: quantization_config.transposed must be a list of quantized module names")
         return cls(fmt, gran.kind, gran.block_size, tuple(modules),
-                   str(source_dtype) if source_dtype else None, int(version))
+                   str(source_dtype) if source_dtype else None, int(version), tuple(transposed))
 
 
 def weight_name(module: str) -> str:
@@ -143,7 +153,7 @@ def read_scheme(ck: Checkpoint) -> Scheme | None:
 
 
 def _core(s: Scheme) -> tuple:
-    return s.format, s.format_version, s.granularity, s.block_size, s.modules
+    return s.format, s.format_version, s.granularity, s.block_size, s.modules, s.transposed
 
 
 def check_tensors(ck: Checkpoint, scheme: Scheme) -> None:
@@ -176,7 +186,11 @@ def quantized_tensor(codes: torch.Tensor, scale: torch.Tensor, scheme: Scheme, n
 
 
 def decode(codes: torch.Tensor, scale: torch.Tensor, scheme: Scheme, name: str,
-           dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The dense weight (the codes' shape) in ``dtype``: ``lut[code] * scale`` in float32, rounded once."""
+           dtype: torch.dtype = torch.float32, module: str | None = None) -> torch.Tensor:
+    """The dense weight in ``dtype``: ``lut[code] * scale`` in float32, rounded once.
+
+    It has the codes' shape, or the source's [in, out] when ``module`` is listed in ``scheme.transposed``.
+    """
     q = quantized_tensor(codes, scale, scheme, name)
-    return get_codec(scheme.format).decode(q, dtype=dtype, name=name)
+    dense = get_codec(scheme.format).decode(q, dtype=dtype, name=name)
+    return dense.t().contiguous() if module is not None and module in scheme.transposed else dense

@@ -4,10 +4,12 @@ Why not ``from_pretrained``: transformers does not know the ``ggcompress`` quant
 allocate a dense weight for every layer. Here the model is built from config.json (without its
 ``quantization_config``) with its parameters on the meta device, so building costs no memory; each
 quantized ``nn.Linear`` is replaced by a ``QuantLinear`` holding the uint8 codes and float32 scales read
-from the file (a dense copy of those weights never exists); the remaining tensors (embeddings, norms,
-biases) are assigned from the file; tied weights are re-tied. Quantized weights of modules that are not
-``nn.Linear`` (embeddings with --quantize-embeddings, norms, GPT-2's Conv1D) are decoded to dense tensors:
-they load correctly but do not stay 1-byte in memory.
+from the file (a dense copy of those weights never exists); so is each transformers ``Conv1D`` (GPT-2)
+whose codes were stored transposed to [out, in] (the scheme's ``transposed`` list: a Conv1D computes
+``x @ W + b`` with W [in, out], the same map as a Linear with weight W.T). The remaining tensors
+(embeddings, norms, biases) are assigned from the file; tied weights are re-tied. Quantized weights of
+other modules (embeddings with --quantize-embeddings, norms) are decoded to dense tensors: they load
+correctly but do not stay 1-byte in memory.
 
 A folder without a ggcompress scheme loads too (all tensors dense), so ``ggcompress.load`` works on any
 safetensors HF folder.
@@ -27,6 +29,7 @@ from torch import nn
 from ggcompress.errors import GGError
 from ggcompress.formats import get_codec
 from ggcompress.io.checkpoint import Checkpoint, open_checkpoint
+from ggcompress.io.layers import is_conv1d
 from ggcompress.io.qlayout import (
     Scheme,
     check_tensors,
@@ -139,20 +142,64 @@ def _empty_model(ck: Checkpoint) -> nn.Module:
 
 
 def _key_mapper(model: nn.Module):
-    """Map checkpoint names to the model's (the base-model prefix may be present on one side only)."""
+    """Map checkpoint names to the model's: the base-model prefix may be present on one side only, and
+    transformers renames some keys on load (its conversion mapping, e.g. GPT-NeoX's embed_out -> lm_head)."""
     own = set(model.state_dict(keep_vars=True))
     prefix = getattr(model, "base_model_prefix", "") or ""
+    renamings = _renamings(model)
+
+    def with_prefix(key: str) -> str | None:
+        if key in own:
+            return key
+        if prefix and f"{prefix}.{key}" in own:
+            return f"{prefix}.{key}"
+        if prefix and key.startswith(prefix + ".") and key[len(prefix) + 1:] in own:
+            return key[len(prefix) + 1:]
+        return None
 
     def to_model(key: str) -> str:
-        if key in own or not prefix:
-            return key
-        if f"{prefix}.{key}" in own:
-            return f"{prefix}.{key}"
-        if key.startswith(prefix + ".") and key[len(prefix) + 1:] in own:
-            return key[len(prefix) + 1:]
+        found = with_prefix(key)
+        if found is not None:
+            return found
+        for rename in renamings:
+            renamed, matched = rename.rename_source_key(key)
+            if matched is not None and (found := with_prefix(renamed)) is not None:
+                return found
         return key
 
     return to_model
+
+
+def _renamings(model: nn.Module) -> list[Any]:
+    """transformers' plain key renamings for this model (merging converters are not replayed here)."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming
+
+        transforms = get_model_conversion_mapping(model)
+    except (ImportError, AttributeError, TypeError, ValueError):  # older/newer transformers: prefixes only
+        return []
+    return [t for t in transforms if isinstance(t, WeightRenaming)]
+
+
+def transposed_weights(ck: Checkpoint) -> set[str]:
+    """Checkpoint names of the weights stored [in, out] (transformers ``Conv1D``), found from config.json.
+
+    The model is built on the meta device (no memory). Without a config, or when transformers cannot build
+    it, the answer is empty: such weights are then quantized as stored and load as dense tensors.
+    """
+    if ck.config is None or not ck.config.get("model_type"):
+        return set()
+    try:
+        model = _empty_model(ck)
+    except GGError:
+        return set()
+    conv = {name for name, module in model.named_modules() if is_conv1d(module)}
+    if not conv:
+        return set()
+    to_model = _key_mapper(model)
+    return {t.name for t in ck.tensors
+            if t.name.endswith(".weight") and to_model(t.name).removesuffix(".weight") in conv}
 
 
 def _fill(model: nn.Module, ck: Checkpoint, scheme: Scheme | None, backend: Backend) -> None:
@@ -176,7 +223,16 @@ def _fill(model: nn.Module, ck: Checkpoint, scheme: Scheme | None, backend: Back
             target = to_model(weight_name(module)).removesuffix(".weight")
             where = f"{file}: {weight_name(module)}"
             sub = _submodule(model, target)
-            if isinstance(sub, nn.Linear):
+            transposed = module in scheme.transposed
+            if isinstance(sub, nn.Linear) and transposed:
+                raise GGError(f"{where}: quantization_config lists it as transposed ([in, out] in the "
+                              "source), but the model's layer is an nn.Linear")
+            if isinstance(sub, nn.Linear) or (transposed and sub is not None and is_conv1d(sub)):
+                linear = isinstance(sub, nn.Linear)
+                expected = (sub.out_features, sub.in_features) if linear else (sub.nf, sub.nx)
+                if tuple(codes.shape) != expected:
+                    raise GGError(f"{where}: codes have shape {list(codes.shape)}, the model's layer needs "
+                                  f"{list(expected)} ([out, in])")
                 q = quantized_tensor(codes, scale, scheme, where)
                 bias = None
                 if sub.bias is not None:
@@ -187,8 +243,8 @@ def _fill(model: nn.Module, ck: Checkpoint, scheme: Scheme | None, backend: Back
                                                    fmt=scheme.format, name=where)
                 layer.backend = backend
                 _set_submodule(model, target, layer)
-            else:  # embeddings, norms, Conv1D: no 1-byte module for them, so they load dense
-                dense[f"{target}.weight"] = decode(codes, scale, scheme, where, dtype=decoded)
+            else:  # embeddings, norms, Conv1D stored as-is: no 1-byte module for them, so they load dense
+                dense[f"{target}.weight"] = decode(codes, scale, scheme, where, dtype=decoded, module=module)
     model.load_state_dict(dense, strict=False, assign=True)
     if hasattr(model, "tie_weights"):
         model.tie_weights()

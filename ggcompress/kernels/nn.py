@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ggcompress.errors import GGError
+from ggcompress.io.layers import is_conv1d
 from ggcompress.kernels import Backend, check_operands, dequantize, lut_linear
 
 # scale and lut stay float32 whatever dtype the model is cast to: a bf16 scale would add a 2^-9
@@ -116,11 +117,12 @@ QuantizedWeight = tuple[torch.Tensor, torch.Tensor, torch.Tensor, "int | None", 
 
 
 def replace_linears(model: nn.Module, quantized: Mapping[str, QuantizedWeight]) -> list[str]:
-    """Swap ``nn.Linear`` submodules, by qualified name, for QuantLinear layers; return the names swapped.
+    """Swap linear submodules, by qualified name, for QuantLinear layers; return the names swapped.
 
-    ``quantized[name] = (codes, scale, lut, block_size, fmt)``. The Linear's bias is kept (same dtype
-    and device) and the codes move to the Linear's device. Every name is checked before any swap, so
-    a bad entry leaves the model untouched.
+    ``quantized[name] = (codes, scale, lut, block_size, fmt)`` with codes [out, in]. A transformers
+    ``Conv1D`` (weight [in, out]) is swapped too: its codes are the transpose of its weight. The layer's
+    bias is kept (same dtype and device) and the codes move to its device. Every name is checked
+    before any swap, so a bad entry leaves the model untouched.
     """
     plan: list[tuple[nn.Module, str, QuantLinear]] = []
     for name, (codes, scale, lut, block_size, fmt) in quantized.items():
@@ -128,12 +130,15 @@ def replace_linears(model: nn.Module, quantized: Mapping[str, QuantizedWeight]) 
             old = model.get_submodule(name)
         except AttributeError as exc:
             raise GGError(f"{name}: no such submodule in the model") from exc
-        if not isinstance(old, nn.Linear):
-            raise GGError(f"{name}: expected an nn.Linear to replace, found {type(old).__name__}")
-        if tuple(codes.shape) != (old.out_features, old.in_features):
+        if isinstance(old, nn.Linear):
+            expected = (old.out_features, old.in_features)
+        elif is_conv1d(old):
+            expected = (old.nf, old.nx)
+        else:
+            raise GGError(f"{name}: expected an nn.Linear or Conv1D to replace, found {type(old).__name__}")
+        if tuple(codes.shape) != expected:
             raise GGError(
-                f"{name}: codes have shape {tuple(codes.shape)}, the Linear is "
-                f"({old.out_features}, {old.in_features})"
+                f"{name}: codes have shape {tuple(codes.shape)}, the layer is {expected} ([out, in])"
             )
         device = old.weight.device
         bias = old.bias.detach() if old.bias is not None else None

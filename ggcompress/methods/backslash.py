@@ -47,6 +47,8 @@ import torch
 from ggcompress import __version__
 from ggcompress.errors import GGError, as_os_error, check_patterns
 from ggcompress.io.checkpoint import log, output_error
+from ggcompress.io.context import model_context
+from ggcompress.io.layers import linear_modules
 from ggcompress.methods.rundir import RunFolder
 from ggcompress.methods.train import (
     Hook,
@@ -54,6 +56,7 @@ from ggcompress.methods.train import (
     TrainConfig,
     barrier,
     dist_info,
+    fit_block_size,
     load_causal_lm,
     load_data,
     perplexity,
@@ -132,11 +135,15 @@ class BackSlashConfig:
 
 def select_weights(model: Any, include: str | None = None, exclude: str | None = None
                    ) -> list[tuple[str, torch.nn.Parameter]]:
-    """The 2-D weights of the model's nn.Linear layers (a tied head counts once), filtered by regex."""
+    """The 2-D weights of the model's linear layers (a tied head counts once), filtered by regex.
+
+    Linear layers are nn.Linear and transformers' Conv1D (GPT-2's c_attn/c_proj/c_fc, weight [in, out]):
+    the rate term and the reshaping are elementwise, so the orientation does not matter here.
+    """
     seen: set[int] = set()
     out = []
-    for mod_name, mod in model.named_modules():
-        if not isinstance(mod, torch.nn.Linear) or mod.weight.ndim != 2 or not mod.weight.requires_grad:
+    for mod_name, mod in linear_modules(model):
+        if not mod.weight.requires_grad:
             continue
         name = f"{mod_name}.weight" if mod_name else "weight"
         if id(mod.weight) in seen:
@@ -148,7 +155,7 @@ def select_weights(model: Any, include: str | None = None, exclude: str | None =
         seen.add(id(mod.weight))
         out.append((name, mod.weight))
     if not out:
-        raise GGError("backslash: no weights selected (no nn.Linear layers match --include/--exclude)")
+        raise GGError("no weights selected (no linear layer's weight matches --include/--exclude)")
     return out
 
 
@@ -390,6 +397,11 @@ def run_backslash(
 
     notify({"event": "phase", "phase": "load", "model": model_spec})
     model, tokenizer, source = load_causal_lm(model_spec, info.device)
+    tcfg, note = fit_block_size(model, tcfg)
+    notes = [note] if note else []
+    for n in notes:
+        notify({"event": "note", "message": n})
+    context = model_context(model).to_dict()
     data = load_data(data_spec, tokenizer, tcfg.block_size, validation=validation)
     dtype = _save_dtype(cfg.save_dtype, model)
     params = select_weights(model, cfg.include, cfg.exclude)
@@ -438,6 +450,7 @@ def run_backslash(
 
         report = _report(model_spec, source, data, folder.out, cfg, tcfg, info.world, dtype, before, after,
                          result, base, base_result, time.perf_counter() - t0)
+        report["context"] = {**context, "notes": notes}
         if info.is_main:
             _atomic_text(work / REPORT_NAME, json.dumps(report, indent=2, allow_nan=False) + "\n")
             if not keep_checkpoints:

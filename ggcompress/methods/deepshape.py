@@ -48,11 +48,13 @@ import torch
 from ggcompress import __version__
 from ggcompress.errors import GGError, check_patterns
 from ggcompress.io.checkpoint import CheckpointWriter, check_output_path
+from ggcompress.io.context import model_context
 from ggcompress.methods.backslash import BackSlashConfig, RateHook, measure, select_weights
 from ggcompress.methods.train import (
     Hook,
     TextData,
     TrainConfig,
+    fit_block_size,
     load_causal_lm,
     load_data,
     round_trip_,
@@ -352,8 +354,13 @@ def _summary(m: dict) -> dict:
 
 
 def _setup(model_spec: str, data_spec: str, cfg: DeepShapeConfig, tcfg: TrainConfig, validation: str | None,
-           device: str) -> tuple[Any, Any, str, TextData, list, Any]:
+           device: str, notify: Progress) -> tuple[Any, Any, str, TextData, list, Any, TrainConfig, dict]:
+    """Load the model and data (blocks clamped to the model's context), select weights, copy the teacher."""
     model, tokenizer, source = load_causal_lm(model_spec, device)
+    tcfg, note = fit_block_size(model, tcfg)
+    context = {**model_context(model).to_dict(), "notes": [note] if note else []}
+    if note:
+        notify({"event": "note", "message": note})
     data = load_data(data_spec, tokenizer, tcfg.block_size, validation=validation)
     params = select_weights(model, cfg.include, cfg.exclude)
     teacher = None
@@ -361,7 +368,7 @@ def _setup(model_spec: str, data_spec: str, cfg: DeepShapeConfig, tcfg: TrainCon
         teacher = copy.deepcopy(model).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
-    return model, tokenizer, source, data, params, teacher
+    return model, tokenizer, source, data, params, teacher, tcfg, context
 
 
 def _dtype(cfg: DeepShapeConfig, model: Any) -> torch.dtype:
@@ -390,8 +397,8 @@ def run_deepshape(
     check_output_path(outp, inputs, force=force, kind="folder")
     t0 = time.perf_counter()
     notify({"event": "phase", "phase": "load", "model": model_spec})
-    model, tokenizer, source, data, params, teacher = _setup(model_spec, data_spec, cfg, tcfg, validation,
-                                                             _device(tcfg.device))
+    model, tokenizer, source, data, params, teacher, tcfg, context = _setup(
+        model_spec, data_spec, cfg, tcfg, validation, _device(tcfg.device), notify)
     dtype = _dtype(cfg, model)
     notify({"event": "phase", "phase": "measure", "what": "original"})
     original = _measure(model, data, params, cfg, tcfg)
@@ -416,6 +423,7 @@ def run_deepshape(
         "source": source,
         "output": str(outp),
         "data": data.summary(),
+        "context": context,
         "settings": {**cfg.to_dict(), "train": tcfg.to_dict(),
                      "save_dtype": str(dtype).removeprefix("torch.")},
         "original": _summary(original),
@@ -473,8 +481,8 @@ def run_sweep(
     inputs = [model_spec, data_spec] + ([validation] if validation else [])
     check_output_path(outp, inputs, force=force, kind="folder")
     t0 = time.perf_counter()
-    model, _, source, data, params, teacher = _setup(model_spec, data_spec, cfg, tcfg, validation,
-                                                     _device(tcfg.device))
+    model, _, source, data, params, teacher, tcfg, context = _setup(
+        model_spec, data_spec, cfg, tcfg, validation, _device(tcfg.device), notify)
     dtype = _dtype(cfg, model)
     saved = {n: p.detach().clone() for n, p in model.state_dict().items()}
     original = _measure(model, data, params, cfg, tcfg)
@@ -496,7 +504,7 @@ def run_sweep(
                        "finetuned": _summary(finetuned) if finetuned else None,
                        "vs_original": _relative(finetuned or reshaped, original)})
     doc = json_safe({"schema": SWEEP_SCHEMA, "version": __version__, "model": model_spec, "source": source,
-                  "settings": {**cfg.to_dict(), "train": tcfg.to_dict(),
+                  "context": context, "settings": {**cfg.to_dict(), "train": tcfg.to_dict(),
                                "save_dtype": str(dtype).removeprefix("torch.")},
                   "original": _summary(original), "points": points, "seconds": time.perf_counter() - t0})
     with CheckpointWriter(outp, force=force, inputs=inputs) as writer:

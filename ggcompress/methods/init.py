@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from ggcompress.errors import GGError
+from ggcompress.io.layers import is_conv1d, is_linear
 from ggcompress.stats import gg
 from ggcompress.stats.roles import role_of
 
@@ -106,18 +107,13 @@ class InitRecord:
     std: float | None = None  # target standard deviation sqrt(ξ/fan)
 
 
-def _is_conv1d(mod: torch.nn.Module) -> bool:
-    """transformers' GPT-2 Conv1D: a linear layer with weight [in, out]."""
-    return type(mod).__name__ == "Conv1D" and hasattr(mod, "nf")
-
-
 def _is_norm(mod: torch.nn.Module) -> bool:
     name = type(mod).__name__.lower()
     return isinstance(mod, torch.nn.LayerNorm | torch.nn.GroupNorm) or "norm" in name
 
 
 def _weight_fan(mod: torch.nn.Module, w: torch.Tensor, mode: str) -> int:
-    if _is_conv1d(mod):  # [in, out]
+    if is_conv1d(mod):  # [in, out]
         return int(w.shape[0]) if mode == "fan_in" else int(w.shape[1])
     fin, fout = fans(w)
     return fin if mode == "fan_in" else fout
@@ -152,7 +148,7 @@ def init_model(
     records: list[InitRecord] = []
     for mod_name, mod in model.named_modules():
         prefix = f"{mod_name}." if mod_name else ""
-        is_weight_layer = isinstance(mod, torch.nn.Linear | torch.nn.Embedding) or _is_conv1d(mod)
+        is_weight_layer = isinstance(mod, torch.nn.Embedding) or is_linear(mod)
         is_norm = not is_weight_layer and _is_norm(mod)
         if not (is_weight_layer or is_norm):
             continue

@@ -326,6 +326,31 @@ def load_causal_lm(spec: str | os.PathLike[str], device: str = "cpu") -> tuple[A
     return loaded.model, loaded.tokenizer, loaded.source
 
 
+def fit_block_size(model: Any, config: TrainConfig) -> tuple[TrainConfig, str | None]:
+    """(config with block_size clamped to the model's context, note saying so or None).
+
+    A block longer than the position table crashes GPT-2/OPT-style models (IndexError) and runs a rotary
+    model past its context; see ggcompress.io.context.
+    """
+    from ggcompress.io.context import clamp, model_context
+
+    size, note = clamp(config.block_size, model_context(model), "block size")
+    if note is None:
+        return config, None
+    return TrainConfig(**{**config.to_dict(), "block_size": size}), note
+
+
+def _check_context(model: Any, data: TextData) -> None:
+    """Refuse blocks the model cannot read (a clear line instead of an IndexError mid-run)."""
+    from ggcompress.io.context import model_context
+
+    context = model_context(model)
+    if context.tokens is not None and data.block_size > context.tokens:
+        raise GGError(f"blocks of {data.block_size} tokens are longer than the model's context "
+                      f"({context.tokens} tokens, config {context.source}): load the data with a block size "
+                      f"<= {context.tokens} (fit_block_size does it)")
+
+
 def source_dtype(model: Any) -> torch.dtype:
     """The dtype the checkpoint was stored in (config.dtype / torch_dtype), else float32."""
     cfg = model.config
@@ -634,6 +659,7 @@ def train(
     """
     info = dist_info(config.device)
     notify = progress or (lambda event: None)
+    _check_context(model, data)
     wd = Path(work_dir) if work_dir is not None else None
     key = {**config.to_dict(), **(run_key or {}), "world": info.world,
            "data_blocks": [len(data.train), len(data.validation), data.block_size]}
