@@ -393,19 +393,26 @@ def _precious(folder: Path) -> dict[str, str]:
     ("empty", "empty corpus"),
     ("binary", "UTF-8"),
     ("bert", "not a causal language model"),
+    ("cuda", "cannot move the model to device"),
 ])
 def test_backslash_failures_touch_nothing(case, needle, tiny, corpus, tmp_path) -> None:
+    if case == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA: the no-CUDA case cannot happen here")
     (tmp_path / "empty.txt").write_text("\n")
     (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00bad" * 100)
     data = {"missing": tmp_path / "missing.txt", "empty": tmp_path / "empty.txt",
-            "binary": tmp_path / "binary.txt", "bert": corpus}[case]
+            "binary": tmp_path / "binary.txt", "bert": corpus, "cuda": corpus}[case]
     model = fixtures.minilm() if case == "bert" else tiny
+    extra = ("--device", "cuda") if case == "cuda" else ()
     kept = tmp_path / "kept"
     before = _precious(kept)
-    one_error_line(_backslash(model, data, kept, "--force"), needle)
+    one_error_line(_backslash(model, data, kept, "--force", *extra), needle)
     assert snapshot(kept) == before  # --force replaces only on success
     fresh = tmp_path / "deep" / "fresh"
-    one_error_line(_backslash(model, data, fresh), needle)
+    one_error_line(_backslash(model, data, fresh, *extra), needle)
     assert not (tmp_path / "deep").exists()  # no empty OUT, no empty parent
     assert leftovers(tmp_path) == []
 
