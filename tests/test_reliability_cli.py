@@ -393,19 +393,26 @@ def _precious(folder: Path) -> dict[str, str]:
     ("empty", "empty corpus"),
     ("binary", "UTF-8"),
     ("bert", "not a causal language model"),
+    ("cuda", "cannot move the model to device"),
 ])
 def test_backslash_failures_touch_nothing(case, needle, tiny, corpus, tmp_path) -> None:
+    if case == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA: the no-CUDA case cannot happen here")
     (tmp_path / "empty.txt").write_text("\n")
     (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00bad" * 100)
     data = {"missing": tmp_path / "missing.txt", "empty": tmp_path / "empty.txt",
-            "binary": tmp_path / "binary.txt", "bert": corpus}[case]
+            "binary": tmp_path / "binary.txt", "bert": corpus, "cuda": corpus}[case]
     model = fixtures.minilm() if case == "bert" else tiny
+    extra = ("--device", "cuda") if case == "cuda" else ()
     kept = tmp_path / "kept"
     before = _precious(kept)
-    one_error_line(_backslash(model, data, kept, "--force"), needle)
+    one_error_line(_backslash(model, data, kept, "--force", *extra), needle)
     assert snapshot(kept) == before  # --force replaces only on success
     fresh = tmp_path / "deep" / "fresh"
-    one_error_line(_backslash(model, data, fresh), needle)
+    one_error_line(_backslash(model, data, fresh, *extra), needle)
     assert not (tmp_path / "deep").exists()  # no empty OUT, no empty parent
     assert leftovers(tmp_path) == []
 
@@ -528,3 +535,38 @@ def test_backslash_interrupted_after_training_keeps_state_and_resume_cleans_up(t
     assert res.exit_code == 0, res.output
     assert f"left by a killed run (pid {dead.pid})" in res.stderr and not half.exists()
     assert not (out / "training").exists() and (out / "backslash_report.json").is_file()
+
+
+def test_replacing_an_output_is_undone_when_the_final_rename_fails(tmp_path, monkeypatch) -> None:
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"previous")
+    new = tmp_path / "new"
+    new.mkdir()
+    real = os.replace
+
+    def second_rename_fails(src, dst):
+        if Path(src) == new:
+            raise Terminated()  # SIGTERM between moving the old output aside and renaming the new one in
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", second_rename_fails)
+    with pytest.raises(Terminated):
+        ckio.replace_output(new, out)
+    monkeypatch.undo()
+    assert (out / "model.safetensors").read_bytes() == b"previous" and leftovers(tmp_path) == []
+
+
+def test_a_previous_output_moved_aside_by_a_killed_run_is_restored(tiny, tmp_path) -> None:
+    """SIGKILL exactly between the two renames of --force: the next run puts the old output back
+    (deleting it as a stale temp would lose it)."""
+    out = tmp_path / "o.ggz"
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    aside = tmp_path / (temp_prefix(out, "old").replace(f"-{os.getpid()}-", f"-{dead.pid}-") + "q")
+    aside.mkdir()
+    (aside / "old").write_bytes(b"the previous container")
+    res = run("pack", str(tiny), "-o", str(out))
+    one_error_line(res, "already exists")  # it is back, so a run without --force refuses to replace it
+    assert out.read_bytes() == b"the previous container" and not aside.exists()
+    assert "restored" in res.stderr

@@ -523,12 +523,7 @@ class CheckpointWriter:
             if self.out.exists():
                 if not self.force:  # appeared while we worked
                     raise GGError(f"{self.out}: already exists (use --force to replace it)")
-                trash = Path(tempfile.mkdtemp(prefix=temp_prefix(self.out, "old"), dir=self.out.parent))
-                os.replace(self.out, trash / "old")
-                os.replace(self.tmp, self.out)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.replace(self.tmp, self.out)
+            replace_output(self.tmp, self.out)
             return self.out
         except OSError as e:
             self.abort()
@@ -687,6 +682,15 @@ def clean_stale_temps(out: Path) -> list[Path]:
             continue
         if m["host"] != _HOST or pid_alive(int(m["pid"])):
             continue
+        if prefix.endswith(".old-") and (p / "old").exists() and not (out.exists() or out.is_symlink()):
+            try:  # killed between moving the previous output aside and renaming the new one in
+                os.replace(p / "old", out)
+                p.rmdir()
+                log.warning("restored %s, which a killed run (pid %s) had moved aside", out, m["pid"])
+            except OSError as e:
+                log.warning("%s: holds the previous %s, which a killed run moved aside; cannot restore it "
+                            "(%s) — move it back by hand", p / "old", out.name, e.strerror)
+            continue
         try:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         except OSError as e:
@@ -708,6 +712,26 @@ def pid_alive(pid: int) -> bool:
     except (PermissionError, OverflowError, ValueError):
         return True  # it exists (another user's), or we cannot tell: keep its files
     return True
+
+
+def replace_output(new: Path, out: Path) -> None:
+    """Rename `new` to `out`. An existing `out` is first moved aside into `.NAME.old-...`, put back if
+    anything (an error, a signal) stops the second rename, and deleted only once `new` is in place."""
+    if not (out.exists() or out.is_symlink()):
+        os.replace(new, out)
+        return
+    trash = Path(tempfile.mkdtemp(prefix=temp_prefix(out, "old"), dir=out.parent))
+    old = trash / "old"
+    try:
+        os.replace(out, old)
+        try:
+            os.replace(new, out)
+        except BaseException:
+            os.replace(old, out)
+            raise
+    finally:
+        if not old.exists() or out.exists():
+            shutil.rmtree(trash, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, force: bool = False) -> Path:

@@ -34,6 +34,7 @@ from ggcompress.io.checkpoint import (
     output_error,
     pid_alive,
     remove_empty_folders,
+    replace_output,
     temp_prefix,
 )
 
@@ -132,20 +133,11 @@ class RunFolder:
         assert self.work is not None
         if self.mode != "staged":
             return self.out
-        trash = None
         try:
-            if self.out.exists() or self.out.is_symlink():
-                trash = Path(tempfile.mkdtemp(prefix=temp_prefix(self.out, "old"), dir=self.out.parent))
-                os.replace(self.out, trash / "old")
-            os.replace(self.work, self.out)
+            replace_output(self.work, self.out)
         except OSError as e:
-            if trash is not None and (trash / "old").exists() and not self.out.exists():
-                os.replace(trash / "old", self.out)  # put the old output back
-            raise GGError(describe_os_error(e, self.out, "replace it") + f"; the new result stays in "
-                          f"{self.work}") from None
-        finally:
-            if trash is not None:
-                shutil.rmtree(trash, ignore_errors=True)
+            raise GGError(describe_os_error(e, self.out, "replace it") + " — the previous one is kept"
+                          ) from None
         self.work = self.out
         return self.out
 
