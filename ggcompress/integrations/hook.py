@@ -26,8 +26,13 @@ def _register() -> None:
     if partial is not None and not hasattr(partial, "register"):
         return  # that module is importing transformers right now; it registers itself when done
     try:
-        from ggcompress.integrations.transformers_quantizer import register
-        register()
+        import torch
+
+        # transformers may import its registry inside a ``with torch.device("meta")`` block (a model
+        # built on meta); ggcompress's decode tables must still be real CPU tensors.
+        with torch.device("cpu"):
+            from ggcompress.integrations.transformers_quantizer import register
+            register()
     except Exception as exc:  # never break transformers itself because of this plugin
         warnings.warn(f"ggcompress: could not register its transformers quantizer ({exc}); "
                       "ggcompress-quantized folders will not load through from_pretrained",
