@@ -113,7 +113,8 @@ def open_gguf(path: Path, source: str) -> GGUFCheckpoint:
     try:
         reader = gguf.GGUFReader(path)
     except (ValueError, OSError, IndexError, KeyError) as exc:
-        raise GGError(f"{path}: not a readable GGUF file ({str(exc).splitlines()[0][:200]})") from None
+        raise GGError(f"{path}: not a readable GGUF file, truncated or damaged "
+                      f"({str(exc).splitlines()[0][:200]})") from None
     size = path.stat().st_size
     for t in reader.tensors:
         end = int(t.data_offset) + int(t.n_bytes)
