@@ -127,3 +127,23 @@ def test_import_ggcompress_registers_without_importing_torch():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "GGCompressHfQuantizer"
+
+
+def test_gpt2_conv1d_weights_decode_dense(tmp_path):
+    """GPT-2 keeps its projections in Conv1D (weight stored (in, out)): decoded once, like ggcompress.load."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=96, n_positions=32)
+                    ).save_pretrained(tmp_path / "gpt2")
+    out = tmp_path / "q"
+    quantize_checkpoint(tmp_path / "gpt2", out, QuantizeConfig(format="int8"))
+    modules = json.loads((out / "config.json").read_text())["quantization_config"]["modules"]
+    assert "transformer.h.0.attn.c_attn" in modules
+    model = _from_pretrained(out, dtype=torch.float32)
+    ref = ggcompress.load(out, dtype=torch.float32)
+    for m in modules:
+        got, want = model.get_submodule(m).weight, ref.get_submodule(m).weight
+        assert got.dtype == torch.float32 and torch.equal(got, want), m
+    with torch.no_grad():
+        assert torch.equal(model(IDS).logits, ref(IDS).logits)
