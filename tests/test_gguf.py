@@ -76,6 +76,13 @@ def test_truncated_file_is_refused(smollm2_gguf, tmp_path):
         open_checkpoint(cut)
 
 
+def test_gguf_behaves_like_a_model_folder(ck):
+    """Its support files (config.json, tokenizer, gguf_metadata.json) appear as a folder, for writers."""
+    names = sorted(p.name for p in ck.root.iterdir())
+    assert {"config.json", "tokenizer.json", "tokenizer_config.json", METADATA_FILE} <= set(names)
+    assert json.loads((ck.root / "config.json").read_text()) == ck.config
+
+
 def test_analyze_reads_a_gguf(smollm2_gguf):
     res = CliRunner().invoke(cli, ["analyze", str(smollm2_gguf), "--include", r"layers\.0\.mlp\.down_proj",
                                    "--json"])
@@ -92,8 +99,7 @@ def layer0(ck, tmp_path_factory):
     with CheckpointWriter(out, inputs=[ck.source]) as w:
         for info, t in ck.iter_tensors(LAYER0):
             w.add_tensor(info.name, t)
-        ck.write_support_files(w.tmp)
-        w.write_json("config.json", ck.config)
+        w.copy_support_files(ck.root)  # config.json, tokenizer, gguf_metadata.json
     return out
 
 

@@ -382,8 +382,6 @@ def _quantize_one(ck: Checkpoint, out: Path | None, config: QuantizeConfig, forc
                 done += 1
                 notify(label, done, total)
             writer.copy_support_files(ck.root, skip=["config.json"])
-            if hasattr(ck, "write_support_files"):  # a GGUF input: its tokenizer and GGUF metadata
-                ck.write_support_files(writer.tmp)
             if ck.config is not None:
                 qc = scheme.to_dict() if export is None else export.quantization_config()
                 writer.write_json("config.json", {**ck.config, "quantization_config": qc})

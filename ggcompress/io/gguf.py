@@ -59,6 +59,30 @@ class GGUFCheckpoint(Checkpoint):
     reader: Any = None  # gguf.GGUFReader (memory-mapped)
     gguf_names: dict[str, str] = field(default_factory=dict)  # HF name -> GGUF tensor name
     processor: Any = None  # transformers' TensorProcessor for the architecture
+    _support: Any = field(default=None, init=False, repr=False)  # TemporaryDirectory behind ``root``
+
+    @property  # type: ignore[override]
+    def root(self) -> Path:
+        """A folder with the support files an HF folder would have: config.json, the tokenizer files and
+        ``gguf_metadata.json``, built on first use (the tokenizer takes seconds), removed with this object.
+
+        Every writer that carries support files along (quantize-rf8, pack, dequantize) thus keeps them.
+        """
+        if self._support is None:
+            support = tempfile.TemporaryDirectory(prefix="ggcompress-gguf-")
+            try:
+                folder = Path(support.name)
+                self.write_support_files(folder)
+                (folder / "config.json").write_text(json.dumps(self.hf_config, indent=2) + "\n")
+            except BaseException:
+                support.cleanup()
+                raise
+            self._support = support
+        return Path(self._support.name)
+
+    @root.setter
+    def root(self, value: Any) -> None:  # the dataclass __init__ assigns it; a GGUF has no folder
+        pass
 
     @property
     def config(self) -> dict[str, Any] | None:
@@ -86,7 +110,7 @@ class GGUFCheckpoint(Checkpoint):
         return metadata_fields(self.reader)
 
     def write_support_files(self, folder: Path) -> None:
-        """config.json is the caller's; this writes the tokenizer files and ``gguf_metadata.json``."""
+        """The tokenizer files and ``gguf_metadata.json`` (config.json is written by ``root``)."""
         path = Path(self.files[0])
         with _shared_reader(self.reader):
             from transformers import AutoTokenizer
