@@ -408,11 +408,9 @@ def test_cli_passes_lm_eval_options_through(models, tmp_path) -> None:
     [samples] = list((out / "base").glob("samples_ggc_cloze_*.jsonl"))
     records = [json.loads(line) for line in samples.read_text().splitlines()]
     assert len(records) == 3
-    # two few-shot examples precede the question: the context holds three "Answer"-style items
-    context = records[0]["arguments"]["gen_args_0"]["arg_0"]
-    question = records[0]["doc"]
-    assert context.count("\n\n") >= 2, context
-    assert str(next(iter(question.values())))[:20] in context
+    # two few-shot examples (context + answer each, blank-line separated) precede the item's own context
+    parts = records[0]["arguments"]["gen_args_0"]["arg_0"].split("\n\n")
+    assert len(parts) == 3 and parts[-1] == records[0]["doc"]["context"], parts
     # stderr is not a terminal under CliRunner: plain progress lines, one per phase
     lines = [line for line in r.stderr.splitlines() if line.startswith("[")]
     assert any(line.endswith("base: loading") for line in lines), r.stderr
@@ -444,3 +442,18 @@ def test_progress_lines_one_per_phase_then_tenths() -> None:
     unknown = [p.line("b", n, None) for n in (0, 10, 999, 1000, 3999, 4000, 16000)]
     assert [x is not None for x in unknown] == [True, False, False, True, False, True, True]
     assert unknown[0].endswith("] b") and unknown[3].endswith("b: 1,000")
+
+
+def test_cli_apply_chat_template_wraps_prompts(models, tmp_path) -> None:
+    chat = tmp_path / "chat"
+    shutil.copytree(models["base"], chat)
+    (chat / "chat_template.jinja").write_text(
+        "{% for m in messages %}<<{{ m['role'] }}>>{{ m['content'] }}<</{{ m['role'] }}>>{% endfor %}"
+        "{% if add_generation_prompt %}<<assistant>>{% endif %}")
+    out = tmp_path / "results"
+    r = _invoke(str(chat), "--tasks", "ggc_cloze", "--limit", "1", "--apply-chat-template",
+                "--system-instruction", "Pick the ending.", "--output-path", str(out), "--log-samples")
+    assert r.exit_code == 0, r.stderr
+    [samples] = list((out / "chat").glob("samples_ggc_cloze_*.jsonl"))
+    prompt = json.loads(samples.read_text().splitlines()[0])["arguments"]["gen_args_0"]["arg_0"]
+    assert prompt.startswith("<<system>>Pick the ending.<</system>><<user>>"), prompt
