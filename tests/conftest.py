@@ -38,6 +38,14 @@ def smollm2_dir():
 
 
 @pytest.fixture(scope="session")
+def smollm2_gguf():
+    """The SmolLM2-135M-Instruct Q4_1 GGUF file (see ggcompress.fixtures)."""
+    from ggcompress import fixtures
+
+    return fixtures.smollm2_gguf()
+
+
+@pytest.fixture(scope="session")
 def text_files():
     """(train.txt, validation.txt) of cleaned English Wikipedia articles."""
     from ggcompress import fixtures

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import click
@@ -22,6 +23,53 @@ _TEXT_ROWS = (("ppl", "perplexity (text)", "â†“"), ("ppl_ratio", "ppl ratio", "â
               ("same_top1", "same top-1", "â†‘"))
 
 
+class BatchSize(click.ParamType):
+    """A positive integer or ``auto`` (lm-eval's own spelling)."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):  # noqa: ANN001 - click's signature
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if n < 1:
+            self.fail(f"{value!r} is not a positive integer or 'auto'", param, ctx)
+        return n
+
+
+class ProgressLines:
+    """Plain progress lines for a log (stderr not a terminal): one per phase, then one per N steps.
+
+    N is a tenth of the phase when its total is known, else every 4x more lm-eval tokens (1k, 4k, 16k...),
+    so a 20-minute run shows it is alive without flooding a CI log.
+    """
+
+    def __init__(self) -> None:
+        self.stage: str | None = None
+        self.next_at = 0
+        self.start = time.monotonic()
+
+    def line(self, stage: str, done: int, total: int | None) -> str | None:
+        elapsed = f"[{time.monotonic() - self.start:7.1f}s]"
+        if stage != self.stage:
+            self.stage = stage
+            self.next_at = self._step(0, total)
+            return f"{elapsed} {stage}" + (f" (0/{total})" if total else "")
+        if done < self.next_at:
+            return None
+        self.next_at = self._step(done, total)
+        return f"{elapsed} {stage}: {done}/{total}" if total else f"{elapsed} {stage}: {done:,}"
+
+    @staticmethod
+    def _step(done: int, total: int | None) -> int:
+        if total:
+            return min(total, done + max(1, total // 10))
+        return max(1000, 4 * done)
+
+
 @click.command("eval")
 @click.argument("models", nargs=-1, required=True, metavar="BASELINE [MODEL...] | -")
 @click.option("--tasks", "-t", metavar="T1,T2",
@@ -34,8 +82,24 @@ _TEXT_ROWS = (("ppl", "perplexity (text)", "â†“"), ("ppl_ratio", "ppl ratio", "â
               metavar="DIR", help="A folder of your own lm-eval task YAMLs (repeatable).")
 @click.option("--limit", type=click.FloatRange(min=0, min_open=True), metavar="N",
               help="Examples per task: a count, or a fraction when below 1.")
-@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Batch size of lm-eval and of the KL windows.")
+@click.option("--batch-size", "-b", type=BatchSize(), default="1", show_default=True, metavar="N|auto",
+              help="Batch size of lm-eval and of the KL windows; auto: lm-eval finds the largest that fits "
+                   "(the KL windows then run one at a time).")
+@click.option("--num-fewshot", type=click.IntRange(min=0), metavar="N",
+              help="Few-shot examples per prompt, for every task. [default: each task's own, else 0]")
+@click.option("--output-path", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Also write lm-eval's own results files: DIR/<model label>/results_<date>.json.")
+@click.option("--log-samples", is_flag=True,
+              help="With --output-path: also write lm-eval's per-sample records "
+                   "(samples_<task>_<date>.jsonl).")
+@click.option("--model-args", metavar="K=V,...",
+              help="Extra lm-eval HFLM arguments, e.g. 'add_bos_token=True,truncation=True' (not the ones "
+                   "that load the model: use MODEL, --device, --dtype, --batch-size, --max-length).")
+@click.option("--apply-chat-template", is_flag=True,
+              help="Wrap prompts in the tokenizer's chat template (lm-eval's --apply_chat_template).")
+@click.option("--fewshot-as-multiturn", is_flag=True,
+              help="With --apply-chat-template: few-shot examples as a multi-turn conversation.")
+@click.option("--system-instruction", metavar="TEXT", help="System instruction prepended to every prompt.")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu, cuda, cuda:1, mps.")
 @click.option("--dtype", type=click.Choice(DTYPES),
               help="Weights dtype. [default: float32 on cpu, the checkpoint's dtype elsewhere]")
@@ -56,7 +120,9 @@ _TEXT_ROWS = (("ppl", "perplexity (text)", "â†“"), ("ppl_ratio", "ppl ratio", "â
               help="Also write the comparison as a markdown table.")
 @click.option("--force", is_flag=True, help="Overwrite the --markdown file if it exists.")
 def eval_cmd(models: tuple[str, ...], tasks: str | None, text: Path | None, include_path: tuple[Path, ...],
-             limit: float | None, batch_size: int, device: str, dtype: str | None, seed: int, max_tokens: int,
+             limit: float | None, batch_size: int | str, num_fewshot: int | None, output_path: Path | None,
+             log_samples: bool, model_args: str | None, apply_chat_template: bool, fewshot_as_multiturn: bool,
+             system_instruction: str | None, device: str, dtype: str | None, seed: int, max_tokens: int,
              window: int, max_length: int | None, fail_if: tuple[str, ...], fail_under: tuple[str, ...],
              fail_over: tuple[str, ...], as_json: bool, markdown: Path | None, force: bool) -> None:
     """Evaluate models side by side; the first MODEL is the baseline.
@@ -85,16 +151,24 @@ def eval_cmd(models: tuple[str, ...], tasks: str | None, text: Path | None, incl
         limit = int(limit)
     options = EvalOptions(tasks=task_list, text=text, include_paths=include_path, limit=limit,
                           batch_size=batch_size, device=device, dtype=dtype, seed=seed, max_tokens=max_tokens,
-                          window=window, max_length=max_length, gates=tuple(gates))
+                          window=window, max_length=max_length, gates=tuple(gates), num_fewshot=num_fewshot,
+                          output_path=output_path, log_samples=log_samples, model_args=model_args,
+                          apply_chat_template=apply_chat_template, fewshot_as_multiturn=fewshot_as_multiturn,
+                          system_instruction=system_instruction)
     _quiet_libraries()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                   TextColumn("{task.fields[count]}"), TimeElapsedColumn(), console=console,
                   transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("starting", total=None, count="")
+        lines = None if console.is_terminal else ProgressLines()
 
         def progress(stage: str, done: int, total: int | None) -> None:
             count = f"{done}/{total}" if total is not None else (f"{done:,}" if done else "")
             bar.update(task, description=escape(stage), completed=done, total=total, count=count)
+            if lines is not None:
+                line = lines.line(stage, done, total)
+                if line is not None:
+                    console.print(escape(line), soft_wrap=True, highlight=False)
 
         report = evaluate(expand_inputs(models), options, progress)
     for note in report.get("notes", []):  # lengths clamped to a model's context

@@ -30,6 +30,10 @@ DECODE_COST = {"rf8": "2 shifts + add", "fp8_e4m3": "fp8 multiply", "fp8_e5m2": 
               show_default=True, help="rf8 (shift-and-add), OCP FP8 e4m3 / e5m2, or symmetric int8.")
 @click.option("--granularity", default="channel", show_default=True, metavar="tensor|channel|block:N",
               help="Which weights share one float32 scale: the tensor, one output row, or N inputs of a row.")
+@click.option("--layout", type=click.Choice(["ggcompress", "compressed-tensors"]), default="ggcompress",
+              show_default=True,
+              help="Output layout: ggcompress (U8 codes + scales, any format) or compressed-tensors (e4m3 / "
+                   "int8 only; served by vLLM and SGLang without ggcompress).")
 @click.option("--include", metavar="REGEX", help="Only quantize tensors whose name matches (re.search).")
 @click.option("--exclude", metavar="REGEX", help="Keep tensors whose name matches dense (re.search).")
 @click.option("--quantize-embeddings", is_flag=True,
@@ -46,7 +50,7 @@ DECODE_COST = {"rf8": "2 shifts + add", "fp8_e4m3": "fp8 multiply", "fp8_e5m2": 
 @click.option("--fail-if", "fail_if", multiple=True, metavar="EXPR",
               help="Exit 1 when a checkpoint's total satisfies EXPR, e.g. 'sqnr_db<30', 'ratio<3.9' "
                    "(repeatable; names as in the totals of --json; bits_per_param = bits_per_weight).")
-def quantize_rf8(checkpoints: tuple[str, ...], output: str | None, fmt: str, granularity: str,
+def quantize_rf8(checkpoints: tuple[str, ...], output: str | None, fmt: str, granularity: str, layout: str,
                  include: str | None, exclude: str | None, quantize_embeddings: bool, quantize_lm_head: bool,
                  quantize_norms: bool, compare: bool, dry_run: bool, summary_only: bool, as_json: bool,
                  force: bool, fail_if: tuple[str, ...] = ()) -> None:
@@ -65,7 +69,7 @@ def quantize_rf8(checkpoints: tuple[str, ...], output: str | None, fmt: str, gra
     gates = [parse_gate(e) for e in fail_if]
     config = QuantizeConfig(format=fmt, granularity=granularity, include=include, exclude=exclude,
                             quantize_embeddings=quantize_embeddings, quantize_lm_head=quantize_lm_head,
-                            quantize_norms=quantize_norms, compare=compare).checked()
+                            quantize_norms=quantize_norms, compare=compare, layout=layout).checked()
     sources = expand_inputs(checkpoints)
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as bar:

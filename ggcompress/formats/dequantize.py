@@ -95,3 +95,73 @@ def dequantize_checkpoint(
         "bytes_before": bytes_before,
         "bytes_after": bytes_after,
     }
+
+
+def dequantize_to_gguf(
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    dtype: str | None = None,
+    gguf_metadata: str | os.PathLike[str] | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Write ``out`` as a GGUF file: quantized weights decoded (``lut[code] * scale``), others as they are.
+
+    ``source`` may also be a dense HF folder. The GGUF metadata and tokenizer come from the folder's
+    ``gguf_metadata.json`` (kept when it was made from a GGUF) or from ``gguf_metadata`` (a .gguf file or
+    such a JSON). ``dtype``: bf16 / fp16 / fp32 for the matrices (1-D tensors stay F32); default: the
+    dtype the weights had before quantization.
+    """
+    from ggcompress.io.gguf import read_metadata, write_gguf
+
+    ck = open_checkpoint(source)
+    scheme = read_scheme(ck)
+    if scheme is not None:
+        check_tensors(ck, scheme)
+    if ck.config is None:
+        raise GGError(f"{ck.source}: no config.json, so the GGUF tensor names cannot be derived; pass the "
+                      "model folder")
+    fields = read_metadata(ck.root, gguf_metadata)
+    target = output_dtype(dtype, scheme.source_dtype if scheme else None)
+    gguf_dtype = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}[target]
+    modules = set(scheme.modules) if scheme else set()
+    scales = {scale_name(m) for m in modules}
+    shapes = [(t.name, tuple(t.shape)) for t in ck.tensors if t.name not in scales]
+
+    def tensors():
+        pending: dict[str, torch.Tensor] = {}
+        for info, t in ck.iter_tensors():
+            module = info.name.removesuffix(".weight_scale") if info.name in scales else (
+                info.name.removesuffix(".weight") if info.name.removesuffix(".weight") in modules
+                and info.name.endswith(".weight") else None)
+            if module is None:
+                yield info.name, t
+                continue
+            pending[info.name] = t
+            codes, scale = pending.get(weight_name(module)), pending.get(scale_name(module))
+            if codes is not None and scale is not None:
+                del pending[weight_name(module)], pending[scale_name(module)]
+                yield weight_name(module), decode(codes, scale, scheme, f"{info.file}: {weight_name(module)}")
+
+    # the writer expects tensors in ``shapes`` order; codes and their scale are adjacent in our files
+    order = [n for n, _ in shapes]
+    report = write_gguf(_in_order(tensors, order), shapes, ck.config, fields, out, dtype=gguf_dtype,
+                        force=force, inputs=[ck.source])
+    return {"schema": SCHEMA, "ggcompress_version": __version__, "source": ck.source, "to": "gguf",
+            "format": scheme.format if scheme else None, "dequantized_tensors": len(modules), **report}
+
+
+def _in_order(tensors, order: list[str]):
+    """Yield ``tensors()`` in ``order`` (buffering only the few that arrive early)."""
+    def gen():
+        early: dict[str, torch.Tensor] = {}
+        it = tensors()
+        for name in order:
+            while name not in early:
+                try:
+                    n, t = next(it)
+                except StopIteration:
+                    raise GGError(f"tensor {name} was not produced") from None
+                early[n] = t
+            yield name, early.pop(name)
+    return gen

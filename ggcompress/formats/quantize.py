@@ -59,12 +59,20 @@ class QuantizeConfig:
     quantize_lm_head: bool = False  # an lm_head tied to the embeddings always stays dense
     quantize_norms: bool = False
     compare: bool = False  # also measure every other format on the same tensors
+    layout: str = "ggcompress"  # ggcompress (U8 codes + _scale) | compressed-tensors (vLLM / SGLang)
 
     def checked(self) -> QuantizeConfig:
         """Validate names and patterns now, so a typo fails before any work (one clear line)."""
         get_codec(self.format)
         parse_granularity(self.granularity)
         check_patterns(self.include, self.exclude)
+        if self.layout == "compressed-tensors":
+            from ggcompress.integrations.compressed_tensors import check_settings
+
+            check_settings(self.format, self.granularity, quantize_embeddings=self.quantize_embeddings,
+                           quantize_norms=self.quantize_norms)
+        elif self.layout != "ggcompress":
+            raise GGError(f"unknown layout {self.layout!r}: choose ggcompress or compressed-tensors")
         return self
 
 
@@ -314,6 +322,11 @@ def _quantize_one(ck: Checkpoint, out: Path | None, config: QuantizeConfig, forc
                     _source_dtype(decisions),
                     transposed=tuple(d.info.name.removesuffix(".weight") for d in decisions
                                      if d.info.name in transposed))
+    export = None
+    if config.layout == "compressed-tensors" and out is not None:
+        from ggcompress.integrations.compressed_tensors import plan_export
+
+        export = plan_export(ck.config, list(scheme.modules), fmt, gran.spec, ck.source)
     others = [f for f in available_formats() if f != fmt] if config.compare else []
     totals = {f: _Totals() for f in [fmt, *others]}
     kept_totals = _Totals()
@@ -354,7 +367,10 @@ def _quantize_one(ck: Checkpoint, out: Path | None, config: QuantizeConfig, forc
                 for f, st in compared.items():
                     row["compare"][f] = _row_errors(st)
                     totals[f].add(st, abs_sum, nonzero, info.nbytes, after, info.numel)
-            if writer is not None:
+            if writer is not None and export is not None:
+                for name, t in export.tensors(info.name.removesuffix(".weight"), q, info.name).items():
+                    writer.add_tensor(name, t)
+            elif writer is not None:
                 writer.add_tensor(info.name, q.codes.reshape(w.shape))
                 writer.add_tensor(info.name + SCALE_SUFFIX, q.scale)
             del q
@@ -374,7 +390,7 @@ def _quantize_one(ck: Checkpoint, out: Path | None, config: QuantizeConfig, forc
                 process(d.info, torch.empty(0), None)  # kept: only its size is reported
     else:
         with CheckpointWriter(out, force=force, inputs=[ck.source]) as writer:
-            writer.metadata = scheme.metadata()
+            writer.metadata = scheme.metadata() if export is None else {"format": "pt"}
             for info, w in ck.iter_tensors():
                 process(info, w, writer)
                 del w
@@ -382,7 +398,8 @@ def _quantize_one(ck: Checkpoint, out: Path | None, config: QuantizeConfig, forc
                 notify(label, done, total)
             writer.copy_support_files(ck.root, skip=["config.json"])
             if ck.config is not None:
-                writer.write_json("config.json", {**ck.config, "quantization_config": scheme.to_dict()})
+                qc = scheme.to_dict() if export is None else export.quantization_config()
+                writer.write_json("config.json", {**ck.config, "quantization_config": qc})
     return _checkpoint_report(ck, out, scheme, [rows[d.info.name] for d in decisions], totals[fmt],
                               kept_totals, {f: totals[f] for f in [fmt, *others]} if others else None)
 

@@ -24,11 +24,13 @@ never prints; progress goes through an optional callback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import math
 import os
 import random
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -67,7 +69,7 @@ class EvalOptions:
     text: Path | None = None
     include_paths: tuple[Path, ...] = ()
     limit: float | None = None
-    batch_size: int = 1
+    batch_size: int | str = 1  # or "auto": lm-eval finds the largest that fits; KL windows then use 1
     device: str = "cpu"
     dtype: str | None = None
     seed: int = 0
@@ -75,6 +77,19 @@ class EvalOptions:
     window: int = 512
     max_length: int | None = None
     gates: tuple[Gate, ...] = field(default_factory=tuple)
+    # lm-eval's own options, passed through unchanged
+    num_fewshot: int | None = None  # None: each task's own setting, 0 when it has none
+    output_path: Path | None = None  # lm-eval's results_<date>.json (+ samples) per model, in its layout
+    log_samples: bool = False  # also write lm-eval's per-sample records (needs output_path)
+    model_args: str | None = None  # extra HFLM arguments "k=v,k2=v2" (not the ones that load the model)
+    apply_chat_template: bool = False
+    fewshot_as_multiturn: bool = False
+    system_instruction: str | None = None
+
+    @property
+    def window_batch(self) -> int:
+        """Batch size of the KL windows (``auto`` is lm-eval's; the windows then go one by one)."""
+        return self.batch_size if isinstance(self.batch_size, int) else 1
 
 
 def default_tasks(text: Path | None) -> tuple[str, ...]:
@@ -110,7 +125,8 @@ def evaluate(models: Sequence[str], options: EvalOptions, progress: Progress | N
                 t0 = time.perf_counter()
                 max_length = _max_length(options.max_length, context, labels[i], notes)
                 task_scores = _run_tasks(loaded, task_manager, tasks, options, max_length,
-                                         lambda n, s=stage: notify(f"{s}: lm-eval tokens", n, None))
+                                         lambda n, s=stage: notify(f"{s}: lm-eval tokens", n, None),
+                                         labels[i])
                 seconds["tasks"] = time.perf_counter() - t0
             text_stats = None
             if text is not None:
@@ -156,7 +172,12 @@ def evaluate(models: Sequence[str], options: EvalOptions, progress: Progress | N
             "include_paths": [str(p) for p in options.include_paths], "limit": options.limit,
             "batch_size": options.batch_size, "device": options.device, "dtype": options.dtype,
             "seed": options.seed, "max_tokens": options.max_tokens, "window": options.window,
-            "max_length": options.max_length,
+            "max_length": options.max_length, "num_fewshot": options.num_fewshot,
+            "output_path": str(options.output_path) if options.output_path is not None else None,
+            "log_samples": options.log_samples, "model_args": options.model_args,
+            "apply_chat_template": options.apply_chat_template,
+            "fewshot_as_multiturn": options.fewshot_as_multiturn,
+            "system_instruction": options.system_instruction,
         },
         "baseline": str(models[0]),
         "text": text_info,
@@ -187,8 +208,15 @@ def recovery(value: float | None, base: float | None, higher_is_better: bool | N
 
 
 def _check_options(options: EvalOptions, tasks: tuple[str, ...]) -> None:
-    if options.batch_size < 1:
-        raise GGError(f"--batch-size must be at least 1 (got {options.batch_size})")
+    if options.batch_size != "auto" and not (isinstance(options.batch_size, int) and options.batch_size >= 1):
+        raise GGError(f"--batch-size must be a positive integer or 'auto' (got {options.batch_size!r})")
+    if options.num_fewshot is not None and options.num_fewshot < 0:
+        raise GGError(f"--num-fewshot must be 0 or more (got {options.num_fewshot})")
+    if options.log_samples and options.output_path is None:
+        raise GGError("--log-samples writes lm-eval's per-sample records under --output-path DIR: give one")
+    if options.fewshot_as_multiturn and not options.apply_chat_template:
+        raise GGError("--fewshot-as-multiturn needs --apply-chat-template")
+    model_args(options.model_args)
     if options.limit is not None and options.limit <= 0:
         raise GGError(f"--limit must be positive (got {options.limit})")
     if options.max_tokens < 2 or options.window < 2:
@@ -204,6 +232,30 @@ def _check_options(options: EvalOptions, tasks: tuple[str, ...]) -> None:
     for path in options.include_paths:
         if not Path(path).is_dir():
             raise GGError(f"{path}: --include-path must be a folder of lm-eval task YAMLs")
+
+
+#: HFLM arguments that load or place the model: ggcompress does that itself, from its own options.
+_LOADING_ARGS = {"pretrained": "MODEL", "tokenizer": "the model folder", "device": "--device",
+                 "dtype": "--dtype", "batch_size": "--batch-size", "max_batch_size": "--batch-size",
+                 "parallelize": "--device", "backend": "MODEL", "revision": "MODEL", "peft": "MODEL",
+                 "delta": "MODEL", "gguf_file": "MODEL", "max_length": "--max-length"}
+
+
+def model_args(text: str | None) -> dict[str, Any]:
+    """Parse lm-eval's ``--model_args`` string ("k=v,k2=v2", values typed as lm-eval types them)."""
+    if not text:
+        return {}
+    from lm_eval.utils import simple_parse_args_string
+
+    try:
+        args = simple_parse_args_string(text)
+    except ValueError as exc:
+        raise GGError(f"--model-args {text!r}: expected k=v,k2=v2 ({exc})") from None
+    for key in args:
+        if key in _LOADING_ARGS:
+            raise GGError(f"--model-args {key}=...: ggcompress loads the model itself; use "
+                          f"{_LOADING_ARGS[key]} instead")
+    return args
 
 
 def _labels(models: Sequence[str]) -> list[str]:
@@ -257,34 +309,52 @@ def _max_length(requested: int | None, context: Context, label: str, notes: list
 
 
 def _run_tasks(loaded: LoadedModel, manager: Any, tasks: tuple[str, ...], options: EvalOptions,
-               max_length: int | None, tick: Callable[[int], None]) -> dict[str, dict]:
+               max_length: int | None, tick: Callable[[int], None], label: str = "model"
+               ) -> dict[str, dict]:
     """One lm-eval run on the in-memory model -> {task: {"samples", "metrics": {name: {...}}}}.
 
     Does what ``simple_evaluate`` does for a pre-built model (seeds, zero-shot default, few-shot seed)
     and then calls ``lm_eval.evaluate``: ``simple_evaluate`` adds per call a ``git describe`` that
     prints "fatal: not a git repository" outside a repo and ~1 s of torch environment collection.
     """
+    with contextlib.redirect_stdout(sys.stderr):  # lm-eval print()s (batch size detection): keep stdout data
+        return _run_tasks_inner(loaded, manager, tasks, options, max_length, tick, label)
+
+
+def _run_tasks_inner(loaded: LoadedModel, manager: Any, tasks: tuple[str, ...], options: EvalOptions,
+                     max_length: int | None, tick: Callable[[int], None], label: str) -> dict[str, dict]:
     import lm_eval
     import lm_eval.api.task
     from tqdm import tqdm
 
-    lm = _quiet_hflm_class()(pretrained=loaded.model, tokenizer=loaded.tokenizer,
-                             batch_size=options.batch_size, max_length=max_length, tick=tick)
+    try:
+        lm = _quiet_hflm_class()(pretrained=loaded.model, tokenizer=loaded.tokenizer,
+                                 batch_size=options.batch_size, max_length=max_length, tick=tick,
+                                 **model_args(options.model_args))
+    except TypeError as exc:
+        raise GGError(f"--model-args {options.model_args!r}: lm-eval's HFLM rejects it ({exc})") from None
     random.seed(options.seed)
     np.random.seed(options.seed)
     torch.manual_seed(options.seed)
     task_dict = manager.load(list(tasks))
     for task in task_dict["tasks"].values():
-        if task.get_config("num_fewshot") is None:
+        if options.num_fewshot is not None:
+            task.set_config(key="num_fewshot", value=options.num_fewshot)
+        elif task.get_config("num_fewshot") is None:
             task.set_config(key="num_fewshot", value=0)
         task.set_fewshot_seed(seed=options.seed)
     # lm-eval draws a tqdm bar per task while building requests and has no switch for it; the
     # caller's progress callback covers the run, so that bar is silenced for this call only.
     with mock.patch.object(lm_eval.api.task, "tqdm", functools.partial(tqdm, disable=True)):
         out = lm_eval.evaluate(lm=lm, task_dict=task_dict, limit=options.limit, bootstrap_iters=0,
-                               log_samples=False)
+                               log_samples=options.log_samples,
+                               apply_chat_template=options.apply_chat_template,
+                               fewshot_as_multiturn=options.fewshot_as_multiturn,
+                               system_instruction=options.system_instruction)
     if out is None:  # pragma: no cover - only non-zero ranks get None
         raise GGError("lm-eval returned no results")
+    if options.output_path is not None:
+        _save_lm_eval_results(dict(out), options, label, lm)
     directions = out.get("higher_is_better", {})
     samples = out.get("n-samples", {})
     scores: dict[str, dict] = {}
@@ -300,6 +370,31 @@ def _run_tasks(loaded: LoadedModel, manager: Any, tasks: tuple[str, ...], option
         n = samples.get(task, {}).get("effective")
         scores[task] = {"samples": int(n) if n is not None else None, "metrics": metrics}
     return scores
+
+
+def _save_lm_eval_results(out: dict, options: EvalOptions, label: str, lm: Any) -> None:
+    """lm-eval's own result files (``EvaluationTracker``): <output_path>/<label>/results_<date>.json."""
+    from lm_eval.loggers import EvaluationTracker
+
+    samples = out.pop("samples", None)
+    tracker = EvaluationTracker(output_path=str(options.output_path))
+    template = lm.chat_template(options.apply_chat_template) if options.apply_chat_template else None
+    tracker.general_config_tracker.log_experiment_args(
+        model_source="ggcompress", model_args=f"pretrained={label}",
+        system_instruction=options.system_instruction, chat_template=template,
+        fewshot_as_multiturn=options.fewshot_as_multiturn)
+    seeds = {k: options.seed for k in ("random_seed", "numpy_seed", "torch_seed", "fewshot_seed")}
+    out["config"] = {"model": "ggcompress", "model_args": options.model_args,
+                     "batch_size": options.batch_size, "limit": options.limit, **seeds}
+    tracker.save_results_aggregated(results=out, samples=samples if options.log_samples else None)
+    if options.log_samples and samples:
+        for task_name in out.get("configs", {}):
+            if task_name in samples:
+                tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
+    # The tracker logs and swallows write errors; a run whose results were asked for must not end silently.
+    folder = Path(options.output_path) / tracker.general_config_tracker.model_name_sanitized
+    if not list(folder.glob(f"results_{tracker.date_id}.json")):
+        raise GGError(f"{folder}: lm-eval could not write its results there (check the folder is writable)")
 
 
 def _quiet_hflm_class() -> type:
@@ -433,7 +528,7 @@ class _Reference:
         logits: np.ndarray | None = None
         per_token: list[dict[str, torch.Tensor]] = []
         tick(0, n)
-        for start, block in next_token_logits(loaded.model, windows, options.batch_size):
+        for start, block in next_token_logits(loaded.model, windows, options.window_batch):
             if logits is None:
                 logits = np.lib.format.open_memmap(work / "baseline_logits.npy", mode="w+", dtype=np.float32,
                                                    shape=(n, w - 1, block.shape[-1]))
@@ -464,7 +559,7 @@ class _Reference:
         n = self.windows.shape[0]
         per_token: list[dict[str, torch.Tensor]] = []
         tick(0, n)
-        for start, block in next_token_logits(loaded.model, self.windows, options.batch_size):
+        for start, block in next_token_logits(loaded.model, self.windows, options.window_batch):
             if block.shape[-1] != self.logits.shape[-1]:
                 raise GGError(f"{spec}: its logits have {block.shape[-1]} vocabulary entries, the baseline's "
                               f"{self.logits.shape[-1]}; next-token KL needs the same vocabulary")

@@ -164,6 +164,10 @@ def _open_file(path: Path, source: str) -> Checkpoint:
     if path.name.endswith(".index.json"):
         return _open_index(path, source)
     suffix = path.suffix.lower()
+    if suffix == ".gguf":  # llama.cpp's format: tensors dequantized one at a time, HF names
+        from ggcompress.io.gguf import open_gguf
+
+        return open_gguf(path, source)
     if suffix in PICKLE_SUFFIXES:
         return _open_pickle(path, source, path.parent)
     if suffix != ".safetensors":

@@ -1,0 +1,190 @@
+"""transformers integration: ``AutoModelForCausalLM.from_pretrained`` on a ggcompress-quantized folder.
+
+Why: a quantized folder is an ordinary HF folder, so people hand it to ``from_pretrained`` first. Without
+this module transformers does not know the ``ggcompress`` quant_method, warns "we will skip the
+quantization" and reads the uint8 codes as float weights (silent garbage). Registering a quantizer with
+transformers' documented extension point (``register_quantization_config`` / ``register_quantizer``)
+makes it build the same model as ``ggcompress.load``: every quantized ``nn.Linear`` (and transposed Conv1D) becomes a
+``QuantLinear`` holding the 1-byte codes, other quantized weights (embeddings, norms) are decoded
+to dense tensors by the shared LUT decode rule.
+
+How it plugs in (transformers has no plugin entry point, so it must be imported once):
+- ``import ggcompress`` arms a post-import hook, so the quantizer is registered the moment transformers'
+  quantizer registry is imported (before it, if transformers is already imported). ``import ggcompress``
+  itself stays light: it never imports torch or transformers.
+- ``register()`` here does the same explicitly and is idempotent.
+
+Loading happens in two steps inside ``from_pretrained``: before the weights are read, each quantized
+module's ``weight`` becomes a uint8 placeholder of the codes' shape plus a float32 ``weight_scale`` of the
+scale's shape, so transformers copies the file's tensors unchanged (no float cast of the codes); after
+loading, placeholders are replaced by QuantLinear layers (or decoded weights) and tied weights re-tied.
+The format is read from the folder's scheme, so any format ``ggcompress.formats`` can decode loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.quantizers.auto import (
+    AUTO_QUANTIZATION_CONFIG_MAPPING,
+    AUTO_QUANTIZER_MAPPING,
+    register_quantization_config,
+    register_quantizer,
+)
+from transformers.quantizers.base import HfQuantizer
+from transformers.utils.quantization_config import QuantizationConfigMixin
+
+from ggcompress.errors import GGError
+from ggcompress.formats import get_codec, parse_granularity
+from ggcompress.formats.base import matrix_shape
+from ggcompress.io.layers import is_conv1d
+from ggcompress.io.qlayout import QUANT_METHOD, SCALE_SUFFIX, Scheme, decode, quantized_tensor
+from ggcompress.kernels.nn import QuantLinear
+
+_SCALE = "weight" + SCALE_SUFFIX  # parameter name of the scale next to ``weight`` (``weight_scale``)
+
+
+class GGCompressConfig(QuantizationConfigMixin):
+    """The folder's ``quantization_config`` (a ggcompress ``Scheme``) as transformers sees it.
+
+    Construction validates it with ``Scheme.from_dict`` (format, version, granularity, module list), so a
+    damaged or newer-format config fails in ``from_pretrained`` with one clear line.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._raw = dict(kwargs)
+        self.quant_method = QUANT_METHOD
+        self.scheme = Scheme.from_dict({**kwargs, "quant_method": QUANT_METHOD}, "quantization_config")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dict it was read from, so ``model.config`` saves the same ``quantization_config``."""
+        return {**self._raw, "quant_method": QUANT_METHOD}
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        return self.to_dict()
+
+    def __iter__(self):
+        yield from self.to_dict().items()
+
+
+@dataclass
+class _Pending:
+    """A module whose weight is being loaded as codes + scale, resolved after loading."""
+
+    checkpoint_name: str  # module name in the checkpoint (errors name it)
+    linear: bool  # True: becomes a QuantLinear; False: its weight is decoded in place
+    dtype: torch.dtype  # dtype the model built the dense weight in (decoded weights get it)
+
+
+class GGCompressHfQuantizer(HfQuantizer):
+    """Loads ggcompress-quantized folders (any format of ``ggcompress.formats``); cannot quantize on load."""
+
+    requires_calibration = True  # only pre-quantized folders: ``quantize-rf8`` is how codes are made
+
+    def __init__(self, quantization_config: GGCompressConfig, **kwargs: Any) -> None:
+        super().__init__(quantization_config, **kwargs)
+        self._pending: dict[str, _Pending] = {}
+
+    def _process_model_before_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
+        scheme = self.quantization_config.scheme
+        gran = parse_granularity(scheme.granularity_spec)
+        to_model = _module_mapper(model)
+        self._pending = {}
+        for name in scheme.modules:
+            target = to_model(name)
+            try:
+                module = model.get_submodule(target)
+            except AttributeError:
+                raise GGError(f"quantization_config lists module {name!r}, which this "
+                              f"{type(model).__name__} does not have") from None
+            weight = getattr(module, "weight", None)
+            if not isinstance(weight, torch.Tensor):
+                raise GGError(f"quantization_config lists module {name!r}, which has no weight")
+            transposed = name in scheme.transposed
+            if transposed and not is_conv1d(module):
+                raise GGError(f"quantization_config lists {name!r} as transposed ([in, out] in the source), "
+                              f"but the model's layer is a {type(module).__name__}")
+            # A Conv1D's codes are stored as its [out, in] transpose and serve a QuantLinear, like nn.Linear.
+            shape = tuple(weight.shape)[::-1] if transposed else tuple(weight.shape)
+            rows, cols = matrix_shape(shape)
+            linear = type(module) is nn.Linear or transposed
+            # Placeholders with the file's dtypes: transformers copies uint8 tensors without a float cast,
+            # and keeps a placeholder's own float32 dtype for the scales.
+            # (Parameters, not buffers, so transformers can tie a quantized embedding to lm_head.)
+            module.weight = _frozen(torch.empty(shape, dtype=torch.uint8, device="meta"))
+            setattr(module, _SCALE, _frozen(torch.empty(gran.scale_shape(rows, cols), dtype=torch.float32,
+                                                         device="meta")))
+            self._pending[target] = _Pending(name, linear, weight.dtype)
+        return model
+
+    def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
+        scheme = self.quantization_config.scheme
+        lut = get_codec(scheme.format).lut
+        for target, p in self._pending.items():
+            module = model.get_submodule(target)
+            codes, scale = module.weight, getattr(module, _SCALE)
+            if codes.is_meta or scale.is_meta:
+                missing = f"{p.checkpoint_name}.weight" if codes.is_meta else f"{p.checkpoint_name}.{_SCALE}"
+                raise GGError(f"quantized module {p.checkpoint_name!r} has no tensor {missing} in the folder")
+            where = f"{p.checkpoint_name}.weight"
+            if p.linear:
+                q = quantized_tensor(codes, scale, scheme, where)
+                layer = QuantLinear.from_quantized(q.codes, q.scale, lut, scheme.block_size, bias=module.bias,
+                                                   fmt=scheme.format, name=where)
+                layer.train(module.training)
+                parent, _, child = target.rpartition(".")
+                setattr(model.get_submodule(parent) if parent else model, child, layer)
+            else:
+                dense = decode(codes, scale, scheme, where, dtype=p.dtype)
+                delattr(module, _SCALE)
+                module.weight = _frozen(dense)
+        self._pending = {}
+        if hasattr(model, "tie_weights"):
+            model.tie_weights()  # a quantized, tied embedding was re-created above
+        model.ggcompress_scheme = scheme.to_dict()
+        return model
+
+    def is_serializable(self) -> bool:
+        # save_pretrained would write QuantLinear buffers (codes/scale/lut), not the ggcompress layout.
+        return False
+
+    @property
+    def is_trainable(self) -> bool:
+        return False
+
+
+def _frozen(t: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(t, requires_grad=False)
+
+
+def _module_mapper(model: nn.Module):
+    """Checkpoint module names -> the model's (the base-model prefix may be on one side only)."""
+    own = {name for name, _ in model.named_modules()}
+    prefix = getattr(model, "base_model_prefix", "") or ""
+
+    def to_model(name: str) -> str:
+        if name in own or not prefix:
+            return name
+        if f"{prefix}.{name}" in own:
+            return f"{prefix}.{name}"
+        if name.startswith(prefix + ".") and name[len(prefix) + 1:] in own:
+            return name[len(prefix) + 1:]
+        return name
+
+    return to_model
+
+
+def register() -> None:
+    """Make transformers' ``from_pretrained`` load ggcompress folders (safe to call more than once)."""
+    if AUTO_QUANTIZATION_CONFIG_MAPPING.get(QUANT_METHOD) is not GGCompressConfig:
+        AUTO_QUANTIZATION_CONFIG_MAPPING.pop(QUANT_METHOD, None)
+        register_quantization_config(QUANT_METHOD)(GGCompressConfig)
+    if AUTO_QUANTIZER_MAPPING.get(QUANT_METHOD) is not GGCompressHfQuantizer:
+        AUTO_QUANTIZER_MAPPING.pop(QUANT_METHOD, None)
+        register_quantizer(QUANT_METHOD)(GGCompressHfQuantizer)
+
+
+register()
