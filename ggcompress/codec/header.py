@@ -44,7 +44,7 @@ def validate_header(path: Path, header: Any, version: int, data_length: int) -> 
     meta = header.get("metadata")
     if meta is not None and not isinstance(meta, dict):
         raise GGError(f"{path}: header metadata must be an object")
-    files, tensors = header.get("files", []), header.get("tensors")
+    files, tensors = header.get("files"), header.get("tensors")
     if not isinstance(files, list) or not isinstance(tensors, list):
         raise GGError(f"{path}: malformed container header (files and tensors must be lists)")
     spans: list[tuple[int, int, str]] = []
