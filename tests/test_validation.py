@@ -505,3 +505,25 @@ def test_quantization_config_not_an_object(rf8: Path, tmp_path: Path) -> None:
     (folder / "config.json").write_text("[" * 100_000)
     with pytest.raises(GGError, match="config.json"):
         read_scheme(open_checkpoint(folder))
+
+
+def test_hub_cache_snapshot_links_stay_readable(real: Path, tmp_path: Path) -> None:
+    """A Hugging Face cache snapshot links every file to ../../blobs: that stays inside the repository."""
+    repo = tmp_path / "hub" / "models--org--tiny"
+    (repo / "blobs").mkdir(parents=True)
+    snap = repo / "snapshots" / "0123abc"
+    snap.mkdir(parents=True)
+    for i, name in enumerate(("model.safetensors", "config.json", "tokenizer_config.json")):
+        shutil.copy(real / name, repo / "blobs" / f"blob{i}")
+        (snap / name).symlink_to(Path("..") / ".." / "blobs" / f"blob{i}")
+    ck = open_checkpoint(snap)
+    assert ck.config == json.loads((real / "config.json").read_text())
+    assert {k: raw_bytes(v) for k, v in read_all(snap).items()} == \
+        {k: raw_bytes(v) for k, v in read_all(real).items()}
+    P.pack(snap, tmp_path / "snap.ggz")
+    carried = sorted(dict(P.read_packed_files(tmp_path / "snap.ggz")))
+    assert carried == ["config.json", "tokenizer_config.json"]
+    (tmp_path / "elsewhere.txt").write_text("x")
+    (snap / "notes.txt").symlink_to(tmp_path / "elsewhere.txt")  # leaves the repository: refused
+    with pytest.raises(GGError, match="outside the model folder"):
+        P.pack(snap, tmp_path / "snap2.ggz")
