@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -150,6 +150,16 @@ def byte_mutation(draw: st.DrawFn, blob: bytes, hot: int) -> bytes:
     return bytes(b)
 
 
+def outcome(exc: GGError) -> str:
+    """A coarse label of a refusal for hypothesis's statistics (--hypothesis-show-statistics)."""
+    text = str(exc)
+    for word in ("checksum", "outside", "overlap", "nests", "memory", "plausible", "truncated", "malformed",
+                 "shape", "dtype", "data_offsets", "not valid", "missing", "does not hold"):
+        if word in text:
+            return f"GGError: {word}"
+    return "GGError: other"
+
+
 # ----------------------------------------------------------------------------------------- fixtures
 
 
@@ -207,7 +217,8 @@ def check_safetensors(path: Path) -> None:
         try:
             ck = open_checkpoint(path)
             return {info.name: t for info, t in ck.iter_tensors()}
-        except GGError:
+        except GGError as exc:
+            event(outcome(exc))
             return None
 
     got = within_limit(read)
@@ -219,6 +230,7 @@ def check_safetensors(path: Path) -> None:
         ref = None
     if got is None:
         return
+    event("loaded")
     if ref is not None:
         assert set(got) == set(ref)
         for k, t in ref.items():
@@ -272,12 +284,14 @@ def test_fuzz_index(work: dict[str, Any], data: st.DataObject) -> None:
         try:
             ck = open_checkpoint(folder)
             return ck.files, {info.name: t for info, t in ck.iter_tensors()}
-        except GGError:
+        except GGError as exc:
+            event(outcome(exc))
             return None
 
     got = within_limit(read)
     if got is None:
         return
+    event("loaded")
     files, tensors = got
     assert all(f.resolve().is_relative_to(folder.resolve()) for f in files)  # never read outside
     for name, t in tensors.items():
@@ -295,12 +309,14 @@ def check_ggz(path: Path, original: dict[int, bytes]) -> None:
             tensors = [raw_bytes(t) for _, t in P.read_packed(path)]
             files = [data for _, data in P.read_packed_files(path)]
             return packed.header, tensors, files
-        except GGError:
+        except GGError as exc:
+            event(outcome(exc))
             return None
 
     got = within_limit(read)
     if got is None:
         return
+    event("loaded")
     header, tensors, files = got
     for entry, blob in zip(header["tensors"], tensors, strict=True):
         assert original.get(entry["offset"]) == blob, entry

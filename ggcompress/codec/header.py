@@ -16,7 +16,7 @@ from typing import Any
 
 from ggcompress.errors import GGError
 from ggcompress.io.checkpoint import DTYPES, FLOAT_DTYPES, MAX_DIMS
-from ggcompress.io.limits import check_alloc, format_bytes, is_int
+from ggcompress.io.limits import check_alloc, format_bytes, is_int, valid_shape
 from ggcompress.stats.rate import MAX_K
 
 #: Encodings and coders this reader decodes (docs/format.md §4-§5).
@@ -102,8 +102,9 @@ def _clip(value: Any) -> str:
 
 def _tensor(path: Path, header: dict[str, Any], entry: dict[str, Any], what: str) -> None:
     shape, dtype, encoding = entry.get("shape"), entry.get("dtype"), entry.get("encoding")
-    if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(is_int(d) and d >= 0 for d in shape):
-        raise GGError(f"{path}: {what}: shape {_clip(shape)} must be a list of non-negative integers")
+    if not valid_shape(shape, MAX_DIMS):
+        raise GGError(f"{path}: {what}: shape {_clip(shape)} must be a list of non-negative integers "
+                      "(numel < 2^63)")
     if not isinstance(dtype, str) or dtype not in DTYPES:
         raise GGError(f"{path}: {what}: dtype {_clip(dtype)} is not one this reader knows")
     if encoding not in ENCODINGS:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ggcompress.errors import GGError
-from ggcompress.io.limits import check_alloc, inside, is_int, loads_json
+from ggcompress.io.limits import check_alloc, inside, is_int, loads_json, valid_shape
 
 #: safetensors dtype strings <-> torch dtypes.
 DTYPES: dict[str, torch.dtype] = {
@@ -351,9 +351,9 @@ def _header_entry(path: Path, name: str, h: Any, n: int, data_len: int) -> tuple
     dtype, shape, offsets = h["dtype"], h["shape"], h["data_offsets"]
     if not isinstance(dtype, str) or not _DTYPE_FORM.match(dtype):
         raise GGError(f"{where}: dtype {dtype!r} is not a safetensors dtype")
-    if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(is_int(d) and d >= 0 for d in shape):
+    if not valid_shape(shape, MAX_DIMS):
         raise GGError(f"{where}: shape {_clip(shape)} must be a list of at most {MAX_DIMS} non-negative "
-                      "integers")
+                      "integers (numel < 2^63)")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_int(o) for o in offsets)):
         raise GGError(f"{where}: data_offsets {_clip(offsets)} must be two integers [begin, end]")
     begin, end = offsets

@@ -103,6 +103,17 @@ def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def valid_shape(shape: Any, max_dims: int = 64) -> bool:
+    """A JSON list of at most ``max_dims`` non-negative integers that torch can represent (the product
+    of the non-zero dimensions below 2^63, as torch's int64 sizes need)."""
+    if not isinstance(shape, list) or len(shape) > max_dims or not all(is_int(d) and d >= 0 for d in shape):
+        return False
+    n = 1
+    for d in shape:
+        n *= d or 1
+    return n < 1 << 63
+
+
 def confinement_root(folder: Path) -> Path:
     """The folder a model folder's files may resolve into: itself, or for a Hugging Face cache
     snapshot (``models--org--name/snapshots/REV``, whose files link to ``../../blobs``) the
