@@ -527,3 +527,21 @@ def test_hub_cache_snapshot_links_stay_readable(real: Path, tmp_path: Path) -> N
     (snap / "notes.txt").symlink_to(tmp_path / "elsewhere.txt")  # leaves the repository: refused
     with pytest.raises(GGError, match="outside the model folder"):
         P.pack(snap, tmp_path / "snap2.ggz")
+
+
+def test_init_reads_analyze_reports_strictly(tmp_path: Path) -> None:
+    from ggcompress.methods.init import shapes_from_report
+
+    schema = "ggcompress.analyze/1"
+    good = {"schema": schema, "checkpoints": [{"roles": {"attn": {"beta": 1.5, "params": 10}}}]}
+    assert shapes_from_report(good) == {"attn": 1.5}
+    for doc in ({"schema": schema, "checkpoints": {"a": 1}}, {"schema": schema, "checkpoints": [1]},
+                {"schema": schema, "checkpoints": [{"roles": [1]}]},
+                {"schema": schema, "checkpoints": [{"roles": {"attn": {"beta": 1.5, "params": "10"}}}]},
+                {"schema": schema, "checkpoints": [{"roles": {"attn": "x", "mlp": {"beta": True}}}]}):
+        with pytest.raises(GGError, match="analyze report"):
+            shapes_from_report(doc)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(GGError, match="nests deeper"):
+        shapes_from_report(deep)
