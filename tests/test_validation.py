@@ -545,3 +545,93 @@ def test_init_reads_analyze_reports_strictly(tmp_path: Path) -> None:
     deep.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(GGError, match="nests deeper"):
         shapes_from_report(deep)
+
+
+# ------------------------------------------------------------------------- every case through the CLI
+
+
+def crafted_cases(real: Path, packed: Path, tmp: Path) -> list[tuple[str, list[str], int]]:
+    """(case, CLI arguments, expected exit code) for each hostile file of issue 10, built under ``tmp``."""
+    header, data = split_st((real / "model.safetensors").read_bytes())
+    name = first_matrix(header)
+    cases: list[tuple[str, list[str], int]] = []
+
+    def st_case(label: str, edit) -> None:
+        h = json.loads(json.dumps(header))
+        edit(h)
+        path = tmp / f"{label}.safetensors"
+        path.write_bytes(join_st(h, data))
+        cases.append((label, ["analyze", str(path)], 1))
+        cases.append((label + " (pack)", ["pack", str(path), "-o", str(tmp / f"{label}.ggz")], 1))
+
+    st_case("negative offsets", lambda h: h[name].update(data_offsets=[-8, h[name]["data_offsets"][1] - 8]))
+    st_case("string offsets", lambda h: h[name].update(data_offsets=list(map(str, h[name]["data_offsets"]))))
+    st_case("out-of-bounds offsets", lambda h: h[name].update(data_offsets=[10**9, 10**9 + 1]))
+    other = next(k for k in header if k not in ("__metadata__", name))
+    size = header[other]["data_offsets"][1] - header[other]["data_offsets"][0]
+    start = header[name]["data_offsets"][0] + 2  # inside the first matrix
+    st_case("overlapping offsets", lambda h: h[other].update(data_offsets=[start, start + size]))
+    st_case("negative shape", lambda h: h[name].update(shape=[-d for d in h[name]["shape"]]))
+    st_case("metadata list", lambda h: h.update(__metadata__=["format", "pt"]))
+    deep = tmp / "deep.safetensors"
+    deep.write_bytes(join_st(b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}", data))
+    cases.append(("deep nesting", ["analyze", str(deep)], 1))
+    outside = tmp / "outside.safetensors"
+    shutil.copy(real / "model.safetensors", outside)
+    for label, shard in (("index ../", "../outside.safetensors"), ("index absolute", str(outside)),
+                         ("index symlink", "link.safetensors")):
+        folder = tmp / label.replace(" ", "_").replace("/", "")
+        folder.mkdir()
+        if shard == "link.safetensors":
+            (folder / shard).symlink_to(outside)
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {name: shard}}))
+        cases.append((label, ["analyze", str(folder)], 1))
+    linked = tmp / "linked"
+    shutil.copytree(real, linked)
+    (linked / "notes.txt").symlink_to(outside)
+    cases.append(("symlink out (pack)", ["pack", str(linked), "-o", str(tmp / "linked.ggz")], 1))
+    cases.append(("symlink out (quantize-rf8)", ["quantize-rf8", str(linked), "-o", str(tmp / "q")], 1))
+    version, gh, gdata = split_ggz(packed.read_bytes())
+
+    def ggz_case(label: str, edit) -> None:
+        h = json.loads(json.dumps(gh))
+        h = edit(h) or h
+        path = tmp / f"{label}.ggz"
+        path.write_bytes(join_ggz(version, h, gdata))
+        cases.append((label, ["unpack", str(path), "-o", str(tmp / f"{label}-out")], 1))
+
+    ggz_case("ggz missing key", lambda h: coded_entry(h).pop("eg"))
+    ggz_case("ggz wrong type", lambda h: coded_entry(h).update(shape="48x384"))
+    ggz_case("ggz lane 0", lambda h: coded_entry(h)["eg"].update(lane=0))
+    for label, shape in (("ggz const 2^33 B", [1 << 16, 1 << 16]), ("ggz const 2^50 B", [1 << 25, 1 << 25])):
+        sub = tmp / label.replace(" ", "_").replace("^", "")
+        sub.mkdir()
+        cases.append((label, ["unpack", str(const_container(sub, shape)), "-o", str(sub / "out")], 1))
+    good = tmp / "good.json"
+    schema = "ggcompress.pack/1"
+    good.write_text(json.dumps({"schema": schema, "checkpoints": [{"source": "m", "summary": {}}]}))
+    bad = tmp / "bad.json"
+    bad.write_text(json.dumps({"schema": schema, "checkpoints": [{"source": 1, "summary": []}]}))
+    cases.append(("diff unexpected types", ["diff", str(good), str(bad)], 1))
+    cases.append(("diff bad --metric", ["diff", str(good), str(good), "--metric", "[a-"], 2))
+    return cases
+
+
+def test_every_case_is_one_error_line_through_the_cli(real: Path, packed: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(limits.ENV_MAX_MEMORY, raising=False)
+    cases = crafted_cases(real, packed, tmp_path)
+    tracebacks, clean = [], 0
+    for label, args, code in cases:
+        r = run(*args)
+        lines = [ln for ln in r.output.splitlines() if ln.strip()]
+        if r.exception is not None and not isinstance(r.exception, SystemExit) or "Traceback" in r.output:
+            tracebacks.append(label)
+            continue
+        assert r.exit_code == code, (label, r.output)
+        if code == 1:
+            assert len(lines) == 1 and lines[0].startswith("error: "), (label, r.output)
+        clean += 1
+        out = args[args.index("-o") + 1] if "-o" in args else None
+        assert out is None or not Path(out).exists(), label  # nothing left behind
+    assert tracebacks == [] and clean == len(cases) == 25
