@@ -635,3 +635,15 @@ def test_every_case_is_one_error_line_through_the_cli(real: Path, packed: Path, 
         out = args[args.index("-o") + 1] if "-o" in args else None
         assert out is None or not Path(out).exists(), label  # nothing left behind
     assert tracebacks == [] and clean == len(cases) == 25
+
+
+def test_eval_refuses_a_model_folder_linking_out(smollm2_dir: Path, tmp_path: Path) -> None:
+    from ggcompress.io.loading import load_model
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(smollm2_dir / name, folder / name)
+    (folder / "model.safetensors").symlink_to(smollm2_dir / "model.safetensors")
+    with pytest.raises(GGError, match="outside the model folder"):
+        load_model(folder)

@@ -25,7 +25,7 @@ from typing import Any
 
 from ggcompress.errors import GGError
 from ggcompress.io.checkpoint import HUB_ID, _hub_snapshot
-from ggcompress.io.limits import loads_json
+from ggcompress.io.limits import inside, loads_json
 
 #: Files any transformers tokenizer is built from; a folder with none of them has no tokenizer.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
@@ -56,6 +56,10 @@ def load_model(path: str | Path, *, device: str = "cpu", dtype: str | None = Non
         raise GGError(f"loading models needs the eval extra (pip install 'ggcompress[eval]'): {exc}") \
             from None
     local = resolve(path)
+    if local.is_dir():
+        for p in local.rglob("*"):
+            if p.is_file():
+                inside(p, local, "model file")  # transformers reads them: none may lead out of the folder
     kind = detect_kind(local)
     torch_dtype = _torch_dtype(dtype, device)
     model, tokenizer = LOADERS[kind](local, torch_dtype)
