@@ -210,7 +210,10 @@ def _open_folder(path: Path, source: str) -> Checkpoint:
 
 def _open_index(index: Path, source: str) -> Checkpoint:
     weight_map = read_index(index)
-    files = list(dict.fromkeys(weight_map.values()))
+    by_shard: dict[str, list[str]] = {}
+    for tensor, file in weight_map.items():
+        by_shard.setdefault(file, []).append(tensor)
+    files = list(by_shard)
     tensors: list[TensorInfo] = []
     meta: dict[str, str] = {}
     for name in files:
@@ -221,8 +224,8 @@ def _open_index(index: Path, source: str) -> Checkpoint:
             t, m = read_header(shard)
             meta = meta or m
         held = {info.name for info in t}
-        for tensor, file in weight_map.items():
-            if file == name and tensor not in held:
+        for tensor in by_shard[name]:
+            if tensor not in held:
                 raise GGError(f"{index}: lists tensor {tensor!r} in shard {name}, which does not hold it")
         tensors.extend(t)
     _check_unique(tensors, source)
