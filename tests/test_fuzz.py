@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import struct
+import sys
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +37,9 @@ from ggcompress.codec import pack as P
 from ggcompress.errors import GGError
 from ggcompress.io import limits
 from ggcompress.io.checkpoint import open_checkpoint
-from tests.hostile import join_ggz, join_st, raw_bytes, real_folder, real_tensors, split_ggz, split_st
+
+sys.path.insert(0, str(Path(__file__).parent))
+from hostile import join_ggz, join_st, raw_bytes, real_folder, real_tensors, split_ggz, split_st  # noqa: E402
 
 #: Examples per test: the CI share by default; GGCOMPRESS_FUZZ_EXAMPLES for long runs.
 EXAMPLES = int(os.environ.get("GGCOMPRESS_FUZZ_EXAMPLES", "0"))

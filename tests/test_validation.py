@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import shutil
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -26,7 +27,9 @@ from ggcompress.io import limits
 from ggcompress.io.checkpoint import open_checkpoint, read_header
 from ggcompress.io.qlayout import read_scheme
 from ggcompress.reports.diff import compare, load_report
-from tests.hostile import join_ggz, join_st, raw_bytes, real_folder, real_tensors, split_ggz, split_st
+
+sys.path.insert(0, str(Path(__file__).parent))
+from hostile import join_ggz, join_st, raw_bytes, real_folder, real_tensors, split_ggz, split_st  # noqa: E402
 
 
 def run(*args: str):
