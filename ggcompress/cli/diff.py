@@ -10,10 +10,20 @@ from rich.markup import escape
 from rich.table import Table
 
 from ggcompress.cli._common import console, emit_json
-from ggcompress.reports.diff import compare, load_report, parse_tolerance
+from ggcompress.errors import GGError
+from ggcompress.reports.diff import check_metric_pattern, compare, load_report, parse_tolerance
 
 _STYLE = {"regression": "red", "improved": "green", "within tolerance": "yellow", "missing": "red",
           "added": "cyan", "changed": "", "same": "dim"}
+
+
+def _metric_regex(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A bad --metric regex is a usage error (exit 2), caught before any report is read."""
+    try:
+        check_metric_pattern(value)
+    except GGError as exc:
+        raise click.BadParameter(str(exc).removeprefix("--metric ")) from None
+    return value
 
 
 @click.command("diff")
@@ -22,7 +32,8 @@ _STYLE = {"regression": "red", "improved": "green", "within tolerance": "yellow"
 @click.option("--tolerance", default="1%", show_default=True, metavar="X%|X",
               help="How far a metric may move the wrong way: a percentage of the old value, or an absolute "
                    "amount.")
-@click.option("--metric", "metrics", metavar="REGEX", help="Only compare metrics whose name matches.")
+@click.option("--metric", "metrics", metavar="REGEX", callback=_metric_regex,
+              help="Only compare metrics whose name matches.")
 @click.option("--all", "show_all", is_flag=True, help="Also list metrics that did not move.")
 @click.option("--json", "as_json", is_flag=True, help="Print one versioned JSON document on stdout.")
 def diff_cmd(old: str, new: str, tolerance: str, metrics: str | None, show_all: bool, as_json: bool) -> None:

@@ -35,6 +35,7 @@ import torch
 
 from ggcompress import __version__
 from ggcompress.codec import coders
+from ggcompress.codec.header import validate_header
 from ggcompress.errors import GGError, check_patterns
 from ggcompress.io.checkpoint import (
     DTYPES,
@@ -53,6 +54,7 @@ from ggcompress.io.checkpoint import (
     support_files,
     temp_prefix,
 )
+from ggcompress.io.limits import loads_json
 from ggcompress.reports.gates import Gate, check_gates
 from ggcompress.reports.jsonsafe import json_safe
 from ggcompress.stats import rate
@@ -69,6 +71,8 @@ COST_KEYS = ("payload_bits", "table_bits", "entropy_bits", "eg_bits")
 #: Per-dtype integer views used to move tensor bits through numpy.
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
+#: 8-bit float dtypes: stored as they are (step mode skips them).
+_FLOAT8 = ("F8_E4M3", "F8_E5M2")
 #: progress(description, parameters done, parameters in this checkpoint)
 Progress = Callable[[str, int, int], None]
 
@@ -212,7 +216,7 @@ def _restored_dtype(by_rank: torch.Tensor, step: float, source: torch.dtype) -> 
     """
     for dtype in (source, torch.float32, torch.float64):
         v = (by_rank.to(torch.float64) * step).to(dtype)
-        if bool(torch.isfinite(v).all()) and torch.equal(rate.quantize(v, step), by_rank):
+        if bool(torch.isfinite(v.to(torch.float64)).all()) and torch.equal(rate.quantize(v, step), by_rank):
             return dtype
     raise GGError(f"step {rate.format_step(step)}: symbols cannot be restored in float64")
 
@@ -419,8 +423,8 @@ def _pack_rf8(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progres
 
 def _eligible_step(info: TensorInfo, opts: PackOptions) -> bool:
     """Step mode quantizes non-empty floating-point tensors of 2+ dims (matrices, embeddings, convs)."""
-    if not info.is_float or info.numel == 0 or len(info.shape) < 2:
-        return False
+    if not info.is_float or info.numel == 0 or len(info.shape) < 2 or info.dtype in _FLOAT8:
+        return False  # float8 weights are already 8-bit codes: re-quantizing would widen them
     if opts.include is not None and not re.search(opts.include, info.name):
         return False
     return not (opts.exclude is not None and re.search(opts.exclude, info.name))
@@ -642,20 +646,13 @@ def open_packed(path: str | os.PathLike[str]) -> PackedFile:
         raise GGError(f"{p}: cannot read ({exc.strerror or exc})") from None
     if zlib.crc32(text) != crc:
         raise GGError(f"{p}: header checksum mismatch — the container is corrupt")
-    try:
-        header = json.loads(text)
-        if header["format_version"] != version or not isinstance(header["tensors"], list):
-            raise ValueError("inconsistent header")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise GGError(f"{p}: malformed container header ({exc})") from None
+    header = loads_json(text, str(p), "container header")
+    validate_header(p, header, version, dlen)
     packed = PackedFile(p, header, PREAMBLE.size + hlen, dlen)
     expected = PREAMBLE.size + hlen + dlen
     if size < expected:
-        try:
-            room = size - packed.data_start
-            cut = [t["name"] for t in header["tensors"] if t["offset"] + t["length"] > room]
-        except (KeyError, TypeError):
-            cut = []
+        room = size - packed.data_start
+        cut = [t["name"] for t in header["tensors"] if t["offset"] + t["length"] > room]
         what = (f"tensor {cut[0]!r}" + (f" and {len(cut) - 1} more" if len(cut) > 1 else "")
                 if cut else "its data")
         raise GGError(f"{p}: truncated ({size} of {expected} bytes): {what} cut off")

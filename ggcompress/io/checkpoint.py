@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ggcompress.errors import GGError, as_os_error, describe_os_error
+from ggcompress.io.limits import check_alloc, inside, is_int, loads_json, valid_shape
 
 #: Notes for the user (stale temp files removed...); the CLI prints them on stderr as `note: ...`.
 log = logging.getLogger("ggcompress")
@@ -55,6 +56,12 @@ PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
 WEIGHT_SUFFIXES = PICKLE_SUFFIXES | {".safetensors", ".gguf", ".ggz", ".onnx", ".h5", ".msgpack", ".ot"}
 WEIGHT_NAMES = re.compile(r".*\.(safetensors|bin)\.index\.json$")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+#: Largest safetensors header read (the safetensors library's own limit is 100 MB).
+MAX_HEADER_BYTES = 100 * 2**20
+#: Most dimensions a tensor may declare (torch's own limit is 64).
+MAX_DIMS = 64
+#: What a safetensors dtype string looks like (unknown ones are listed but cannot be read).
+_DTYPE_FORM = re.compile(r"^[A-Z][A-Z0-9_]{0,15}$")
 
 
 @dataclass(frozen=True)
@@ -98,10 +105,16 @@ class Checkpoint:
         """config.json of the model folder, if there is one."""
         if self.root is None or not (self.root / "config.json").is_file():
             return None
+        path = self.root / "config.json"
+        inside(path, self.root, "config.json")
         try:
-            return json.loads((self.root / "config.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise GGError(f"{self.root / 'config.json'}: not valid JSON ({e})") from None
+            text = path.read_bytes()
+        except OSError as e:
+            raise GGError(f"{path}: cannot read ({_short(e)})") from None
+        config = loads_json(text, str(path))
+        if not isinstance(config, dict):
+            raise GGError(f"{path}: expected a JSON object, found {_kind(config)}")
+        return config
 
     @property
     def numel(self) -> int:
@@ -189,6 +202,8 @@ def _open_folder(path: Path, source: str) -> Checkpoint:
             ck.root = path
             return ck
     st = sorted(p for p in path.glob("*.safetensors") if p.is_file())
+    for p in st:
+        inside(p, path, "weights file")
     if st:
         tensors: list[TensorInfo] = []
         meta: dict[str, str] = {}
@@ -200,30 +215,67 @@ def _open_folder(path: Path, source: str) -> Checkpoint:
         return Checkpoint(source, st, tensors, path, meta)
     pickles = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
     if len(pickles) == 1:
+        inside(pickles[0], path, "weights file")
         return _open_pickle(pickles[0], source, path)
     raise GGError(f"{source}: folder holds no weights (no *.safetensors, no model.safetensors.index.json)")
 
 
 def _open_index(index: Path, source: str) -> Checkpoint:
-    try:
-        weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise GGError(f"{index}: not a valid sharded-checkpoint index ({_short(e)})") from None
-    files = list(dict.fromkeys(weight_map.values()))
+    weight_map = read_index(index)
+    by_shard: dict[str, list[str]] = {}
+    for tensor, file in weight_map.items():
+        by_shard.setdefault(file, []).append(tensor)
+    files = list(by_shard)
     tensors: list[TensorInfo] = []
     meta: dict[str, str] = {}
     for name in files:
         shard = index.parent / name
-        if not shard.is_file():
-            raise GGError(f"{index}: shard {name} is missing")
         if shard.suffix in PICKLE_SUFFIXES:
-            tensors.extend(_open_pickle(shard, source, index.parent).tensors)
-            continue
-        t, m = read_header(shard)
+            t = _open_pickle(shard, source, index.parent).tensors
+        else:
+            t, m = read_header(shard)
+            meta = meta or m
+        held = {info.name for info in t}
+        for tensor in by_shard[name]:
+            if tensor not in held:
+                raise GGError(f"{index}: lists tensor {tensor!r} in shard {name}, which does not hold it")
         tensors.extend(t)
-        meta = meta or m
     _check_unique(tensors, source)
     return Checkpoint(source, [index.parent / f for f in files], tensors, index.parent, meta)
+
+
+def read_index(index: Path) -> dict[str, str]:
+    """The ``weight_map`` of a sharded-checkpoint index, validated: tensor name -> shard file name.
+
+    Shard names must be plain relative names of existing files that stay inside the index's folder
+    (no absolute paths, no ``..``, no symbolic link leading out).
+    """
+    try:
+        text = index.read_bytes()
+    except OSError as e:
+        raise GGError(f"{index}: cannot read ({_short(e)})") from None
+    doc = loads_json(text, str(index), "sharded-checkpoint index")
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise GGError(f"{index}: not a valid sharded-checkpoint index (needs a non-empty "
+                      "\"weight_map\" object)")
+    checked: set[str] = set()
+    for tensor, name in weight_map.items():
+        if not isinstance(name, str):
+            raise GGError(f"{index}: weight_map entry for {tensor!r} must be a shard file name, found "
+                          f"{_clip(name)}")
+        if name in checked:
+            continue
+        rel = Path(name)
+        if not name or "\0" in name or rel.is_absolute() or ".." in rel.parts or name.startswith("~"):
+            raise GGError(f"{index}: shard {name!r} is not a file name inside the index's folder — "
+                          "refusing it")
+        shard = index.parent / rel
+        if not shard.is_file():
+            raise GGError(f"{index}: shard {name} is missing")
+        inside(shard, index.parent, "shard")
+        checked.add(name)
+    return weight_map
 
 
 def _open_pickle(path: Path, source: str, root: Path) -> Checkpoint:
@@ -258,6 +310,7 @@ def _read_tensor(f: Any, t: TensorInfo) -> torch.Tensor:
     dtype = DTYPES[t.dtype]
     if t.nbytes == 0:
         return torch.empty(t.shape, dtype=dtype)
+    check_alloc(t.nbytes, f"{t.file}: tensor {t.name!r}")
     buf = bytearray(t.nbytes)
     f.seek(t.offset)
     if f.readinto(buf) != t.nbytes:
@@ -266,7 +319,13 @@ def _read_tensor(f: Any, t: TensorInfo) -> torch.Tensor:
 
 
 def read_header(path: Path) -> tuple[list[TensorInfo], dict[str, str]]:
-    """Parse and validate a safetensors header without reading tensor data."""
+    """Parse and validate a safetensors header without reading tensor data.
+
+    Everything a header declares is checked before it is trusted: an object of tensor entries, each
+    with a known-form dtype string, a shape of non-negative integers and two integer data_offsets
+    with 0 <= begin <= end <= the data section, of exactly shape x itemsize bytes, no two tensors
+    overlapping; ``__metadata__`` a string-to-string object; nesting bounded.
+    """
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -274,35 +333,62 @@ def read_header(path: Path) -> tuple[list[TensorInfo], dict[str, str]]:
             if len(head) < 8:
                 raise GGError(f"{path}: empty or truncated safetensors file ({size} bytes)")
             (n,) = struct.unpack("<Q", head)
-            if n > size - 8 or n > 100 * 2**20:
+            if n > size - 8 or n > MAX_HEADER_BYTES:
                 raise GGError(f"{path}: truncated or not a safetensors file (header claims {n} bytes)")
-            header = json.loads(f.read(n))
-    except GGError:
-        raise
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise GGError(f"{path}: not a valid safetensors file ({_short(e)})") from None
+            raw = f.read(n)
+    except OSError as e:
+        raise GGError(f"{path}: cannot read ({_short(e)})") from None
+    header = loads_json(raw, str(path), "safetensors header")
     if not isinstance(header, dict):
         raise GGError(f"{path}: not a valid safetensors file (header is not an object)")
-    meta = header.pop("__metadata__", None) or {}
+    meta = header.pop("__metadata__", None)
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise GGError(f"{path}: __metadata__ must be an object of strings (found {_kind(meta)})")
     data_len = size - 8 - n
-    tensors = []
-    end_max = 0
+    spans: list[tuple[int, int, TensorInfo]] = []
     for name, h in header.items():
-        try:
-            begin, end = h["data_offsets"]
-            shape = tuple(int(d) for d in h["shape"])
-            dtype = str(h["dtype"])
-        except (KeyError, TypeError, ValueError):
-            raise GGError(f"{path}: malformed header entry for tensor {name!r}") from None
-        info = TensorInfo(name, shape, dtype, path, 8 + n + int(begin))
-        if dtype in DTYPES and end - begin != info.nbytes:
-            raise GGError(f"{path}: tensor {name!r} has {end - begin} data bytes, expected {info.nbytes}")
-        end_max = max(end_max, end)
-        tensors.append((begin, info))
-    if end_max > data_len:
-        raise GGError(f"{path}: truncated — tensor data ends at byte {end_max} but the file holds {data_len}")
-    tensors.sort(key=lambda bt: bt[0])
-    return [t for _, t in tensors], {str(k): str(v) for k, v in meta.items()}
+        spans.append(_header_entry(path, name, h, n, data_len))
+    spans.sort(key=lambda s: (s[0], s[1]))
+    for (b0, e0, t0), (b1, e1, t1) in zip(spans, spans[1:], strict=False):
+        if b1 < e0:
+            raise GGError(f"{path}: tensors {t0.name!r} (bytes {b0}..{e0}) and {t1.name!r} "
+                          f"(bytes {b1}..{e1}) overlap — corrupt or crafted file")
+    return [t for _, _, t in spans], dict(meta)
+
+
+def _header_entry(path: Path, name: str, h: Any, n: int, data_len: int) -> tuple[int, int, TensorInfo]:
+    """One tensor entry of a safetensors header, type- and range-checked."""
+    where = f"{path}: tensor {name!r}"
+    if not isinstance(h, dict) or not {"dtype", "shape", "data_offsets"} <= set(h):
+        raise GGError(f"{where}: malformed header entry (needs dtype, shape and data_offsets)")
+    dtype, shape, offsets = h["dtype"], h["shape"], h["data_offsets"]
+    if not isinstance(dtype, str) or not _DTYPE_FORM.match(dtype):
+        raise GGError(f"{where}: dtype {dtype!r} is not a safetensors dtype")
+    if not valid_shape(shape, MAX_DIMS):
+        raise GGError(f"{where}: shape {_clip(shape)} must be a list of at most {MAX_DIMS} non-negative "
+                      "integers (numel < 2^63)")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_int(o) for o in offsets)):
+        raise GGError(f"{where}: data_offsets {_clip(offsets)} must be two integers [begin, end]")
+    begin, end = offsets
+    if not 0 <= begin <= end <= data_len:
+        raise GGError(f"{where}: data_offsets [{begin}, {end}] lie outside the data section of {data_len} "
+                      "bytes — truncated, corrupt or crafted file")
+    info = TensorInfo(name, tuple(shape), dtype, path, 8 + n + begin)
+    if dtype in DTYPES and end - begin != info.nbytes:
+        raise GGError(f"{where}: has {end - begin} data bytes, expected {info.nbytes} for shape "
+                      f"{list(shape)} {dtype}")
+    return begin, end, info
+
+
+def _kind(value: Any) -> str:
+    return "a list" if isinstance(value, list) else type(value).__name__
+
+
+def _clip(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _looks_like_safetensors(path: Path) -> bool:
@@ -366,6 +452,7 @@ def support_files(root: Path | None) -> list[Path]:
             continue
         if p.suffix.lower() in WEIGHT_SUFFIXES or WEIGHT_NAMES.match(p.name):
             continue
+        inside(p, root, "support file")  # a link may point inside the folder (copied), never out of it
         out.append(p)
     return out
 

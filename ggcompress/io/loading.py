@@ -17,7 +17,7 @@ Kinds handled now:
 
 from __future__ import annotations
 
-import json
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,7 @@ from typing import Any
 
 from ggcompress.errors import GGError
 from ggcompress.io.checkpoint import HUB_ID, _hub_snapshot
+from ggcompress.io.limits import inside, loads_json
 
 #: Files any transformers tokenizer is built from; a folder with none of them has no tokenizer.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
@@ -55,6 +56,10 @@ def load_model(path: str | Path, *, device: str = "cpu", dtype: str | None = Non
         raise GGError(f"loading models needs the eval extra (pip install 'ggcompress[eval]'): {exc}") \
             from None
     local = resolve(path)
+    if local.is_dir():
+        for p in local.rglob("*"):
+            if p.is_file():
+                inside(p, local, "model file")  # transformers reads them: none may lead out of the folder
     kind = detect_kind(local)
     torch_dtype = _torch_dtype(dtype, device)
     model, tokenizer = LOADERS[kind](local, torch_dtype)
@@ -92,7 +97,12 @@ def detect_kind(local: Path) -> str:
         hint = f" (to evaluate the GGUF inside, pass {ggufs[0]})" if ggufs else ""
         raise GGError(f"{local}: no config.json, so not an HF model folder{hint}")
     config = _read_json(config_path)
-    quant = (config.get("quantization_config") or {}).get("quant_method")
+    qconfig = config.get("quantization_config") or {}
+    if not isinstance(qconfig, dict):
+        raise GGError(f"{config_path}: quantization_config must be an object")
+    quant = qconfig.get("quant_method")
+    if quant is not None and not isinstance(quant, str):
+        raise GGError(f"{config_path}: quantization_config.quant_method must be a string")
     if quant == "ggcompress":
         return "ggcompress"
     if quant is not None and quant not in _known_quant_methods():
@@ -109,6 +119,10 @@ def _load_hf(folder: Path, dtype: Any) -> tuple[Any, Any]:
     tokenizer = _load_tokenizer(folder)
     try:
         model, info = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, output_loading_info=True)
+    except pickle.UnpicklingError:  # torch.load(weights_only=True) met more than plain tensors
+        raise GGError(f"{folder}: refused its legacy pickle weights file — it holds objects other than "
+                      "plain tensors, and ggcompress never unpickles arbitrary objects; convert it to "
+                      "safetensors from a trusted copy") from None
     except (OSError, ValueError, KeyError, RuntimeError, ImportError) as exc:
         raise GGError(f"{folder}: transformers cannot load it as a causal LM ({_first_line(exc)})") from None
     _require_complete(folder, info)
@@ -226,9 +240,10 @@ def _known_quant_methods() -> set[str]:
 
 def _read_json(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        text = path.read_bytes()
+    except OSError as exc:
         raise GGError(f"{path}: unreadable JSON ({_first_line(exc)})") from None
+    data = loads_json(text, str(path))
     if not isinstance(data, dict):
         raise GGError(f"{path}: expected a JSON object")
     return data

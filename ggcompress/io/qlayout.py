@@ -30,6 +30,7 @@ from ggcompress.formats import QuantizedTensor, get_codec, parse_granularity
 from ggcompress.formats.base import matrix_shape, validate
 from ggcompress.formats.rf8 import RF8_VERSION
 from ggcompress.io.checkpoint import Checkpoint
+from ggcompress.io.limits import is_int, loads_json
 
 QUANT_METHOD = "ggcompress"
 #: ``X.weight`` holds the codes, ``X.weight`` + SCALE_SUFFIX the float32 scales.
@@ -39,6 +40,8 @@ METADATA_KEY = "quantization_config"
 #: Version of each format's decode table. RF8's is docs/rf8.md's; the OCP FP8 and two's-complement INT8
 #: tables are fixed by their standards, so they stay 1.
 FORMAT_VERSIONS = {"rf8": RF8_VERSION, "fp8_e4m3": 1, "fp8_e5m2": 1, "int8": 1}
+#: Largest block size a quantization_config may declare (2^24 columns; real ones are 32..4096).
+MAX_BLOCK = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -88,16 +91,25 @@ class Scheme:
         """Parse and validate a ``quantization_config``; ``where`` names the file in errors."""
         if not isinstance(d, dict) or d.get("quant_method") != QUANT_METHOD:
             raise GGError(f"{where}: quantization_config is not a ggcompress scheme")
+        fmt_name = d.get("format")
+        if not isinstance(fmt_name, str):
+            raise GGError(f"{where}: quantization_config.format must be a format name, found {fmt_name!r}")
         try:
-            fmt = get_codec(d.get("format", "")).name
+            fmt = get_codec(fmt_name).name
         except GGError as exc:
             raise GGError(f"{where}: {exc}") from None
-        version = d.get("format_version")
-        if version != FORMAT_VERSIONS[fmt]:
+        version, readable = d.get("format_version"), FORMAT_VERSIONS.get(fmt)
+        if not is_int(version) or readable is None or version != readable:
             raise GGError(f"{where}: {fmt} format version {version!r} is not readable by this ggcompress "
-                          f"(it reads version {FORMAT_VERSIONS[fmt]})")
+                          f"(it reads version {readable})")
+        granularity, block_size = d.get("granularity"), d.get("block_size")
+        if not isinstance(granularity, str) or not (block_size is None or is_int(block_size)):
+            raise GGError(f"{where}: quantization_config.granularity must be a string and block_size an "
+                          f"integer or null (found {granularity!r}, {block_size!r})")
+        if block_size is not None and not 0 < block_size <= MAX_BLOCK:
+            raise GGError(f"{where}: quantization_config.block_size {block_size} is outside 1..{MAX_BLOCK}")
         try:
-            gran = parse_granularity(str(d.get("granularity")), d.get("block_size"))
+            gran = parse_granularity(granularity, block_size)
         except GGError as exc:
             raise GGError(f"{where}: {exc}") from None
         modules = d.get("modules")
@@ -106,12 +118,22 @@ class Scheme:
         if len(set(modules)) != len(modules):
             raise GGError(f"{where}: quantization_config.modules lists a module twice")
         source_dtype = d.get("source_dtype")
+        if source_dtype is not None and not _float_dtype_name(source_dtype):
+            raise GGError(f"{where}: quantization_config.source_dtype {source_dtype!r} is not a torch float "
+                          "dtype name (e.g. bfloat16)")
         transposed = d.get("transposed", [])
         if not isinstance(transposed, list) or not all(isinstance(m, str) and m in modules
                                                        for m in transposed):
             raise GGError(f"{where}: quantization_config.transposed must be a list of quantized module names")
-        return cls(fmt, gran.kind, gran.block_size, tuple(modules),
-                   str(source_dtype) if source_dtype else None, int(version), tuple(transposed))
+        return cls(fmt, gran.kind, gran.block_size, tuple(modules), source_dtype or None, version,
+                   tuple(transposed))
+
+
+def _float_dtype_name(name: Any) -> bool:
+    if not isinstance(name, str) or not name.isidentifier():
+        return False
+    dtype = getattr(torch, name, None)
+    return isinstance(dtype, torch.dtype) and dtype.is_floating_point
 
 
 def weight_name(module: str) -> str:
@@ -132,12 +154,14 @@ def read_scheme(ck: Checkpoint) -> Scheme | None:
     meta_text = ck.metadata.get(METADATA_KEY)
     from_meta = None
     if meta_text is not None:
-        try:
-            from_meta = json.loads(meta_text)
-        except json.JSONDecodeError:
-            raise GGError(f"{ck.files[0]}: __metadata__.{METADATA_KEY} is not valid JSON") from None
+        from_meta = loads_json(meta_text, f"{ck.files[0]}: __metadata__.{METADATA_KEY}")
+        if not isinstance(from_meta, dict):
+            raise GGError(f"{ck.files[0]}: __metadata__.{METADATA_KEY} must be a JSON object")
     if from_config is None and from_meta is None:
         return None
+    if from_config is not None and not isinstance(from_config, dict):
+        where = ck.root / "config.json" if ck.root else ck.source
+        raise GGError(f"{where}: quantization_config must be an object")
     if from_config is not None and from_config.get("quant_method") != QUANT_METHOD:
         raise GGError(f"{ck.source}: quantized with {from_config.get('quant_method')!r}, not by ggcompress")
     where_config = str(ck.root / "config.json") if ck.root else ck.source

@@ -33,6 +33,7 @@ import torch
 
 from ggcompress.errors import GGError
 from ggcompress.io.layers import is_conv1d, is_linear
+from ggcompress.io.limits import loads_json
 from ggcompress.stats import gg
 from ggcompress.stats.roles import role_of
 
@@ -191,19 +192,28 @@ def shapes_from_report(report: str | Path | dict[str, Any]) -> dict[str, float]:
         doc = report
     else:
         try:
-            doc = json.loads(Path(report).read_text())
+            text = Path(report).read_bytes()
         except OSError as e:
             raise GGError(f"{report}: cannot read ({e.strerror})") from None
-        except json.JSONDecodeError as e:
-            raise GGError(f"{report}: not valid JSON ({e.msg})") from None
+        doc = loads_json(text, str(report))
     if not isinstance(doc, dict) or doc.get("schema") != ANALYZE_SCHEMA:
         raise GGError(f"{source}: not an analyze report (expected schema {ANALYZE_SCHEMA!r}, "
                       "from `ggcompress analyze --json`)")
     sums: dict[str, list[float]] = {}
-    for ck in doc.get("checkpoints") or []:
+    checkpoints = doc.get("checkpoints") or []
+    if not isinstance(checkpoints, list) or not all(isinstance(c, dict) for c in checkpoints) \
+            or not all(isinstance(c.get("roles") or {}, dict) for c in checkpoints):
+        raise GGError(f"{source}: malformed analyze report (checkpoints must be a list of objects with "
+                      "a roles object)")
+    for ck in checkpoints:
         for role, r in (ck.get("roles") or {}).items():
+            if not isinstance(r, dict):
+                continue
             beta, n = r.get("beta"), r.get("params") or 1
-            if isinstance(beta, int | float) and math.isfinite(beta) and beta > 0:
+            if not (isinstance(n, int | float) and not isinstance(n, bool) and 0 < n < 2**63):
+                continue
+            number = isinstance(beta, int | float) and not isinstance(beta, bool)
+            if number and math.isfinite(beta) and beta > 0:
                 acc = sums.setdefault(role, [0.0, 0.0])
                 acc[0] += beta * n
                 acc[1] += n

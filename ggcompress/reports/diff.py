@@ -13,7 +13,6 @@ document and never prints.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -23,6 +22,7 @@ from typing import Any
 
 from ggcompress import __version__
 from ggcompress.errors import GGError
+from ggcompress.io.limits import loads_json
 
 SCHEMA = "ggcompress.diff/1"
 
@@ -77,49 +77,106 @@ def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A report written with --json (one JSON document)."""
     p = Path(path).expanduser()
     try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
+        text = p.read_bytes()
     except OSError as exc:
         raise GGError(f"{p}: cannot read ({exc.strerror or exc})") from None
-    except ValueError as exc:
-        raise GGError(f"{p}: not a JSON report ({exc})") from None
+    doc = loads_json(text, str(p), "JSON report")
     if not isinstance(doc, dict) or doc.get("schema") not in KINDS:
         found = doc.get("schema") if isinstance(doc, dict) else None
         raise GGError(f"{p}: schema {found!r} is not a report diff compares ({', '.join(KINDS)})")
+    try:
+        rows(doc)
+    except GGError as exc:
+        raise GGError(f"{p}: {exc}") from None
     return doc
+
+
+def check_metric_pattern(pattern: str | None) -> re.Pattern[str] | None:
+    """The --metric regex compiled, or GGError naming it."""
+    if pattern is None or pattern == "":
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise GGError(f"--metric {pattern!r}: not a valid regular expression ({exc})") from None
 
 
 def rows(doc: dict[str, Any]) -> list[tuple[str, dict[str, tuple[float | None, int]]]]:
     """(label, {metric: (value, direction)}) for each checkpoint or model of a report."""
     kind = doc.get("schema")
-    try:
-        if kind == "ggcompress.eval/1":
-            return [(m["label"], _eval_metrics(m)) for m in doc["models"]]
-        key, table = {"ggcompress.analyze/1": ("summary", _ANALYZE),
-                      "ggcompress.quantize/1": ("totals", _QUANTIZE),
-                      "ggcompress.pack/1": ("summary", _PACK)}[kind]
-        return [(c["source"], _numbers(c[key], table)) for c in doc["checkpoints"]]
-    except (KeyError, TypeError) as exc:
-        raise GGError(f"malformed {kind} report (missing {exc})") from None
+    if kind == "ggcompress.eval/1":
+        models = _list(doc, "models", kind)
+        return [(_label(m, "label", kind), _eval_metrics(m, kind)) for m in models]
+    if kind not in _ROW_KEYS:
+        raise GGError(f"schema {kind!r} is not a report diff compares ({', '.join(KINDS)})")
+    key, table = _ROW_KEYS[kind]
+    return [(_label(c, "source", kind), _numbers(_dict(c, key, kind), table))
+            for c in _list(doc, "checkpoints", kind)]
+
+
+_ROW_KEYS = {"ggcompress.analyze/1": ("summary", _ANALYZE), "ggcompress.quantize/1": ("totals", _QUANTIZE),
+             "ggcompress.pack/1": ("summary", _PACK)}
+
+
+def _list(doc: dict[str, Any], key: str, kind: str) -> list[dict[str, Any]]:
+    value = doc.get(key)
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise GGError(f"malformed {kind} report: {key!r} must be a list of objects")
+    return value
+
+
+def _dict(doc: dict[str, Any], key: str, kind: str) -> dict[str, Any]:
+    value = doc.get(key)
+    if not isinstance(value, dict):
+        raise GGError(f"malformed {kind} report: {key!r} must be an object")
+    return value
+
+
+def _label(row: dict[str, Any], key: str, kind: str) -> str:
+    value = row.get(key)
+    if not isinstance(value, str):
+        raise GGError(f"malformed {kind} report: every row needs a string {key!r}")
+    return value
+
+
+def _is_number(v: Any) -> bool:
+    """A JSON number diff can subtract (integers too large for a float are not metrics)."""
+    if isinstance(v, bool):
+        return False
+    return isinstance(v, float) or (isinstance(v, int) and abs(v) < 1 << 1000)
 
 
 def _numbers(values: dict[str, Any], directions: dict[str, int]) -> dict[str, tuple[float | None, int]]:
-    return {k: (v, directions.get(k, 0)) for k, v in values.items()
-            if v is None or (isinstance(v, int | float) and not isinstance(v, bool))}
+    return {k: (v, directions.get(k, 0)) for k, v in values.items() if v is None or _is_number(v)}
 
 
-def _eval_metrics(model: dict[str, Any]) -> dict[str, tuple[float | None, int]]:
+def _eval_metrics(model: dict[str, Any], kind: str) -> dict[str, tuple[float | None, int]]:
     out: dict[str, tuple[float | None, int]] = {}
-    for name, value in model["metrics"].items():
+    tasks = model.get("tasks") or {}
+    if not isinstance(tasks, dict):
+        raise GGError(f"malformed {kind} report: 'tasks' must be an object")
+    for name, value in _dict(model, "metrics", kind).items():
+        if not (value is None or _is_number(value)):
+            continue  # only numbers are compared, as for the other kinds
         if name.startswith("recovery"):
             direction = 1
         elif name in _EVAL_TEXT:
             direction = _EVAL_TEXT[name]
         else:
             task, _, metric = name.partition("/")
-            hib = model["tasks"].get(task, {}).get("metrics", {}).get(metric, {}).get("higher_is_better")
-            direction = 0 if hib is None else (1 if hib else -1)
+            hib = _get(tasks, task, "metrics", metric, "higher_is_better")
+            direction = 0 if not isinstance(hib, bool) else (1 if hib else -1)
         out[name] = (value, direction)
     return out
+
+
+def _get(d: Any, *keys: str) -> Any:
+    """d[k1][k2]... or None when any level is missing or not an object."""
+    for k in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d
 
 
 def compare(old: dict[str, Any], new: dict[str, Any], tolerance: Tolerance | None = None,
@@ -133,7 +190,7 @@ def compare(old: dict[str, Any], new: dict[str, Any], tolerance: Tolerance | Non
     tol = tolerance or Tolerance()
     if old.get("schema") != new.get("schema"):
         raise GGError(f"cannot compare a {old.get('schema')} report with a {new.get('schema')} report")
-    pattern = re.compile(metrics) if metrics else None
+    pattern = check_metric_pattern(metrics)
     old_rows, new_rows = rows(old), rows(new)
     old_labels, new_labels = [r[0] for r in old_rows], [r[0] for r in new_rows]
     if sorted(old_labels) == sorted(new_labels):
