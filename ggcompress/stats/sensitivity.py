@@ -124,7 +124,7 @@ def diagonal_fisher(model: Any, windows: torch.Tensor) -> tuple[dict[str, torch.
             ids = w[None].to(next(model.parameters()).device)
             loss = model(input_ids=ids, labels=ids).loss
             loss.backward()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             for n, p in params:
                 if p.grad is not None:
                     g = p.grad.float()
