@@ -196,8 +196,9 @@ def print_analyze(doc: dict[str, Any], console: Console, *, per_tensor: bool = T
             console.print(f"[bold]{ck['source']}[/] {line}")
         sens = sm.get("sensitivity")
         if sens:
-            clamped = sens["window_tokens"] < sens["requested_tokens"] and sens["context"] == sens["window_tokens"]
-            clamp = f", clamped from {sens['requested_tokens']} to the context {sens['context']}" if clamped else ""
+            clamp = ""
+            if sens["window_tokens"] < sens["requested_tokens"] and sens["context"] == sens["window_tokens"]:
+                clamp = f", clamped from {sens['requested_tokens']} to the context {sens['context']}"
             console.print(
                 f"[bold]{ck['source']}[/] sensitivity: squared gradients of {sens['windows']} windows × "
                 f"{sens['window_tokens']} tokens{clamp} (loss {_f(sens['loss'], '.3f')} nats) cost "
