@@ -367,7 +367,8 @@ def _role_detail(rs: list[TensorReport]) -> dict[str, Any]:
         parts = [(r.numel, r.detail.rows.kurtosis) for r in det]
         kt = _wavg_of([(p.total, n) for n, p in parts])
         ks = _wavg_of([(p.scale, n) for n, p in parts])
-        out["scale_share"] = ks / kt if kt and ks is not None else None
+        # A share of an excess kurtosis near 0 (Gaussian-like matrices) means nothing: left out.
+        out["scale_share"] = ks / kt if kt is not None and abs(kt) > 0.1 and ks is not None else None
     sens = [r.sensitivity for r in rs if r.sensitivity is not None]
     if sens:
         out["fisher_share"] = sum(s.share for s in sens)
