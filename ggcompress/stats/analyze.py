@@ -322,14 +322,15 @@ def summarize_shape(reports: list[TensorReport]) -> dict[str, Any] | None:
     return {
         "matrices": len(rs),
         "tensor_beta_median": float(np.median([r.beta for r in rs])),
-        "row_beta_median": float(np.nanmedian([np.nanmedian(r.detail.rows.beta) for r in rs])),
+        "row_beta_median": _median([float(np.median(b[np.isfinite(b)]))
+                                    for b in (r.detail.rows.beta for r in rs) if np.isfinite(b).any()]),
         "pooled_beta_median": float(np.median(pooled)) if pooled else None,
         "rows_beta": granularity.quantiles(rows_beta),
         "kurtosis": kt,
         "kurtosis_scale": wsum("scale"),
         "kurtosis_within": wsum("within"),
         "kurtosis_location": wsum("location"),
-        "scale_share": wsum("scale") / kt if kt else None,
+        "scale_share": wsum("scale") / kt if kt is not None and abs(kt) > 0.1 else None,
         "scale_share_median": float(np.median(shares)) if shares else None,
         "beta_gap_closed_median": float(np.median(gaps)) if gaps else None,
         "max_sigma": out_max.detail.outliers.max_sigma if out_max.detail.outliers else None,
@@ -373,6 +374,10 @@ def _role_detail(rs: list[TensorReport]) -> dict[str, Any]:
     if sens:
         out["fisher_share"] = sum(s.share for s in sens)
     return out
+
+
+def _median(vals: list[float]) -> float | None:
+    return float(np.median(vals)) if vals else None
 
 
 def _wavg_of(vals: list[tuple[float, int]]) -> float | None:
