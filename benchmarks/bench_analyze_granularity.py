@@ -118,8 +118,9 @@ def main() -> None:
         print(f"largest |w − μ|/σ: {f['max_sigma']:.1f} ({f['max_sigma_tensor']}); largest |w − μ_r|/σ_r: "
               f"{f['row_max_sigma']:.1f} ({f['row_max_sigma_tensor']})")
         for role, g in f["roles"].items():
+            share = "–" if g["scale_share"] is None else f"{g['scale_share']:.1%}"
             print(f"  {role:10s} β {g['beta']:.3f}  per-row p50 {g['row_beta_p50']:.3f}  pooled "
-                  f"{g['pooled_beta']:.3f}  scale share {g['scale_share']:.1%}")
+                  f"{g['pooled_beta']:.3f}  scale share {share}")
         if args.calib_windows and ck.config and "CausalLM" in " ".join(ck.config.get("architectures") or []):
             train, _ = fixtures.text()
             opts = AnalyzeOptions(granularity=parse_granularity("row"), calib=str(train),

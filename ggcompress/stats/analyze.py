@@ -181,7 +181,7 @@ def analyze_tensor(info: TensorInfo, x: torch.Tensor, opts: AnalyzeOptions) -> T
         rep.verdict = f"shape outside fit range (β clamped to {fit.beta:.3g})"
     if opts.granularity and len(info.shape) >= 2 and x.dim() >= 2:
         rep.detail = granularity.tensor_shape(
-            x, opts.granularity, fit=opts.row_fit, mean=m.mean, std=m.std, beta_hint=fit.beta,
+            x, opts.granularity, fit=opts.row_fit, mean=m.mean, std=m.std,
             outlier_k=opts.outlier_k, top=opts.top, max_values=opts.sample,
             pooled_fit=opts.fit, keep_pooled=opts.keep_pooled,
             seed=_seed(opts.seed, info.name),

@@ -46,8 +46,11 @@ from ggcompress.errors import GGError
 from ggcompress.stats import gg
 from ggcompress.stats.outliers import OutlierAccumulator, OutlierReport
 
-#: Positions sampled for the pooled MLE's bulk (its tail is exact): Cramér–Rao SE of β 0.007 at β = 2.
-POOLED_SAMPLES = 2**14
+#: Pooled normalized values kept on the report for plots (`keep_pooled`).
+POOLED_SAMPLES = 2**16
+#: ln|z| histogram of the pooled MLE: bins LOG_H wide from LOG_LO; |z| = e^(LOG_LO + LOG_BINS·LOG_H)
+#: = e^6 ≈ 403 is above any row's max |z| (at most √(n−1) for n values per row, n ≤ 160,000).
+LOG_LO, LOG_H, LOG_BINS = -30.0, 1e-3, 36_000
 #: Quantiles reported for every per-group distribution.
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 #: Groups whose MLE lands within this of the β range's edges count as clamped.
@@ -286,31 +289,23 @@ def _beta_start(ratio: np.ndarray) -> np.ndarray:
 
 
 class _Pooled:
-    """The pooled normalized values z = (x − μ_r)/σ_r: exact power sums (from the row sums), a seeded
-    uniform sample of positions and every |z| > t exactly, for a tail-stratified MLE as `gg.fit_mle`
-    does on a tensor (the tail is exact, the bulk is sampled)."""
+    """The pooled normalized values z = (x − μ_r)/σ_r of every row with σ_r > 0: exact power sums
+    (from the row sums), and a histogram of ln|z| over every value for the MLE, whose sums
+    Σ|z|^β·ln^k|z| it evaluates at the bin centers (bins LOG_H wide: the error is ~β²·LOG_H²/24
+    ≈ 1e-7 relative, far below any sampling error), so the pooled MLE uses every value."""
 
-    def __init__(self, total: int, samples: int, beta_hint: float, gen: torch.Generator):
-        self.total, self.samples, self.gen = total, min(samples, total), gen
-        self.every = self.samples >= total  # small tensor: every value is "sampled", no tail needed
-        b = beta_hint if math.isfinite(beta_hint) and beta_hint > 0.2 else 2.0
-        # The GG(β_hint) quantile with ~samples/1024 of the values beyond it, in σ units: the tail is kept
-        # exactly, the bulk is sampled (as gg._stratified). Set high so only the few rows reaching it
-        # are scanned value by value; it doubles if the tail still grows past samples/4.
-        self.t = float(special.gammainccinv(1 / b, self.samples / (1024 * total)) ** (1 / b)
-                       * math.exp(0.5 * (special.gammaln(1 / b) - special.gammaln(3 / b))))
-        if not (math.isfinite(self.t) and self.t > 0):
-            self.t = 6.0
-        self.seen = 0  # values offered so far (including constant rows), to spread the sample evenly
+    def __init__(self, samples: int, gen: torch.Generator):
+        self.samples, self.gen = samples, gen
         self.n = 0
         self.sabs = self.s2 = self.s3 = self.s4 = 0.0
         self.zmax = 0.0
+        self.hist = torch.zeros(LOG_BINS, dtype=torch.int64)
         self.sample: list[torch.Tensor] = []
-        self.tail: list[torch.Tensor] = []
-        self.n_tail = 0
+        self.total = 0
 
-    def add(self, g0: int, d: torch.Tensor, ad: torch.Tensor, std: torch.Tensor,
-            sums: tuple[np.ndarray, ...]) -> None:
+    def add(self, d: torch.Tensor, logabs: torch.Tensor, std: torch.Tensor, sums: tuple[np.ndarray, ...],
+            total: int) -> None:
+        """d = x − μ_r; logabs = ln|d| (float32, consumed); total: values of the whole pass."""
         size = d.shape[1]
         sabs, s2, s3, s4, absmax = sums
         sd = std.numpy()
@@ -324,34 +319,21 @@ class _Pooled:
         self.s3 += float((s3 * inv**3).sum())
         self.s4 += float((s4 * inv**4).sum())
         self.zmax = max(self.zmax, float((absmax * inv).max()))
-        inv_t = torch.from_numpy(inv).to(d.dtype)
-        ok_t = torch.from_numpy(ok)
-        if self.every:
-            self.sample.append((d[ok_t] * inv_t[ok_t, None]).reshape(-1).to(torch.float64))
-            return
-        # Sample positions chunk by chunk: this chunk's share of the samples, drawn uniformly in it.
-        start, self.seen = self.seen, self.seen + d.numel()
-        k = round(self.samples * self.seen / self.total) - round(self.samples * start / self.total)
+        # Bin of ln|z| = ln|d| − ln σ_r: (ln|d| − ln σ_r − LOG_LO)/LOG_H, truncated after clamping ≥ 0
+        # (|z| < e^LOG_LO, exact zeros included, land in bin 0 and weigh nothing in Σ|z|^β).
+        offset = torch.from_numpy(np.where(ok, -(np.log(np.where(ok, sd, 1.0)) + LOG_LO) / LOG_H, -1e9))
+        y = logabs.mul_(1 / LOG_H).add_(offset.to(logabs.dtype)[:, None]).clamp_(-1, LOG_BINS - 1)
+        idx = y.to(torch.int32).reshape(-1)
+        counts = torch.bincount(idx.add_(1), minlength=LOG_BINS + 1)  # bin −1: rows with σ_r = 0
+        self.hist += counts[1:]
+        # A seeded sample of this chunk's z, in proportion to its size: for plots only.
+        start, self.total = self.total, self.total + d.numel()
+        k = round(self.samples * self.total / total) - round(self.samples * start / total)
         if k > 0:
             p = torch.randint(d.numel(), (k,), generator=self.gen)
             r = p.div(size, rounding_mode="floor")
-            z = d.reshape(-1)[p] * inv_t[r]
-            self.sample.append(z[ok_t[r]].to(torch.float64))
-        rows = np.flatnonzero(absmax * inv > self.t)  # only rows that reach the tail are scanned
-        if rows.size:
-            thr = torch.from_numpy(np.where(ok, sd * self.t, np.inf)).to(d.dtype)
-            if rows.size * 8 < d.shape[0]:  # a few rows: gather them; else one comparison over all
-                rows_t = torch.from_numpy(rows)
-                r, c = torch.nonzero(ad[rows_t] > thr[rows_t, None], as_tuple=True)
-                r = rows_t[r]
-            else:
-                r, c = torch.nonzero(ad > thr[:, None], as_tuple=True)
-            self.tail.append((d[r, c] * inv_t[r]).to(torch.float64))
-            self.n_tail += r.numel()
-            while self.n_tail > self.samples // 4:
-                self.t *= 2
-                self.tail = [v[v.abs() > self.t] for v in self.tail]
-                self.n_tail = sum(v.numel() for v in self.tail)
+            z = d.reshape(-1)[p] * torch.from_numpy(inv).to(d.dtype)[r]
+            self.sample.append(z[torch.from_numpy(ok)[r]].float())
 
     def fit(self, method: str) -> tuple[PooledShape | None, torch.Tensor | None]:
         if self.n == 0:
@@ -360,18 +342,13 @@ class _Pooled:
         m = gg.Moments(center=0.0, count=n, zeros=0, min=-self.zmax, max=self.zmax, s1=0.0,
                        s2=self.s2, s3=self.s3, s4=self.s4, sabs=self.sabs, ssign=0.0, at_center=0)
         start = gg.fit(m, method="moments")
-        sample = torch.cat(self.sample) if self.sample else torch.empty(0, dtype=torch.float64)
-        if method != "mle" or not start.ok or sample.numel() == 0:
+        sample = torch.cat(self.sample) if self.sample else None
+        if method != "mle" or not start.ok:
             return PooledShape(start.beta, start.alpha, start.beta, m.kurtosis, n, "moments"), sample
-        tail = torch.cat(self.tail) if self.tail else torch.empty(0, dtype=torch.float64)
-        bulk = sample[sample.abs() <= self.t]
-        if self.every or bulk.numel() == 0:  # every value sampled, or nothing is bulk
-            parts: list[tuple[torch.Tensor, float]] = [(sample, 1.0)]
-            n_eval = sample.numel()
-        else:
-            parts = [(bulk, (n - tail.numel()) / bulk.numel()), (tail, 1.0)]
-            n_eval = n
-        f = gg.fit_mle(sample, moments=m, mu=0.0, _eval=(parts, 0.0, sample, n_eval))
+        nz = torch.nonzero(self.hist).squeeze(1)
+        centers = torch.exp(LOG_LO + (nz.to(torch.float64) + 0.5) * LOG_H)
+        counts = self.hist[nz].to(torch.float64)
+        f = gg.fit_mle(centers, moments=m, mu=0.0, _eval=([(centers, counts)], 0.0, centers, n))
         return PooledShape(f.beta, f.alpha, start.beta, m.kurtosis, n, "mle"), sample
 
 
@@ -409,6 +386,7 @@ def _group_pass(
     *,
     pooled: _Pooled | None = None,
     outliers: OutlierAccumulator | None = None,
+    total: int = 0,
 ) -> GroupShape:
     """One streaming pass over chunks of whole groups: moments in `work` precision (float64 for
     float32/64 inputs, float32 for 16-bit ones, as gg.Moments), β per group, and, for the row pass,
@@ -431,20 +409,22 @@ def _group_pass(
             ratio = np.where(std > 0, s2 / size / (sabs / size) ** 2, np.nan)
         row = {"mean": mean.to(torch.float64).numpy(), "std": std, "m3": s3 / size, "m4": s4 / size,
                "absmax": absmax, "ratio": ratio}
+        logabs = ad.to(torch.float32, copy=True).log_() if fit == "mle" or pooled else None  # keeps ad
         if fit == "mle":
             beta0 = _beta_start(ratio)
-            logabs = ad.to(torch.float32, copy=True).log_()  # ad itself is still needed below
+            lg = logabs
             peaky = np.flatnonzero(beta0 < 1.0)
             if peaky.size:  # location: the group median where the moment β says the peak is narrow
                 sel = torch.from_numpy(peaky)
                 xs = ch[sel].to(work)
-                logabs[sel] = (xs - xs.median(1).values[:, None]).abs_().to(torch.float32).log_()
-            beta, alpha, clamped = mle_rows(logabs, beta0)
+                lg = logabs.clone()
+                lg[sel] = (xs - xs.median(1).values[:, None]).abs_().to(torch.float32).log_()
+            beta, alpha, clamped = mle_rows(lg, beta0)
             beta[~np.isfinite(beta0)] = np.nan
             row |= {"beta": beta, "alpha": alpha, "clamped": clamped & np.isfinite(beta)}
         std_t = torch.from_numpy(std)
         if pooled is not None:
-            pooled.add(g0, d, ad, std_t, (sabs, s2, s3, s4, absmax))
+            pooled.add(d, logabs, std_t, (sabs, s2, s3, s4, absmax), total)
         if outliers is not None:
             outliers.add(ch, index[g0:g0 + ch.shape[0]], mean, std_t, torch.from_numpy(absmax), ad)
         acc.add(**row)
@@ -468,7 +448,6 @@ def tensor_shape(
     fit: str = "moments",
     mean: float | None = None,
     std: float | None = None,
-    beta_hint: float = 2.0,
     outlier_k: float = 6.0,
     top: int = 5,
     max_values: int | None = None,
@@ -480,12 +459,11 @@ def tensor_shape(
     """Shape of `x` (≥ 2-D; rows = dim 0, the other dims flattened) at each granularity.
 
     `fit`: the per-group β estimator ("moments": one pass; "mle": Newton per group, ~3 more passes
-    with exponentials). `row` also gives the pooled-normalized fit (`pooled_fit`, on a tail-stratified
-    sample of `pooled_samples` positions; its moments use every value) and the outliers (beyond
-    `outlier_k` σ of the tensor, `top` positions). `mean`/`std`: the tensor's when the caller has
-    them (else one more pass); `beta_hint`: its β, to place the pooled tail threshold.
+    with exponentials). `row` also gives the pooled-normalized fit (`pooled_fit`; its moments and its
+    MLE use every value) and the outliers (beyond `outlier_k` σ of the tensor, `top` positions).
+    `mean`/`std`: the tensor's, when the caller has them (else one more pass).
     `max_values`: analyze a seeded subset of whole rows holding about this many values (`--sample`).
-    `keep_pooled`: keep the pooled sample on the report (`pooled_values`), for plots.
+    `keep_pooled`: keep `pooled_samples` seeded pooled z values on the report, for plots.
     """
     for what, f in (("fit", fit), ("pooled_fit", pooled_fit)):
         if f not in ("mle", "moments"):
@@ -509,13 +487,13 @@ def tensor_shape(
             m = gg.Moments().update(x2 if index is None else x2[torch.from_numpy(index)])
             mean, std = m.mean, m.std
         rows_idx = np.arange(n_rows) if index is None else index
-        pooled = _Pooled(rows_idx.size * n_cols, pooled_samples, beta_hint, gen)
+        pooled = _Pooled(pooled_samples if keep_pooled else 0, gen)
         out = OutlierAccumulator(mean, std, outlier_k, top, n_cols)
-        rep.rows = _group_pass("row", _chunks(x2, index), fit, rows_idx, work, pooled=pooled, outliers=out)
+        rep.rows = _group_pass("row", _chunks(x2, index), fit, rows_idx, work, pooled=pooled, outliers=out,
+                               total=rows_idx.size * n_cols)
         rep.pooled, sample = pooled.fit(pooled_fit)
         rep.outliers = out.result()
-        if keep_pooled and sample is not None:
-            rep.pooled_values = sample.float()
+        rep.pooled_values = sample
     if "col" in grains:
         if index is not None:
             rep.notes.append("col: skipped with --sample (columns need every row)")
