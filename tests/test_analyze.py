@@ -187,6 +187,10 @@ def test_plot_writes_pngs(minilm_dir: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0
     pngs = sorted((tmp_path / "p").glob("*.png"))
     assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    # A matrix gets a three-panel page (tensor fits, per-row β, pooled normalized); a bias one plot.
+    width = {p.name: int.from_bytes(p.read_bytes()[16:20], "big") for p in pngs}
+    q = "encoder.layer.0.attention.self.query"
+    assert width[f"{q}.weight.png"] > 2 * width[f"{q}.bias.png"]
     res = run(
         "analyze", str(minilm_dir), "--include", "layer\\.0\\.", "--plot", str(tmp_path / "r"), "--summary"
     )

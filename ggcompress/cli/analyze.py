@@ -186,10 +186,12 @@ def analyze(
     ) as bar:  # fmt: skip
         task = bar.add_task("analyzing", total=total)
         for i, ck in enumerate(cks):
-            bar.update(task, description=f"analyzing {ck.source}")
+            what = f"calibrating ({calib_windows} windows), then analyzing" if calib else "analyzing"
+            bar.update(task, description=f"{what} {ck.source}")
             prefix = f"{i}-" if len(cks) > 1 else ""
 
-            def step_done(info, rep, prefix=prefix):
+            def step_done(info, rep, prefix=prefix, source=ck.source):
+                bar.update(task, description=f"analyzing {source}")
                 bar.advance(task, info.numel)
                 if plot_dir and plot_by == "tensor":  # plot now, so values never pile up in memory
                     plots.append(plot.plot_tensor(rep, plot_dir, prefix))
