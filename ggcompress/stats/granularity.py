@@ -48,9 +48,12 @@ from ggcompress.stats.outliers import OutlierAccumulator, OutlierReport
 
 #: Pooled normalized values kept on the report for plots (`keep_pooled`).
 POOLED_SAMPLES = 2**16
-#: ln|z| histogram of the pooled MLE: bins LOG_H wide from LOG_LO; |z| = e^(LOG_LO + LOG_BINS·LOG_H)
-#: = e^6 ≈ 403 is above any row's max |z| (at most √(n−1) for n values per row, n ≤ 160,000).
-LOG_LO, LOG_H, LOG_BINS = -30.0, 1e-3, 36_000
+#: |z| histogram of the pooled MLE: float32 bit patterns >> HIST_SHIFT (1024 bins per octave) from
+#: |z| = 2^-40 (smaller values, exact zeros included, weigh nothing in Σ|z|^β) to 2^10 = 1024, above
+#: any row's max |z| (at most √(n − 1) for a row of n values).
+HIST_SHIFT = 13
+HIST_BASE = int(np.float32(2.0**-40).view(np.int32)) >> HIST_SHIFT
+HIST_BINS = (int(np.float32(2.0**10).view(np.int32)) >> HIST_SHIFT) - HIST_BASE
 #: Quantiles reported for every per-group distribution.
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 #: Groups whose MLE lands within this of the β range's edges count as clamped.
@@ -290,22 +293,26 @@ def _beta_start(ratio: np.ndarray) -> np.ndarray:
 
 class _Pooled:
     """The pooled normalized values z = (x − μ_r)/σ_r of every row with σ_r > 0: exact power sums
-    (from the row sums), and a histogram of ln|z| over every value for the MLE, whose sums
-    Σ|z|^β·ln^k|z| it evaluates at the bin centers (bins LOG_H wide: the error is ~β²·LOG_H²/24
-    ≈ 1e-7 relative, far below any sampling error), so the pooled MLE uses every value."""
+    (from the row sums), and a histogram of |z| over every value for the MLE, whose sums
+    Σ|z|^β·ln^k|z| it evaluates at the bins' geometric centers.
+
+    The bins are the float32 bit patterns of |z| with the low 13 mantissa bits dropped: 1024 bins
+    per octave, each at most 2^-10 wide in ln|z|, so the center error moves the sums by ~β²·2^-20/24
+    ≈ 1e-7 relative (far below any sampling error) — and binning costs one multiply and integer ops
+    per value, no logarithm. The pooled MLE thus uses every value."""
 
     def __init__(self, samples: int, gen: torch.Generator):
         self.samples, self.gen = samples, gen
         self.n = 0
         self.sabs = self.s2 = self.s3 = self.s4 = 0.0
         self.zmax = 0.0
-        self.hist = torch.zeros(LOG_BINS, dtype=torch.int64)
+        self.hist = torch.zeros(HIST_BINS, dtype=torch.int64)
         self.sample: list[torch.Tensor] = []
         self.total = 0
 
-    def add(self, d: torch.Tensor, logabs: torch.Tensor, std: torch.Tensor, sums: tuple[np.ndarray, ...],
+    def add(self, d: torch.Tensor, ad: torch.Tensor, std: torch.Tensor, sums: tuple[np.ndarray, ...],
             total: int) -> None:
-        """d = x − μ_r; logabs = ln|d| (float32, consumed); total: values of the whole pass."""
+        """d = x − μ_r; ad = |d| (overwritten); std: σ_r per row; total: values of the whole pass."""
         size = d.shape[1]
         sabs, s2, s3, s4, absmax = sums
         sd = std.numpy()
@@ -319,21 +326,20 @@ class _Pooled:
         self.s3 += float((s3 * inv**3).sum())
         self.s4 += float((s4 * inv**4).sum())
         self.zmax = max(self.zmax, float((absmax * inv).max()))
-        # Bin of ln|z| = ln|d| − ln σ_r: (ln|d| − ln σ_r − LOG_LO)/LOG_H, truncated after clamping ≥ 0
-        # (|z| < e^LOG_LO, exact zeros included, land in bin 0 and weigh nothing in Σ|z|^β).
-        offset = torch.from_numpy(np.where(ok, -(np.log(np.where(ok, sd, 1.0)) + LOG_LO) / LOG_H, -1e9))
-        y = logabs.mul_(1 / LOG_H).add_(offset.to(logabs.dtype)[:, None]).clamp_(-1, LOG_BINS - 1)
-        idx = y.to(torch.int32).reshape(-1)
-        counts = torch.bincount(idx.add_(1), minlength=LOG_BINS + 1)  # bin −1: rows with σ_r = 0
-        self.hist += counts[1:]
+        inv_t = torch.from_numpy(inv).to(d.dtype)
+        z = ad.mul_(inv_t[:, None]).to(torch.float32)  # |z|, in place; σ_r = 0 rows give 0 (removed below)
+        idx = z.view(torch.int32).bitwise_right_shift_(HIST_SHIFT).sub_(HIST_BASE).clamp_(0, HIST_BINS - 1)
+        counts = torch.bincount(idx.reshape(-1), minlength=HIST_BINS)
+        counts[0] -= int((~ok).sum()) * size
+        self.hist += counts
         # A seeded sample of this chunk's z, in proportion to its size: for plots only.
         start, self.total = self.total, self.total + d.numel()
         k = round(self.samples * self.total / total) - round(self.samples * start / total)
         if k > 0:
             p = torch.randint(d.numel(), (k,), generator=self.gen)
             r = p.div(size, rounding_mode="floor")
-            z = d.reshape(-1)[p] * torch.from_numpy(inv).to(d.dtype)[r]
-            self.sample.append(z[torch.from_numpy(ok)[r]].float())
+            zs = d.reshape(-1)[p] * inv_t[r]
+            self.sample.append(zs[torch.from_numpy(ok)[r]].float())
 
     def fit(self, method: str) -> tuple[PooledShape | None, torch.Tensor | None]:
         if self.n == 0:
@@ -346,7 +352,9 @@ class _Pooled:
         if method != "mle" or not start.ok:
             return PooledShape(start.beta, start.alpha, start.beta, m.kurtosis, n, "moments"), sample
         nz = torch.nonzero(self.hist).squeeze(1)
-        centers = torch.exp(LOG_LO + (nz.to(torch.float64) + 0.5) * LOG_H)
+        lo = ((nz + HIST_BASE).to(torch.int32) << HIST_SHIFT).view(torch.float32).to(torch.float64)
+        hi = ((nz + HIST_BASE + 1).to(torch.int32) << HIST_SHIFT).view(torch.float32).to(torch.float64)
+        centers = (lo * hi).sqrt()  # geometric center of each bin's [lo, hi)
         counts = self.hist[nz].to(torch.float64)
         f = gg.fit_mle(centers, moments=m, mu=0.0, _eval=([(centers, counts)], 0.0, centers, n))
         return PooledShape(f.beta, f.alpha, start.beta, m.kurtosis, n, "mle"), sample
@@ -409,24 +417,22 @@ def _group_pass(
             ratio = np.where(std > 0, s2 / size / (sabs / size) ** 2, np.nan)
         row = {"mean": mean.to(torch.float64).numpy(), "std": std, "m3": s3 / size, "m4": s4 / size,
                "absmax": absmax, "ratio": ratio}
-        logabs = ad.to(torch.float32, copy=True).log_() if fit == "mle" or pooled else None  # keeps ad
         if fit == "mle":
             beta0 = _beta_start(ratio)
-            lg = logabs
+            lg = ad.to(torch.float32, copy=True).log_()  # a copy: ad is still needed below
             peaky = np.flatnonzero(beta0 < 1.0)
             if peaky.size:  # location: the group median where the moment β says the peak is narrow
                 sel = torch.from_numpy(peaky)
                 xs = ch[sel].to(work)
-                lg = logabs.clone()
                 lg[sel] = (xs - xs.median(1).values[:, None]).abs_().to(torch.float32).log_()
             beta, alpha, clamped = mle_rows(lg, beta0)
             beta[~np.isfinite(beta0)] = np.nan
             row |= {"beta": beta, "alpha": alpha, "clamped": clamped & np.isfinite(beta)}
         std_t = torch.from_numpy(std)
-        if pooled is not None:
-            pooled.add(d, logabs, std_t, (sabs, s2, s3, s4, absmax), total)
         if outliers is not None:
             outliers.add(ch, index[g0:g0 + ch.shape[0]], mean, std_t, torch.from_numpy(absmax), ad)
+        if pooled is not None:  # last: it turns ad into |z| in place
+            pooled.add(d, ad, std_t, (sabs, s2, s3, s4, absmax), total)
         acc.add(**row)
     ratio = acc.cat("ratio")
     std = acc.cat("std")
