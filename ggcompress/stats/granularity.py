@@ -14,8 +14,8 @@ Per group g (n values, mean μ_g, central moments m2..m4), the estimators:
   chunk at once (float32 exponentials, float64 bookkeeping), from the moment β, location the group
   mean (the group median where the moment β < 1, as ``gg.fit_mle`` does);
 - pooled: z = (x − μ_r)/σ_r of every row, pooled. Its moment sums follow exactly from the row sums;
-  its MLE runs on a histogram of ln|z| with bins 1e-3 wide (the bin-center error moves Σ|z|^β by
-  ~β²h²/24 ≈ 2e-7 relative, far below any sampling error), so it uses every value, no subsample.
+  its MLE runs on a histogram of |z| over every value, 1024 bins per octave (the bin-center error
+  moves Σ|z|^β by ~1e-7 relative, far below any sampling error), no subsample.
 
 Kurtosis decomposition (law of total moments over groups of equal size, δ_g = μ_g − μ):
 
