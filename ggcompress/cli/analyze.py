@@ -9,11 +9,13 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ggcompress.cli._common import console, emit_json, expand_inputs, stdout_console
+from ggcompress.errors import GGError
 from ggcompress.io.checkpoint import open_checkpoint
 from ggcompress.reports.gates import check_gates, parse_gate
 from ggcompress.reports.report import analyze_csv, print_analyze
 from ggcompress.stats import rate
 from ggcompress.stats.analyze import AnalyzeOptions, analyze_checkpoint, document, select
+from ggcompress.stats.granularity import parse_granularity
 
 
 @click.command()
@@ -50,6 +52,60 @@ from ggcompress.stats.analyze import AnalyzeOptions, analyze_checkpoint, documen
     help="β estimator: moment ratio, or MLE refinement on a subsample (as scipy's gennorm.fit).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for subsampling.")
+@click.option(
+    "--granularity",
+    default="row",
+    show_default=True,
+    metavar="LIST",
+    help="Shape below the tensor, comma-separated: row (per row, pooled after per-row normalization, "
+    "kurtosis split, outliers), col, block:N (N consecutive values of a row); 'tensor' for none.",
+)
+@click.option(
+    "--row-fit",
+    type=click.Choice(["moments", "mle"]),
+    default="moments",
+    show_default=True,
+    help="β estimator per row / column / block (mle: Newton per group, about 3 more passes).",
+)
+@click.option(
+    "--outliers",
+    "outlier_k",
+    type=click.FloatRange(min=0, min_open=True),
+    default=6.0,
+    show_default=True,
+    metavar="K",
+    help="Count values beyond K standard deviations of the tensor (and of their row).",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    metavar="N",
+    help="Rows, columns and positions listed per tensor (outliers, sensitivity).",
+)
+@click.option(
+    "--calib",
+    type=click.Path(exists=True),
+    metavar="TEXT",
+    help="Estimate each tensor's sensitivity (squared gradients) on this .txt/.jsonl text; causal LMs only.",
+)
+@click.option(
+    "--calib-windows",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    metavar="N",
+    help="Calibration windows (one forward+backward each).",
+)
+@click.option(
+    "--calib-length",
+    type=click.IntRange(min=2),
+    default=512,
+    show_default=True,
+    metavar="T",
+    help="Tokens per calibration window, clamped to the model's context length.",
+)
 @click.option("--summary", "summary_only", is_flag=True, help="Show only the per-role and total tables.")
 @click.option(
     "--plot",
@@ -87,6 +143,13 @@ def analyze(
     summary_only: bool,
     plot_dir: str | None,
     plot_by: str,
+    granularity: str = "row",
+    row_fit: str = "moments",
+    outlier_k: float = 6.0,
+    top: int = 5,
+    calib: str | None = None,
+    calib_windows: int = 8,
+    calib_length: int = 512,
     fail_if: tuple[str, ...] = (),
 ) -> None:
     """Fit the generalized-Gaussian shape of every tensor and report compressibility.
@@ -99,14 +162,20 @@ def analyze(
     gates = [parse_gate(e) for e in fail_if]
     for pattern, flag in ((include, "--include"), (exclude, "--exclude")):
         _check_regex(pattern, flag)
+    try:
+        grains = parse_granularity(granularity)
+    except GGError as e:
+        raise click.BadParameter(str(e).removeprefix("--granularity: "), param_hint="--granularity") from None
     opts = AnalyzeOptions(
         step=rate.parse_step(step), eg_k=eg_k, sample=sample, seed=seed, fit=fit,
-        include=include, exclude=exclude,
+        include=include, exclude=exclude, granularity=grains, row_fit=row_fit, outlier_k=outlier_k,
+        top=top, calib=calib, calib_windows=calib_windows, calib_length=calib_length,
     )  # fmt: skip
     if plot_dir:
         from ggcompress.reports import plot
 
         opts.keep_values = plot.TENSOR_SAMPLE if plot_by == "tensor" else plot.ROLE_SAMPLE
+        opts.keep_pooled = plot_by == "tensor"
     plots: list = []
     cks = [open_checkpoint(p) for p in expand_inputs(checkpoints)]  # fail fast on any bad input
     total = sum(t.numel for ck in cks for t in select(ck.tensors, include, exclude))
@@ -117,14 +186,18 @@ def analyze(
     ) as bar:  # fmt: skip
         task = bar.add_task("analyzing", total=total)
         for i, ck in enumerate(cks):
-            bar.update(task, description=f"analyzing {ck.source}")
+            what = f"calibrating ({calib_windows} windows), then analyzing" if calib else "analyzing"
+            bar.update(task, description=f"{what} {ck.source}")
             prefix = f"{i}-" if len(cks) > 1 else ""
 
-            def step_done(info, rep, prefix=prefix):
+            def step_done(info, rep, prefix=prefix, source=ck.source):
+                bar.update(task, description=f"analyzing {source}")
                 bar.advance(task, info.numel)
                 if plot_dir and plot_by == "tensor":  # plot now, so values never pile up in memory
                     plots.append(plot.plot_tensor(rep, plot_dir, prefix))
                     rep.values = None
+                    if rep.detail is not None:
+                        rep.detail.pooled_values = None
 
             reports.append(analyze_checkpoint(ck, opts, step_done))
             if plot_dir and plot_by == "role":

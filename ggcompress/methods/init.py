@@ -233,7 +233,7 @@ def shapes_from_checkpoint(spec: str | Path, *, sample: int | None = 2**16, seed
     from ggcompress.stats.analyze import AnalyzeOptions, analyze_checkpoint
 
     ck = open_checkpoint(spec)
-    rep = analyze_checkpoint(ck, AnalyzeOptions(sample=sample, seed=seed, fit="mle"))
+    rep = analyze_checkpoint(ck, AnalyzeOptions(sample=sample, seed=seed, fit="mle", granularity=()))
     return shapes_from_report({"schema": ANALYZE_SCHEMA, "checkpoints": [rep.to_dict()]})
 
 

@@ -2,6 +2,9 @@
 
 One pass per tensor: moments (for β, kurtosis, zeros, NaN/Inf), an MLE refinement of β on a seeded
 subsample, goodness of fit (GG vs Gaussian vs Laplace) and the exp-Golomb/entropy rate at `step`.
+Below the tensor (`granularity`): β per row / column / block, pooled after per-row normalization,
+the kurtosis split and the outliers (stats/granularity.py, stats/outliers.py); with `calib`, the
+squared-gradient sensitivity of a causal LM (stats/sensitivity.py).
 Rendering lives in report.py; this module only computes.
 """
 
@@ -10,16 +13,20 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import numpy as np
 import torch
 
 from ggcompress import __version__
+from ggcompress.errors import GGError
 from ggcompress.io.checkpoint import DTYPES, Checkpoint, TensorInfo, open_checkpoint
 from ggcompress.reports.jsonsafe import json_safe
-from ggcompress.stats import gg, rate
+from ggcompress.stats import gg, granularity, rate, sensitivity
+from ggcompress.stats.granularity import ShapeReport
 from ggcompress.stats.roles import role_of
+from ggcompress.stats.sensitivity import SensitivityReport, TensorSensitivity
 
 SCHEMA = "ggcompress.analyze/1"
 #: Below this many values a shape fit is noise; such tensors are reported, not fitted.
@@ -40,6 +47,18 @@ class AnalyzeOptions:
     include: str | None = None
     exclude: str | None = None
     keep_values: int = 0  # keep up to this many (seeded) values per tensor on the report, for plots
+    granularity: tuple[str, ...] = ("row",)  # any of "row", "col", "block:N"; () = per tensor only
+    row_fit: str = "moments"  # per-row/column/block β: "moments" (one pass) or "mle" (Newton per group)
+    outlier_k: float = 6.0  # "beyond kσ" threshold of the outlier counts
+    top: int = 5  # rows / columns / positions listed per tensor
+    calib: str | None = None  # calibration text file: enables the sensitivity (causal LMs only)
+    calib_windows: int = 8
+    calib_length: int = 512  # tokens per window, clamped to the model's context
+    keep_pooled: bool = False  # keep the pooled-normalized sample per tensor, for plots
+
+
+#: Report keys of the below-tensor analysis (null when not computed).
+DETAIL_KEYS = ("rows", "cols", "blocks", "pooled", "outliers", "shape_notes", "sensitivity")
 
 
 @dataclass
@@ -66,10 +85,19 @@ class TensorReport:
     fixed_bits: float | None = None
     zero_fraction: float | None = None
     values: torch.Tensor | None = field(default=None, repr=False)  # only with keep_values
+    detail: ShapeReport | None = field(default=None, repr=False)  # granularity, pooled, outliers
+    sensitivity: TensorSensitivity | None = field(default=None, repr=False)  # only with calib
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("values")
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("values", "detail",
+                                                                                "sensitivity")}
+        d = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
+             for k, v in d.items()}
+        sd = self.detail.to_dict() if self.detail else {}
+        for k in DETAIL_KEYS[:5]:
+            d[k] = sd.get(k)
+        d["shape_notes"] = sd.get("notes") or []
+        d["sensitivity"] = self.sensitivity.to_dict() if self.sensitivity else None
         return json_safe(d)
 
 
@@ -151,6 +179,13 @@ def analyze_tensor(info: TensorInfo, x: torch.Tensor, opts: AnalyzeOptions) -> T
     rep.nll, rep.ks, rep.best_fit = dict(q.nll), dict(q.ks), q.best_bic
     if fit.clamped:
         rep.verdict = f"shape outside fit range (β clamped to {fit.beta:.3g})"
+    if opts.granularity and len(info.shape) >= 2 and x.dim() >= 2:
+        rep.detail = granularity.tensor_shape(
+            x, opts.granularity, fit=opts.row_fit, mean=m.mean, std=m.std,
+            outlier_k=opts.outlier_k, top=opts.top, max_values=opts.sample,
+            pooled_fit=opts.fit, keep_pooled=opts.keep_pooled,
+            seed=_seed(opts.seed, info.name),
+        )
     if opts.keep_values:
         kept = (
             flat
@@ -169,15 +204,32 @@ def analyze_checkpoint(
     """Analyze every selected tensor of one checkpoint, reading one tensor at a time."""
     opts = opts or AnalyzeOptions()
     selected = select(ck.tensors, opts.include, opts.exclude)
+    sens = calibrate(ck, opts) if opts.calib else None
     reports = []
     for info, x in ck.iter_tensors(t.name for t in selected):
         reports.append(analyze_tensor(info, x, opts))
         del x
+        if sens is not None:
+            reports[-1].sensitivity = sens.tensors.get(info.name)
         if progress:
             progress(info, reports[-1])
     summary = summarize(reports)
     summary["bytes"] = sum(t.nbytes for t in selected)
+    if sens is not None:
+        summary["sensitivity"] = sens.summary()
     return CheckpointReport(ck.source, reports, summary, summarize_roles(reports))
+
+
+def calibrate(ck: Checkpoint, opts: AnalyzeOptions) -> SensitivityReport:
+    """The sensitivity of `ck` loaded as a causal LM, on the text of `opts.calib`."""
+    from ggcompress.methods.train import read_documents
+
+    docs = read_documents(opts.calib)
+    if not docs:
+        raise GGError(f"{opts.calib}: --calib text is empty")
+    model_dir = ck.root if ck.root is not None else ck.source
+    return sensitivity.measure(model_dir, "\n\n".join(docs), windows=opts.calib_windows,
+                               length=opts.calib_length, top=opts.top)
 
 
 def analyze(
@@ -192,7 +244,7 @@ def analyze(
 
 
 def document(reports: list[CheckpointReport], opts: AnalyzeOptions) -> dict[str, Any]:
-    settings = {k: v for k, v in asdict(opts).items() if k != "keep_values"}
+    settings = {k: v for k, v in asdict(opts).items() if k not in ("keep_values", "keep_pooled")}
     return {
         "schema": SCHEMA,
         "ggcompress_version": __version__,
@@ -240,7 +292,50 @@ def summarize(reports: list[TensorReport]) -> dict[str, Any]:
         # Size ratio of the rated tensors in their stored dtype vs their coded size at `step`.
         out["ratio_eg"] = source / out["coded_bytes_eg"] if out["coded_bytes_eg"] else None
         out["ratio_entropy"] = source / out["coded_bytes_entropy"] if out["coded_bytes_entropy"] else None
+    out["shape"] = summarize_shape(reports)
     return out
+
+
+def summarize_shape(reports: list[TensorReport]) -> dict[str, Any] | None:
+    """How much of the matrices' shape is a scale mixture of rows: medians over matrices of the
+    tensor / median per-row / pooled-normalized β, all rows' β quantiles, the parameter-weighted
+    kurtosis split (scale_share = Σ n·scale / Σ n·total), the median per-matrix scale share (matrices
+    with |K| > 0.1), and the median share of the gap 2 − β_tensor that row normalization closes,
+    (β_pooled − β_tensor)/(2 − β_tensor), over matrices with β_tensor < 1.9."""
+    rs = [r for r in reports if r.detail is not None and r.detail.rows is not None and r.beta is not None]
+    if not rs:
+        return None
+    rows_beta = np.concatenate([r.detail.rows.beta for r in rs])
+    parts = [(r.numel, r.detail.rows.kurtosis) for r in rs]
+    parts = [(n, p) for n, p in parts if np.isfinite(p.total)]
+    w = sum(n for n, _ in parts)
+
+    def wsum(attr: str) -> float | None:
+        return sum(n * getattr(p, attr) for n, p in parts) / w if w else None
+
+    kt = wsum("total")
+    shares = [p.scale_share for _, p in parts if abs(p.total) > 0.1]  # K ≈ 0: a share means nothing
+    gaps = [(r.detail.pooled.beta - r.beta) / (2 - r.beta) for r in rs
+            if r.detail.pooled is not None and r.beta < 1.9]  # near-Gaussian tensors have no gap to close
+    out_max = max(rs, key=lambda r: r.detail.outliers.max_sigma if r.detail.outliers else -1.0)
+    pooled = [r.detail.pooled.beta for r in rs if r.detail.pooled is not None]
+    return {
+        "matrices": len(rs),
+        "tensor_beta_median": float(np.median([r.beta for r in rs])),
+        "row_beta_median": _median([float(np.median(b[np.isfinite(b)]))
+                                    for b in (r.detail.rows.beta for r in rs) if np.isfinite(b).any()]),
+        "pooled_beta_median": float(np.median(pooled)) if pooled else None,
+        "rows_beta": granularity.quantiles(rows_beta),
+        "kurtosis": kt,
+        "kurtosis_scale": wsum("scale"),
+        "kurtosis_within": wsum("within"),
+        "kurtosis_location": wsum("location"),
+        "scale_share": wsum("scale") / kt if kt is not None and abs(kt) > 0.1 else None,
+        "scale_share_median": float(np.median(shares)) if shares else None,
+        "beta_gap_closed_median": float(np.median(gaps)) if gaps else None,
+        "max_sigma": out_max.detail.outliers.max_sigma if out_max.detail.outliers else None,
+        "max_sigma_tensor": out_max.name,
+    }
 
 
 def summarize_roles(reports: list[TensorReport]) -> dict[str, dict[str, Any]]:
@@ -256,9 +351,39 @@ def summarize_roles(reports: list[TensorReport]) -> dict[str, dict[str, Any]]:
             "entropy_bits": _wavg([r for r in rs if r.eg_bits is not None], "entropy_bits"),
             "eg_bits": _wavg([r for r in rs if r.eg_bits is not None], "eg_bits"),
             "gg_best_share": _share([r for r in rs if r.best_fit is not None]),
+            **_role_detail(rs),
         }
         for role, rs in sorted(roles.items())
     }
+
+
+def _role_detail(rs: list[TensorReport]) -> dict[str, Any]:
+    """Per-row β quantiles over every row of the role's matrices, pooled β, kurtosis split, F̂."""
+    out: dict[str, Any] = {"row_beta": None, "pooled_beta": None, "scale_share": None, "fisher_share": None}
+    det = [r for r in rs if r.detail is not None and r.detail.rows is not None and r.beta is not None]
+    if det:
+        out["row_beta"] = granularity.quantiles(np.concatenate([r.detail.rows.beta for r in det]))
+        pooled = [r for r in det if r.detail.pooled is not None]
+        out["pooled_beta"] = _wavg_of([(r.detail.pooled.beta, r.numel) for r in pooled])
+        parts = [(r.numel, r.detail.rows.kurtosis) for r in det]
+        kt = _wavg_of([(p.total, n) for n, p in parts])
+        ks = _wavg_of([(p.scale, n) for n, p in parts])
+        # A share of an excess kurtosis near 0 (Gaussian-like matrices) means nothing: left out.
+        out["scale_share"] = ks / kt if kt is not None and abs(kt) > 0.1 and ks is not None else None
+    sens = [r.sensitivity for r in rs if r.sensitivity is not None]
+    if sens:
+        out["fisher_share"] = sum(s.share for s in sens)
+    return out
+
+
+def _median(vals: list[float]) -> float | None:
+    return float(np.median(vals)) if vals else None
+
+
+def _wavg_of(vals: list[tuple[float, int]]) -> float | None:
+    vals = [(v, n) for v, n in vals if v is not None and np.isfinite(v)]
+    w = sum(n for _, n in vals)
+    return sum(v * n for v, n in vals) / w if w else None
 
 
 def _share(rs: list[TensorReport]) -> float | None:
