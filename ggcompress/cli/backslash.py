@@ -17,6 +17,7 @@ from ggcompress.methods.backslash import (
     BackSlashConfig,
     run_backslash,
 )
+from ggcompress.methods.distributed import SHARDS
 from ggcompress.methods.train import TrainConfig, distributed
 from ggcompress.stats import rate
 
@@ -76,6 +77,11 @@ from ggcompress.stats import rate
 @click.option("--save-dtype", type=click.Choice(SAVE_DTYPES), default="auto", show_default=True,
               help="dtype of the saved weights (auto: the input's). Measurements describe the saved weights.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--shard", type=click.Choice(SHARDS), default="ddp", show_default=True,
+              help="Under torchrun: ddp (a full replica per rank) or fsdp (FSDP2: weights, gradients and "
+              "AdamW state divided over the ranks; with --bf16, bf16 compute + fp32 reduction).")
+@click.option("--cpu-offload", is_flag=True, help="With --shard fsdp: keep shards and optimizer state in "
+              "host memory.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoints in OUT (start fresh if none).")
 @click.option("--force", is_flag=True, help="Replace an existing OUT.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report (ggcompress.backslash/1) on stdout.")
@@ -84,13 +90,13 @@ def backslash(model: str, data: str, validation: str | None, output: str, lam: f
               step: str, eg_k: int, include: str | None, exclude: str | None, baseline: bool, lr: float,
               weight_decay: float, warmup_steps: int | None, batch_size: int, grad_accum: int,
               block_size: int, bf16: bool, seed: int, eval_blocks: int, eval_every: int, save_every: int,
-              keep_checkpoints: bool, save_dtype: str, device: str, resume: bool, force: bool,
-              as_json: bool) -> None:
+              keep_checkpoints: bool, save_dtype: str, device: str, shard: str, cpu_offload: bool,
+              resume: bool, force: bool, as_json: bool) -> None:
     """Fine-tune MODEL with the BackSlash rate term so its weights code into fewer bits.
 
     MODEL is an HF causal-LM folder or hub id. Writes OUT as an ordinary HF folder plus
     backslash_report.json. Runs as DDP under `torchrun --nproc-per-node N -m ggcompress backslash ...`
-    (only rank 0 writes). Example:
+    (only rank 0 writes), or sharded with `--shard fsdp`; --resume works on another world size. Example:
     `ggcompress backslash ./smollm2 --data wiki.txt -o out --lambda 3e5 --rate-steps 200 --baseline`.
     """
     cfg = BackSlashConfig(lam=lam, mode=mode, rate_steps=rate_steps, recover_steps=recover_steps,
@@ -100,7 +106,8 @@ def backslash(model: str, data: str, validation: str | None, output: str, lam: f
     tcfg = TrainConfig(steps=cfg.steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
                        block_size=block_size, weight_decay=weight_decay, warmup_steps=warmup_steps, bf16=bf16,
                        seed=seed, eval_every=eval_every, eval_blocks=eval_blocks, save_every=save_every,
-                       device=device, log_every=max(1, min(10, cfg.steps // 10 or 1)))
+                       device=device, shard=shard, cpu_offload=cpu_offload,
+                       log_every=max(1, min(10, cfg.steps // 10 or 1)))
     with distributed(device) as info:
         bar = _Bar() if info.is_main else None
         with bar or _nothing():
