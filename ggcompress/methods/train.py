@@ -649,6 +649,20 @@ def _check_resume_config(path: Path, saved: dict, current: dict) -> None:
 # ---------------------------------------------------------------------------------------------- the loop
 
 
+def build_optimizer(model: Any, config: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW (decay on >= 2-D weights only) and the warmup + cosine schedule, on the model's current
+    parameters (after FSDP sharding: the shards)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr, betas=config.adam_betas, eps=config.adam_eps)
+    warmup = config.warmup
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, config.steps, warmup, config.min_lr_ratio))
+    return optimizer, scheduler
+
+
 def train(
     model: Any,
     data: TextData,
@@ -699,14 +713,7 @@ def train(
                                       config.bf16)
         for h in hooks:
             h.on_wrap(model)
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr, betas=config.adam_betas, eps=config.adam_eps)
-    warmup = config.warmup
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, config.steps, warmup, config.min_lr_ratio))
+    optimizer, scheduler = build_optimizer(model, config)
     stream = BatchStream(len(data.train), config.seed, config.batch_size, config.grad_accum, info.world,
                          info.rank)
     torch.manual_seed(config.seed)
