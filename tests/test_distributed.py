@@ -92,6 +92,30 @@ def test_fsdp_backslash_matches_one_process(tiny, corpus, tmp_path) -> None:
     assert abs(b2["total"] - b1["total"] / 2) <= 0.01 * b1["total"], (b1, b2)
 
 
+def test_fsdp_deepshape_matches_one_process(tiny, corpus, tmp_path) -> None:
+    """deepshape --shard fsdp: remap on whole tensors before sharding, then a sharded fine-tune with the
+    teacher sharded too (--distill) and a rate term; same numbers as one process."""
+    common = [str(tiny), "--data", str(corpus), "--step", "2^-8", "--block-size", "32", "--eval-blocks", "4",
+              "--finetune-steps", "2", "--lr", "3e-3", "--distill", "--rate-lambda", "50", "--json"]
+    one = CliRunner().invoke(cli, ["deepshape", *common, "-o", str(tmp_path / "one"), "--batch-size", "4"])
+    assert one.exit_code == 0, one.output
+    proc = _torchrun(["-m", "ggcompress", "deepshape", *common, "-o", str(tmp_path / "two"), "--batch-size",
+                      "2", "--shard", "fsdp"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r1, r2 = json.loads(one.stdout), json.loads(proc.stdout)
+    assert r2["settings"]["world_size"] == 2 and r2["training"]["sharding"]["kind"] == "fsdp"
+    assert r2["reshape"] == r1["reshape"]  # the remap ran on the same whole tensors
+    # Same float32-summation-order bounds as the backslash test above.
+    l1 = [h["loss"] for h in r1["training"]["history"]]
+    assert [h["loss"] for h in r2["training"]["history"]] == pytest.approx(l1, rel=1e-5)
+    assert r2["finetuned"]["val_ppl"] == pytest.approx(r1["finetuned"]["val_ppl"], rel=1e-4)
+    w1 = load_file(tmp_path / "one" / "model.safetensors")
+    w2 = load_file(tmp_path / "two" / "model.safetensors")
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], atol=1e-4, rtol=0, msg=k)
+
+
 class _Stop(Exception):
     pass
 

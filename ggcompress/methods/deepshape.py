@@ -34,6 +34,7 @@ Choices that are ours (the reference only ran the global rule on fp32 weights):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import math
@@ -49,14 +50,16 @@ from ggcompress import __version__
 from ggcompress.errors import GGError, check_patterns
 from ggcompress.io.checkpoint import CheckpointWriter, check_output_path
 from ggcompress.methods.backslash import BackSlashConfig, RateHook, measure, select_weights
+from ggcompress.methods.distributed import fsdp_wrap, is_fsdp, stream_weights, write_hf_support
 from ggcompress.methods.train import (
     Hook,
     TextData,
     TrainConfig,
+    barrier,
+    dist_info,
     load_causal_lm,
     load_data,
     round_trip_,
-    save_hf_model,
     source_dtype,
     train,
 )
@@ -278,8 +281,8 @@ class DistillHook(Hook):
     term uses the last micro-batch of each step (all of it with grad_accum = 1, the default).
     """
 
-    def __init__(self, student: Any, teacher: Any, weight: float):
-        self.teacher, self.weight = teacher, weight
+    def __init__(self, student: Any, teacher: Any, weight: float, device: str = "cpu"):
+        self.teacher, self.weight, self.device = teacher, weight, device
         self._ids: torch.Tensor | None = None
         self._logits: torch.Tensor | None = None
         self.last_kl: float | None = None
@@ -289,6 +292,11 @@ class DistillHook(Hook):
         if module.training and torch.is_grad_enabled():
             self._ids = kwargs.get("input_ids", args[0] if args else None)
             self._logits = output.logits
+
+    def on_wrap(self, model: Any) -> None:
+        """The student is FSDP-sharded: shard the frozen teacher the same way (never a full copy)."""
+        if not is_fsdp(self.teacher):
+            fsdp_wrap(self.teacher, self.device)
 
     def loss_term(self, model: Any, step: int) -> torch.Tensor | None:
         if self._ids is None or self._logits is None or self.weight == 0:
@@ -322,7 +330,8 @@ def _measure(model: Any, data: TextData, params: list, cfg: DeepShapeConfig, tcf
 def _finetune(model: Any, teacher: Any, data: TextData, params: list, cfg: DeepShapeConfig, tcfg: TrainConfig,
               progress: Progress) -> Any:
     hooks: list[Hook] = []
-    distill = DistillHook(model, teacher, cfg.distill_weight) if teacher is not None else None
+    distill = (DistillHook(model, teacher, cfg.distill_weight, dist_info(tcfg.device).device)
+               if teacher is not None else None)
     if distill is not None:
         hooks.append(distill)
     if cfg.rate_lambda > 0:
@@ -352,9 +361,10 @@ def _summary(m: dict) -> dict:
 
 
 def _setup(model_spec: str, data_spec: str, cfg: DeepShapeConfig, tcfg: TrainConfig, validation: str | None,
-           device: str) -> tuple[Any, Any, str, TextData, list, Any]:
+           device: str, data: TextData | None = None) -> tuple[Any, Any, str, TextData, list, Any]:
     model, tokenizer, source = load_causal_lm(model_spec, device)
-    data = load_data(data_spec, tokenizer, tcfg.block_size, validation=validation)
+    if data is None:
+        data = load_data(data_spec, tokenizer, tcfg.block_size, validation=validation)
     params = select_weights(model, cfg.include, cfg.exclude)
     teacher = None
     if cfg.distill and tcfg.steps > 0:
@@ -405,6 +415,7 @@ def run_deepshape(
         notify({"event": "phase", "phase": "finetune", "total": tcfg.steps})
         result = _finetune(model, teacher, data, params, cfg, tcfg,
                            lambda e: notify({**e, "phase": "finetune"}))
+        params = select_weights(model, cfg.include, cfg.exclude)  # FSDP: the sharded parameters now
         round_trip_(model, dtype)
         notify({"event": "phase", "phase": "measure", "what": "finetuned"})
         finetuned = _measure(model, data, params, cfg, tcfg)
@@ -416,7 +427,7 @@ def run_deepshape(
         "source": source,
         "output": str(outp),
         "data": data.summary(),
-        "settings": {**cfg.to_dict(), "train": tcfg.to_dict(),
+        "settings": {**cfg.to_dict(), "train": tcfg.to_dict(), "world_size": dist_info().world,
                      "save_dtype": str(dtype).removeprefix("torch.")},
         "original": _summary(original),
         "reshaped": _summary(reshaped),
@@ -428,9 +439,16 @@ def run_deepshape(
         "seconds": time.perf_counter() - t0,
     })
     notify({"event": "phase", "phase": "write", "output": str(outp)})
-    with CheckpointWriter(outp, force=force, inputs=inputs) as writer:
-        save_hf_model(model, tokenizer, writer.tmp, dtype)
-        writer.write_json(REPORT_NAME, report)
+    # Rank 0 streams one gathered tensor at a time into the writer; other ranks join the gathers.
+    main = dist_info().is_main
+    with CheckpointWriter(outp, force=force, inputs=inputs) if main else contextlib.nullcontext() as writer:
+        if writer is not None:
+            writer.metadata = {"format": "pt"}
+        stream_weights(model, writer, dtype)
+        if writer is not None:
+            write_hf_support(model, tokenizer, writer.tmp, dtype)
+            writer.write_json(REPORT_NAME, report)
+    barrier()
     del model, teacher, params
     gc.collect()
     return report
@@ -476,13 +494,18 @@ def run_sweep(
     model, _, source, data, params, teacher = _setup(model_spec, data_spec, cfg, tcfg, validation,
                                                      _device(tcfg.device))
     dtype = _dtype(cfg, model)
-    saved = {n: p.detach().clone() for n, p in model.state_dict().items()}
+    fsdp = tcfg.shard == "fsdp"
+    saved = None if fsdp else {n: p.detach().clone() for n, p in model.state_dict().items()}
     original = _measure(model, data, params, cfg, tcfg)
     points = []
     for i, (sb, sa) in enumerate(factors):
         notify({"event": "phase", "phase": "sweep", "index": i, "total": len(factors), "shape_scale": sb,
                 "scale_scale": sa})
-        model.load_state_dict(saved)
+        if i and fsdp:  # the last point left it sharded: the remap needs whole tensors, so reload
+            model, _, _, _, params, teacher = _setup(model_spec, data_spec, cfg, tcfg, validation,
+                                                     _device(tcfg.device), data=data)
+        elif saved is not None:
+            model.load_state_dict(saved)
         pcfg = DeepShapeConfig(**{**asdict(cfg), "shape_scale": sb, "scale_scale": sa})
         reshape_(params, pcfg)
         round_trip_(model, dtype)
@@ -490,6 +513,7 @@ def run_sweep(
         finetuned = None
         if tcfg.steps > 0:
             _finetune(model, teacher, data, params, pcfg, tcfg, lambda e: notify({**e, "phase": "finetune"}))
+            params = select_weights(model, cfg.include, cfg.exclude)
             round_trip_(model, dtype)
             finetuned = _measure(model, data, params, pcfg, tcfg)
         points.append({"shape_scale": sb, "scale_scale": sa, "reshaped": _summary(reshaped),
@@ -499,9 +523,11 @@ def run_sweep(
                   "settings": {**cfg.to_dict(), "train": tcfg.to_dict(),
                                "save_dtype": str(dtype).removeprefix("torch.")},
                   "original": _summary(original), "points": points, "seconds": time.perf_counter() - t0})
-    with CheckpointWriter(outp, force=force, inputs=inputs) as writer:
-        writer.write_json(SWEEP_NAME, doc)
-        plot_sweep(doc, writer.tmp / SWEEP_PLOT)
+    if dist_info().is_main:
+        with CheckpointWriter(outp, force=force, inputs=inputs) as writer:
+            writer.write_json(SWEEP_NAME, doc)
+            plot_sweep(doc, writer.tmp / SWEEP_PLOT)
+    barrier()
     return doc
 
 

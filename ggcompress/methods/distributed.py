@@ -328,20 +328,26 @@ def full_tensors(model: torch.nn.Module, dtype: torch.dtype | None = None
         yield name, full.to(dtype) if (dtype is not None and full.is_floating_point()) else full
 
 
+def stream_weights(model: torch.nn.Module, writer: Any, dtype: torch.dtype | None = None) -> None:
+    """Collective: every rank gathers one full tensor at a time; rank 0 (the one holding a
+    CheckpointWriter, the others pass None) appends it to the writer, so no rank ever holds the model."""
+    for name, t in full_tensors(model, dtype):
+        if writer is not None:
+            writer.add_tensor(name, t)
+
+
 def export_hf(model: torch.nn.Module, tokenizer: Any, out: Path, dtype: torch.dtype, *, is_main: bool,
               force: bool = True, inputs: tuple = ()) -> Path | None:
-    """Write an ordinary HF folder (config, tokenizer, safetensors shards) to `out`: rank 0 streams one
-    gathered tensor at a time into a CheckpointWriter; the other ranks only take part in the gathers."""
+    """Write an ordinary HF folder (config, tokenizer, safetensors shards) to `out` (collective): rank 0
+    streams the gathered tensors into a CheckpointWriter, the other ranks only take part in the gathers."""
     from ggcompress.io.checkpoint import CheckpointWriter
 
     if not is_main:
-        for _ in full_tensors(model, dtype):
-            pass
+        stream_weights(model, None)
         return None
     with CheckpointWriter(out, force=force, inputs=inputs) as writer:
         writer.metadata = {"format": "pt"}
-        for name, t in full_tensors(model, dtype):
-            writer.add_tensor(name, t)
+        stream_weights(model, writer, dtype)
         write_hf_support(model, tokenizer, writer.tmp, dtype)
     return out
 
