@@ -98,6 +98,8 @@ class TrainConfig:
     device: str = "auto"
     shard: str = "ddp"  # "ddp" (replicas) or "fsdp" (FSDP2, needs torchrun); see methods/distributed.py
     cpu_offload: bool = False  # FSDP: keep shards + optimizer state in host memory
+    grad_bits: float = 0.0  # DDP: > 0 sends gradients GG-grid quantized + entropy coded (gradcodec.py)
+    grad_error_feedback: bool = True  # with grad_bits: carry each rank's quantization error to the next step
 
     def __post_init__(self) -> None:
         self.adam_betas = tuple(self.adam_betas)  # type: ignore[assignment]
@@ -119,6 +121,11 @@ class TrainConfig:
         from ggcompress.methods.distributed import check_shard_options
 
         check_shard_options(self.shard, self.cpu_offload)
+        if not (0 <= self.grad_bits <= 16):
+            raise GGError(f"training config: grad bits must be in [0, 16], got {self.grad_bits}")
+        if self.grad_bits and self.shard != "ddp":
+            raise GGError("training config: --grad-bits compresses DDP's gradient all-reduce: "
+                          "use --shard ddp")
 
     @property
     def warmup(self) -> int:
@@ -506,6 +513,7 @@ class TrainResult:
     resumed_from: int | None = None
     sharding: dict[str, Any] = field(default_factory=dict)  # how the model was spread (ShardInfo)
     rank_bytes: dict[str, int] = field(default_factory=dict)  # rank 0's params/grads/optimizer bytes
+    comm: dict[str, Any] = field(default_factory=dict)  # gradient codec bytes per step (grad_bits > 0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -694,6 +702,9 @@ def train(
     fsdp = config.shard == "fsdp"
     if fsdp and info.world < 2:
         raise GGError("--shard fsdp needs several processes: launch with torchrun --nproc-per-node N")
+    if config.grad_bits and info.world < 2:
+        raise GGError("--grad-bits compresses the gradient exchange between processes: launch with "
+                      "torchrun --nproc-per-node N")
     shard_info = dd.ShardInfo("none" if info.world == 1 else "ddp")
     if wd is not None and resume:
         finished = _load_finished(wd, model, key)
@@ -738,6 +749,11 @@ def train(
 
         on_gpu = info.device.startswith("cuda")
         ddp = DistributedDataParallel(model, device_ids=[info.device] if on_gpu else None)
+    codec = None
+    if ddp is not None and config.grad_bits:
+        from ggcompress.methods.gradcodec import register
+
+        codec = register(ddp, config.grad_bits, error_feedback=config.grad_error_feedback)
     runner = ddp if ddp is not None else model
 
     t0 = time.perf_counter()
@@ -810,7 +826,8 @@ def train(
         steps=config.steps, global_batch=stream.global_batch,
         tokens_seen=config.steps * stream.global_batch * data.block_size, final_loss=last_loss,
         seconds=time.perf_counter() - t0, history=history, evals=evals, resumed_from=resumed_from,
-        sharding=shard_info.to_dict(), rank_bytes=held)
+        sharding=shard_info.to_dict(), rank_bytes=held,
+        comm=codec.summary(config.steps - start, info.world) if codec is not None else {})
     if ddp is not None:
         del ddp
     model.eval()
