@@ -91,7 +91,7 @@ def test_two_gloo_processes(tmp_path) -> None:
     assert comm["sent_vs_allreduce"] < 0.2  # 2 ranks: ~4.2 bits vs 2·(1/2)·32 bits per value
     # Error feedback keeps the loss where data order alone moves it: the codec's deviation from the
     # plain run with the same seed (mean of the last 5 steps) is within the spread of 3 plain seeds.
-    # (Measured: deviation 0.005, spread 0.006.)
+    # (Measured on this tiny model, 20 steps: deviation 0.003, spread 0.047.)
     final = {k: sum(v["loss"][-5:]) / 5 for k, v in runs.items()}
     plain = [final[f"plain{s}"] for s in range(3)]
     assert abs(final["codec0"] - final["plain0"]) <= max(plain) - min(plain)

@@ -82,6 +82,9 @@ from ggcompress.stats import rate
               "AdamW state divided over the ranks; with --bf16, bf16 compute + fp32 reduction).")
 @click.option("--cpu-offload", is_flag=True, help="With --shard fsdp: keep shards and optimizer state in "
               "host memory.")
+@click.option("--grad-bits", type=click.FloatRange(0, 16), default=0, show_default=True, metavar="B",
+              help="DDP under torchrun: send gradients quantized on a GG-fitted grid at ~B bits/value, "
+              "exp-Golomb coded, with error feedback (0: plain fp32 all-reduce).")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoints in OUT (start fresh if none).")
 @click.option("--force", is_flag=True, help="Replace an existing OUT.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report (ggcompress.backslash/1) on stdout.")
@@ -91,7 +94,7 @@ def backslash(model: str, data: str, validation: str | None, output: str, lam: f
               weight_decay: float, warmup_steps: int | None, batch_size: int, grad_accum: int,
               block_size: int, bf16: bool, seed: int, eval_blocks: int, eval_every: int, save_every: int,
               keep_checkpoints: bool, save_dtype: str, device: str, shard: str, cpu_offload: bool,
-              resume: bool, force: bool, as_json: bool) -> None:
+              grad_bits: float, resume: bool, force: bool, as_json: bool) -> None:
     """Fine-tune MODEL with the BackSlash rate term so its weights code into fewer bits.
 
     MODEL is an HF causal-LM folder or hub id. Writes OUT as an ordinary HF folder plus
@@ -106,7 +109,7 @@ def backslash(model: str, data: str, validation: str | None, output: str, lam: f
     tcfg = TrainConfig(steps=cfg.steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
                        block_size=block_size, weight_decay=weight_decay, warmup_steps=warmup_steps, bf16=bf16,
                        seed=seed, eval_every=eval_every, eval_blocks=eval_blocks, save_every=save_every,
-                       device=device, shard=shard, cpu_offload=cpu_offload,
+                       device=device, shard=shard, cpu_offload=cpu_offload, grad_bits=grad_bits,
                        log_every=max(1, min(10, cfg.steps // 10 or 1)))
     with distributed(device) as info:
         bar = _Bar() if info.is_main else None

@@ -67,6 +67,9 @@ from ggcompress.stats.rate import parse_step
               "gradients and AdamW state divided over the ranks; the remap runs before sharding).")
 @click.option("--cpu-offload", is_flag=True, help="With --shard fsdp: keep shards and optimizer state in "
               "host memory.")
+@click.option("--grad-bits", type=click.FloatRange(0, 16), default=0, show_default=True, metavar="B",
+              help="DDP under torchrun: send gradients quantized on a GG-fitted grid at ~B bits/value, "
+              "exp-Golomb coded, with error feedback (0: plain fp32 all-reduce).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the versioned JSON report on stdout.")
 def deepshape_cmd(model: str, out: str, data: str, validation: str | None, shape_scale: float,
@@ -74,7 +77,7 @@ def deepshape_cmd(model: str, out: str, data: str, validation: str | None, shape
                   include: str | None, exclude: str | None, finetune_steps: int, lr: float, batch_size: int,
                   block_size: int, eval_blocks: int, distill: bool, distill_weight: float, rate_lambda: float,
                   sweep: str | None, save_dtype: str, seed: int, device: str, shard: str, cpu_offload: bool,
-                  force: bool, as_json: bool) -> None:
+                  grad_bits: float, force: bool, as_json: bool) -> None:
     """Post-training reshaping (DeepShape): fit a GG to each weight tensor's dense core, remap the core
     by rank onto a peakier, narrower GG histogram on the quantization grid (order kept, tails kept),
     then fine-tune on CALIB to recover quality. Reports bits/param (exp-Golomb, entropy), sparsity and
@@ -88,7 +91,7 @@ def deepshape_cmd(model: str, out: str, data: str, validation: str | None, shape
                           rate_lambda=rate_lambda, save_dtype=save_dtype)
     tcfg = TrainConfig(steps=finetune_steps, lr=lr, batch_size=batch_size, block_size=block_size, seed=seed,
                        eval_blocks=eval_blocks, save_every=0, device=device, shard=shard,
-                       cpu_offload=cpu_offload)
+                       cpu_offload=cpu_offload, grad_bits=grad_bits)
     factors = parse_sweep(sweep) if sweep else None
     with distributed(device) as info:
         with _Display(disable=as_json or not info.is_main) as show:
