@@ -66,7 +66,12 @@ def sum_over_ranks(values: torch.Tensor, sharded: bool) -> torch.Tensor:
     import torch.distributed as dist
 
     if sharded and _dist_on():
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        if dist.get_backend() == "nccl" and values.device.type != "cuda":  # NCCL reduces GPU tensors only
+            t = values.to(torch.cuda.current_device())
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            values.copy_(t)
+        else:
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
 
 
@@ -147,7 +152,13 @@ def fsdp_wrap(model: torch.nn.Module, device: str, *, cpu_offload: bool = False,
     for block in blocks:
         fully_shard(block, **kw)
     fully_shard(model, **kw)
+    model._ggc_compute_device = device  # with CPU offload the parameters say "cpu"; compute is here
     return ShardInfo("fsdp", len(blocks), cpu_offload, bf16)
+
+
+def compute_device(model: torch.nn.Module) -> str:
+    """Where the model's forward runs: the FSDP mesh's device, else its parameters' device."""
+    return getattr(model, "_ggc_compute_device", None) or str(next(model.parameters()).device)
 
 
 def is_fsdp(model: torch.nn.Module) -> bool:
@@ -323,7 +334,10 @@ def full_tensors(model: torch.nn.Module, dtype: torch.dtype | None = None
     """(name, full CPU tensor) of every exported tensor, one at a time (a DTensor all-gathered just
     then). Collective under FSDP: every rank must iterate it to the end, in the same order."""
     for name, t in _export_entries(model):
-        full = t.detach().full_tensor() if is_sharded(t) else t.detach()
+        t = t.detach()
+        if is_sharded(t) and t.device.type != t.device_mesh.device_type:  # CPU-offloaded shard, GPU mesh
+            t = t.to(t.device_mesh.device_type)
+        full = t.full_tensor() if is_sharded(t) else t
         full = full.to("cpu")
         yield name, full.to(dtype) if (dtype is not None and full.is_floating_point()) else full
 

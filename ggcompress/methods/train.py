@@ -537,10 +537,10 @@ def perplexity(
     Sums in float64; under torch.distributed each rank takes every world-th block and the sums are
     all-reduced, so every rank returns the same numbers.
     """
-    from ggcompress.methods.distributed import is_fsdp
+    from ggcompress.methods.distributed import compute_device, is_fsdp
 
     info = dist_info()
-    dev = device or str(next(model.parameters()).device)
+    dev = device or compute_device(model)
     sel = blocks if max_blocks <= 0 else blocks[:max_blocks]
     mine = sel[info.rank :: info.world]
     # FSDP all-gathers each block's weights inside forward: every rank must run as many forwards as
@@ -779,7 +779,7 @@ def train(
                     for h in hooks:
                         term = h.loss_term(model, step)
                         if term is not None:
-                            total = total + term
+                            total = total + term.to(total.device)  # FSDP CPU offload: a CPU term
                             extra_value += float(term.detach())
                 total.backward()
         if config.max_grad_norm:
