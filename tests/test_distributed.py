@@ -99,11 +99,14 @@ def test_fsdp_deepshape_matches_one_process(tiny, corpus, tmp_path) -> None:
               "--finetune-steps", "2", "--lr", "3e-3", "--distill", "--rate-lambda", "50", "--json"]
     one = CliRunner().invoke(cli, ["deepshape", *common, "-o", str(tmp_path / "one"), "--batch-size", "4"])
     assert one.exit_code == 0, one.output
+    # --cpu-offload: on CPU the shards already live in host memory, so the numbers must not move; this
+    # runs FSDP's CPUOffloadPolicy code path (unpinned without CUDA).
     proc = _torchrun(["-m", "ggcompress", "deepshape", *common, "-o", str(tmp_path / "two"), "--batch-size",
-                      "2", "--shard", "fsdp"])
+                      "2", "--shard", "fsdp", "--cpu-offload"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     r1, r2 = json.loads(one.stdout), json.loads(proc.stdout)
     assert r2["settings"]["world_size"] == 2 and r2["training"]["sharding"]["kind"] == "fsdp"
+    assert r2["training"]["sharding"]["cpu_offload"]
     assert r2["reshape"] == r1["reshape"]  # the remap ran on the same whole tensors
     # Same float32-summation-order bounds as the backslash test above.
     l1 = [h["loss"] for h in r1["training"]["history"]]
