@@ -208,4 +208,19 @@ def render(report: dict[str, Any]) -> None:
     console.print(f"vs {ref}: {fmt(100 * cmp['eg_bits_per_param'], '.1f')}% fewer exp-Golomb bits, "
                   f"{fmt(100 * cmp['entropy_bits_per_param'], '.1f')}% fewer entropy bits, "
                   f"perplexity {100 * cmp['val_ppl_increase']:+.2f}%")
+    render_training(report["training"])
     console.print(f"wrote {report['output']} ({REPORT_NAME} inside)")
+
+
+def render_training(t: dict[str, Any] | None) -> None:
+    """One line each for sharding and the gradient codec, when the run used them."""
+    if not t:
+        return
+    if t.get("sharding", {}).get("kind") == "fsdp" and t.get("rank_bytes"):
+        console.print(f"FSDP: {t['rank_bytes']['total'] / 2**20:,.1f} MiB of parameters, gradients and AdamW "
+                      "state on rank 0")
+    c = t.get("comm")
+    if c:
+        console.print(f"gradients sent at {c['bits_per_value']:.2f} bits/value: "
+                      f"{c['sent_bytes_per_step']:,.0f} bytes/step/rank vs "
+                      f"{c['allreduce_bytes_per_step']:,.0f} for fp32 all-reduce")

@@ -9,6 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ggcompress.cli._common import console, emit_json
+from ggcompress.cli.backslash import render_training
 from ggcompress.methods.deepshape import (
     SAVE_DTYPES,
     SCOPES,
@@ -160,6 +161,7 @@ def _print_report(doc: dict[str, Any]) -> None:
     console.print(f"vs original: {v['eg_bits_reduction']:.1%} fewer exp-Golomb bits, "
                   f"{v['entropy_bits_reduction']:.1%} fewer entropy bits, "
                   f"perplexity {v['val_ppl_increase']:+.2%}")
+    render_training(doc.get("training"))
 
 
 def _print_sweep(doc: dict[str, Any], out: str) -> None:
