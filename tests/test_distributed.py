@@ -220,12 +220,18 @@ def test_resume_refuses_another_global_batch(tiny, corpus, tmp_path) -> None:
     assert res.resumed_from == 2
 
 
-def test_fsdp_needs_torchrun(tiny, corpus) -> None:
+def test_fsdp_needs_torchrun(tiny, corpus, tmp_path) -> None:
     model, tok, _ = load_causal_lm(tiny)
     with pytest.raises(GGError, match="--shard fsdp needs several processes"):
         train(model, load_data(corpus, tok, 32), _cfg(shard="fsdp", save_every=0))
     with pytest.raises(GGError, match="--cpu-offload needs --shard fsdp"):
         _cfg(cpu_offload=True)
+    # The commands refuse before loading anything or creating the output.
+    for cmd, flags in (("backslash", ["--shard", "fsdp"]), ("deepshape", ["--grad-bits", "4"])):
+        args = [cmd, str(tiny), "--data", str(corpus), "-o", str(tmp_path / cmd), *flags]
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 1 and "launch with torchrun" in res.output, res.output
+        assert not (tmp_path / cmd).exists()
 
 
 def test_memory_per_rank_table() -> None:
@@ -244,6 +250,10 @@ def test_memory_per_rank_table() -> None:
 def test_transformer_blocks_found(tiny) -> None:
     model, _, _ = load_causal_lm(tiny)
     assert dd.transformer_blocks(model) == list(model.model.layers)
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=3, n_head=2, vocab_size=64, n_positions=16))
+    assert dd.transformer_blocks(gpt2) == list(gpt2.transformer.h)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2,

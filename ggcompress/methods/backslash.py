@@ -47,7 +47,14 @@ import torch
 from ggcompress import __version__
 from ggcompress.errors import GGError, check_patterns
 from ggcompress.io.checkpoint import check_output_path
-from ggcompress.methods.distributed import export_hf, gather_histograms, is_sharded, local, sum_over_ranks
+from ggcompress.methods.distributed import (
+    check_launch,
+    export_hf,
+    gather_histograms,
+    is_sharded,
+    local,
+    sum_over_ranks,
+)
 from ggcompress.methods.train import (
     Hook,
     TextData,
@@ -418,6 +425,7 @@ def run_backslash(
     info = dist_info(tcfg.device)
     outp = Path(out).expanduser().absolute()
     tcfg = TrainConfig(**{**tcfg.to_dict(), "steps": cfg.steps})
+    check_launch(tcfg.shard, tcfg.grad_bits, info.world)
     report_path = outp / REPORT_NAME
     if resume and report_path.is_file():
         return json.loads(report_path.read_text())

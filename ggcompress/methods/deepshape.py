@@ -50,7 +50,7 @@ from ggcompress import __version__
 from ggcompress.errors import GGError, check_patterns
 from ggcompress.io.checkpoint import CheckpointWriter, check_output_path
 from ggcompress.methods.backslash import BackSlashConfig, RateHook, measure, select_weights
-from ggcompress.methods.distributed import fsdp_wrap, is_fsdp, stream_weights, write_hf_support
+from ggcompress.methods.distributed import check_launch, fsdp_wrap, is_fsdp, stream_weights, write_hf_support
 from ggcompress.methods.train import (
     Hook,
     TextData,
@@ -398,6 +398,8 @@ def run_deepshape(
     outp = Path(out).expanduser().absolute()
     inputs = [model_spec, data_spec] + ([validation] if validation else [])
     check_output_path(outp, inputs, force=force)
+    if tcfg.steps > 0:
+        check_launch(tcfg.shard, tcfg.grad_bits, dist_info().world)
     t0 = time.perf_counter()
     notify({"event": "phase", "phase": "load", "model": model_spec})
     model, tokenizer, source, data, params, teacher = _setup(model_spec, data_spec, cfg, tcfg, validation,
@@ -490,6 +492,8 @@ def run_sweep(
     outp = Path(out).expanduser().absolute()
     inputs = [model_spec, data_spec] + ([validation] if validation else [])
     check_output_path(outp, inputs, force=force)
+    if tcfg.steps > 0:
+        check_launch(tcfg.shard, tcfg.grad_bits, dist_info().world)
     t0 = time.perf_counter()
     model, _, source, data, params, teacher = _setup(model_spec, data_spec, cfg, tcfg, validation,
                                                      _device(tcfg.device))

@@ -379,6 +379,15 @@ def write_hf_support(model: torch.nn.Module, tokenizer: Any, folder: Path, dtype
         tokenizer.save_pretrained(folder)
 
 
+def check_launch(shard: str, grad_bits: float, world: int) -> None:
+    """Refuse, before any work, settings that need several processes in a single-process launch."""
+    if shard == "fsdp" and world < 2:
+        raise GGError("--shard fsdp needs several processes: launch with torchrun --nproc-per-node N")
+    if grad_bits and world < 2:
+        raise GGError("--grad-bits compresses the gradient exchange between processes: launch with "
+                      "torchrun --nproc-per-node N")
+
+
 def check_shard_options(shard: str, cpu_offload: bool) -> None:
     """Refuse combinations that would silently do nothing."""
     if shard not in SHARDS:

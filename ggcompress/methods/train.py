@@ -700,11 +700,7 @@ def train(
     key = {**config.to_dict(), **(run_key or {}), "global_batch": global_batch,
            "data_blocks": [len(data.train), len(data.validation), data.block_size]}
     fsdp = config.shard == "fsdp"
-    if fsdp and info.world < 2:
-        raise GGError("--shard fsdp needs several processes: launch with torchrun --nproc-per-node N")
-    if config.grad_bits and info.world < 2:
-        raise GGError("--grad-bits compresses the gradient exchange between processes: launch with "
-                      "torchrun --nproc-per-node N")
+    dd.check_launch(config.shard, config.grad_bits, info.world)
     shard_info = dd.ShardInfo("none" if info.world == 1 else "ddp")
     if wd is not None and resume:
         finished = _load_finished(wd, model, key)
