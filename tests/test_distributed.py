@@ -79,10 +79,18 @@ def test_fsdp_backslash_matches_one_process(tiny, corpus, tmp_path) -> None:
     for key in ("nu_mean", "nu_global", "val_ppl"):
         assert r2["after"][key] == pytest.approx(r1["after"][key], rel=1e-4), key
     assert r2["after"]["params"] == r1["after"]["params"]
-    # Before training (unsharded weights): the weight statistics are identical; perplexity batches the
-    # validation blocks differently over 2 ranks (float32 logits, 1e-7 relative).
+    # Before training (--shard fsdp loads on the host and shards at once, so this is measured on shards
+    # too): histogram-based numbers (bits, zeros, distinct symbols) merge integer counts and are
+    # identical; ν comes from per-shard float32 sums (shape_sums sums in the weights' dtype), grouped
+    # differently than over whole tensors: ~1e-7 relative on the sums, observed 4e-7 on ν; perplexity
+    # batches the validation blocks differently over 2 ranks (float32 logits, 1e-7 relative).
     for key, v in r1["before"].items():
-        assert r2["before"][key] == (pytest.approx(v, rel=1e-6) if key.startswith("val_") else v), key
+        if key.startswith("val_"):
+            assert r2["before"][key] == pytest.approx(v, rel=1e-6), key
+        elif key.startswith("nu_"):
+            assert r2["before"][key] == pytest.approx(v, rel=1e-5), key
+        else:
+            assert r2["before"][key] == v, key
     # Per-rank parameter + gradient + AdamW bytes: FSDP holds half of what one replica (DDP) holds.
     b1, b2 = r1["training"]["rank_bytes"], r2["training"]["rank_bytes"]
     # fp32 weights + grads + 2 AdamW moments = 16 B per parameter: the Linear weights (tied head = the

@@ -50,6 +50,7 @@ from ggcompress.io.checkpoint import check_output_path
 from ggcompress.methods.distributed import (
     check_launch,
     export_hf,
+    fsdp_wrap,
     gather_histograms,
     is_sharded,
     local,
@@ -440,7 +441,7 @@ def run_backslash(
     t0 = time.perf_counter()
 
     notify({"event": "phase", "phase": "load", "model": model_spec})
-    model, tokenizer, source = load_causal_lm(model_spec, info.device)
+    model, tokenizer, source = _load(model_spec, info.device, tcfg)
     data = load_data(data_spec, tokenizer, tcfg.block_size, validation=validation)
     dtype = _save_dtype(cfg.save_dtype, model)
     params = select_weights(model, cfg.include, cfg.exclude)
@@ -467,7 +468,7 @@ def run_backslash(
     base = base_result = None
     if cfg.baseline:
         notify({"event": "phase", "phase": "baseline", "total": tcfg.steps})
-        bmodel, _, _ = load_causal_lm(model_spec, info.device)
+        bmodel, _, _ = _load(model_spec, info.device, tcfg)
         bparams = select_weights(bmodel, cfg.include, cfg.exclude)
         plain = BackSlashConfig(**{**asdict(cfg), "lam": 0.0, "baseline": False})
         base_result = train(bmodel, data, tcfg, work_dir=outp / TRAIN_DIR / "baseline",
@@ -488,6 +489,16 @@ def run_backslash(
             shutil.rmtree(outp / TRAIN_DIR, ignore_errors=True)
     barrier()
     return report
+
+
+def _load(model_spec: str, device: str, tcfg: TrainConfig) -> tuple[Any, Any, str]:
+    """The model on `device`; with --shard fsdp, loaded in host memory and sharded at once, so the
+    device only ever holds this rank's shards (every measurement below works on shards)."""
+    if tcfg.shard != "fsdp":
+        return load_causal_lm(model_spec, device)
+    model, tokenizer, source = load_causal_lm(model_spec, "cpu")
+    fsdp_wrap(model, device, cpu_offload=tcfg.cpu_offload, bf16=tcfg.bf16)
+    return model, tokenizer, source
 
 
 def _save_dtype(name: str, model: Any) -> torch.dtype:

@@ -168,6 +168,16 @@ def is_fsdp(model: torch.nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
+def reshard(model: torch.nn.Module) -> None:
+    """Free the gathered weights an eval forward left behind (FSDP keeps the root unsharded after
+    forward, expecting a backward): the module's parameters are then the shards again."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
 def set_gradient_sync(model: torch.nn.Module, sync: bool) -> None:
     """FSDP's no_sync: skip the gradient reduce-scatter on all but the last micro-batch."""
     model.set_requires_gradient_sync(sync)  # type: ignore[operator]

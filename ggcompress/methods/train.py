@@ -563,6 +563,10 @@ def perplexity(
             total[0] += nll.double()
             total[1] += batch[:, 1:].numel()
     model.train(was_training)
+    if is_fsdp(model):
+        from ggcompress.methods.distributed import reshard
+
+        reshard(model)
     total = _all_reduce_sum(total)
     loss = float(total[0] / total[1]) if total[1] > 0 else math.nan
     return {"loss": loss, "ppl": math.exp(loss) if math.isfinite(loss) else math.nan,
