@@ -50,9 +50,9 @@ from ggcompress.io.checkpoint import check_output_path
 from ggcompress.methods.distributed import (
     check_launch,
     export_hf,
-    fsdp_wrap,
     gather_histograms,
     is_sharded,
+    load_sharded,
     local,
     sum_over_ranks,
 )
@@ -492,13 +492,12 @@ def run_backslash(
 
 
 def _load(model_spec: str, device: str, tcfg: TrainConfig) -> tuple[Any, Any, str]:
-    """The model on `device`; with --shard fsdp, loaded in host memory and sharded at once, so the
-    device only ever holds this rank's shards (every measurement below works on shards)."""
+    """The model on `device`; with --shard fsdp, read once by rank 0 and broadcast into the shards, so
+    no device and only one rank's host memory ever holds the full model (`load_sharded`; every
+    measurement below works on shards)."""
     if tcfg.shard != "fsdp":
         return load_causal_lm(model_spec, device)
-    model, tokenizer, source = load_causal_lm(model_spec, "cpu")
-    fsdp_wrap(model, device, cpu_offload=tcfg.cpu_offload, bf16=tcfg.bf16)
-    return model, tokenizer, source
+    return load_sharded(model_spec, device, cpu_offload=tcfg.cpu_offload, bf16=tcfg.bf16)
 
 
 def _save_dtype(name: str, model: Any) -> torch.dtype:

@@ -156,6 +156,61 @@ def fsdp_wrap(model: torch.nn.Module, device: str, *, cpu_offload: bool = False,
     return ShardInfo("fsdp", len(blocks), cpu_offload, bf16)
 
 
+def load_sharded(spec: str, device: str, *, cpu_offload: bool = False, bf16: bool = False
+                 ) -> tuple[Any, Any, str]:
+    """(FSDP-sharded fp32 model, tokenizer, source) with one full copy of the weights per job: rank 0
+    reads the checkpoint into host memory, the other ranks build the architecture on the meta device
+    (no memory), everyone shards, and rank 0's tensors are broadcast one at a time, each rank keeping
+    its slice (`set_model_state_dict(broadcast_from_rank0=True)`); buffers (rotary tables...) are
+    broadcast too. Folders other than plain HF ones (GGUF, .ggz, quantized) and CPU-offloaded runs load
+    fully on every rank."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    from ggcompress.io.loading import _load_tokenizer, detect_kind
+    from ggcompress.methods.train import load_causal_lm
+
+    rank = dist.get_rank()
+    model = tokenizer = full = None
+    msg: list[Any] = [None, None]  # [source, error]
+    if rank == 0:
+        try:
+            model, tokenizer, source = load_causal_lm(spec, "cpu")
+            msg = [source, None]
+        except GGError as e:
+            msg = [None, str(e)]
+    dist.broadcast_object_list(msg, src=0)
+    if msg[1] is not None:
+        raise GGError(msg[1])
+    source = msg[0]
+    # CPU offload keeps parameters in host memory but buffers on the device: the meta route would need
+    # two devices in to_empty(), so offloaded runs load fully on every rank (host memory only).
+    meta = rank != 0 and not cpu_offload and detect_kind(Path(source)) == "hf"
+    if rank != 0:
+        if meta:
+            from transformers import AutoConfig, AutoModelForCausalLM
+
+            tokenizer = _load_tokenizer(Path(source))
+            with torch.device("meta"):
+                config = AutoConfig.from_pretrained(source)
+                model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        else:
+            model, tokenizer, source = load_causal_lm(spec, "cpu")
+    if rank == 0:
+        full = dict(model.state_dict())  # the full tensors, kept until broadcast (sharding copies slices)
+    fsdp_wrap(model, device, cpu_offload=cpu_offload, bf16=bf16)
+    if meta:
+        model.to_empty(device=device)
+    set_model_state_dict(model, full if rank == 0 else {},
+                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    del full
+    with torch.no_grad():
+        for _, b in model.named_buffers():
+            dist.broadcast(b, src=0)
+    model.eval()
+    return model, tokenizer, source
+
+
 def compute_device(model: torch.nn.Module) -> str:
     """Where the model's forward runs: the FSDP mesh's device, else its parameters' device."""
     return getattr(model, "_ggc_compute_device", None) or str(next(model.parameters()).device)
