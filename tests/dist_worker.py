@@ -6,7 +6,8 @@ argv[1] is a JSON job: {"model", "data", "out", "cut_dir", "resume_dir"}. It doe
    weights at the interruption (`live_2ranks.pt`);
 2. load that checkpoint and the one in `resume_dir` (written by 1 process) into fresh sharded models,
    saving the gathered model + optimizer state (`loaded_cut.pt`, `loaded_resume.pt`);
-3. resume `resume_dir` (1 -> 2 ranks) to the end, saving the final weights (`resumed_2ranks.pt`).
+3. resume `resume_dir` (1 -> 2 ranks) to the end, saving the final weights (`resumed_2ranks.pt`);
+4. resume it again, finished, into a model sharded at load: the same weights come back.
 """
 
 from __future__ import annotations
@@ -76,6 +77,14 @@ def main() -> None:
         res = train(model, data, cfg, work_dir=job["resume_dir"], resume=True,
                     hooks=[Interrupt(99, out / "unused.pt", info.is_main)])  # same hook list as saved
         full = dict(dd.full_tensors(model))
+        # 4. resuming the finished run on a model sharded at load (rank 0 reads, rank 1 on meta) gives
+        # back the finished weights, on the shards
+        again, _, _ = dd.load_sharded(job["model"], "cpu")
+        res2 = train(again, data, cfg, work_dir=job["resume_dir"], resume=True,
+                     hooks=[Interrupt(99, out / "unused.pt", info.is_main)])
+        for name, t in dd.full_tensors(again):
+            assert torch.equal(t, full[name]), name
+        assert res2.history == res.history
         if info.is_main:
             torch.save(full, out / "resumed_2ranks.pt")
             (out / "resumed_2ranks.json").write_text(json.dumps(res.to_dict()))

@@ -80,10 +80,11 @@ def test_fsdp_backslash_matches_one_process(tiny, corpus, tmp_path) -> None:
         assert r2["after"][key] == pytest.approx(r1["after"][key], rel=1e-4), key
     assert r2["after"]["params"] == r1["after"]["params"]
     # Before training (--shard fsdp: rank 0 reads the checkpoint, rank 1 builds the model on the meta
-    # device, rank 0 broadcasts into the shards, so this is measured on shards too): histogram-based numbers (bits, zeros, distinct symbols) merge integer counts and are
-    # identical; ν comes from per-shard float32 sums (shape_sums sums in the weights' dtype), grouped
-    # differently than over whole tensors: ~1e-7 relative on the sums, observed 4e-7 on ν; perplexity
-    # batches the validation blocks differently over 2 ranks (float32 logits, 1e-7 relative).
+    # device, rank 0 broadcasts into the shards, so this is measured on shards too): histogram-based
+    # numbers (bits, zeros, distinct symbols) merge integer counts and are identical; ν comes from
+    # per-shard float32 sums (shape_sums sums in the weights' dtype), grouped differently than over
+    # whole tensors: ~1e-7 relative on the sums, observed 4e-7 on ν; perplexity batches the
+    # validation blocks differently over 2 ranks (float32 logits, 1e-7 relative).
     for key, v in r1["before"].items():
         if key.startswith("val_"):
             assert r2["before"][key] == pytest.approx(v, rel=1e-6), key

@@ -861,7 +861,7 @@ def _save_finished(wd: Path, model: Any, key: dict, result: TrainResult) -> None
 def _load_finished(wd: Path, model: Any, key: dict) -> TrainResult | None:
     from safetensors.torch import load_file
 
-    from ggcompress.methods.distributed import export_names
+    from ggcompress.methods.distributed import export_names, is_fsdp
 
     path = wd / "final"
     if not (path / "result.json").is_file():
@@ -871,7 +871,12 @@ def _load_finished(wd: Path, model: Any, key: dict) -> TrainResult | None:
     loaded: set[str] = set()
     for f in sorted(path.glob("*.safetensors")):
         sd = load_file(f)
-        model.load_state_dict(sd, strict=False)
+        if is_fsdp(model):  # each rank keeps its slices of the full tensors
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True, strict=False))
+        else:
+            model.load_state_dict(sd, strict=False)
         loaded |= set(sd)
     missing = set(export_names(model)) - loaded
     if missing:
