@@ -18,6 +18,7 @@ from ggcompress.methods.backslash import (
     BackSlashConfig,
     run_backslash,
 )
+from ggcompress.methods.distributed import SHARDS
 from ggcompress.methods.train import TrainConfig, distributed
 from ggcompress.stats import rate
 
@@ -78,6 +79,14 @@ from ggcompress.stats import rate
 @click.option("--save-dtype", type=click.Choice(SAVE_DTYPES), default="auto", show_default=True,
               help="dtype of the saved weights (auto: the input's). Measurements describe the saved weights.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--shard", type=click.Choice(SHARDS), default="ddp", show_default=True,
+              help="Under torchrun: ddp (a full replica per rank) or fsdp (FSDP2: weights, gradients and "
+              "AdamW state divided over the ranks; with --bf16, bf16 compute + fp32 reduction).")
+@click.option("--cpu-offload", is_flag=True, help="With --shard fsdp: keep shards and optimizer state in "
+              "host memory.")
+@click.option("--grad-bits", type=click.FloatRange(0, 16), default=0, show_default=True, metavar="B",
+              help="DDP under torchrun: send gradients quantized on a GG-fitted grid at ~B bits/value, "
+              "exp-Golomb coded, with error feedback (0: plain fp32 all-reduce).")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoints in OUT (start fresh if none).")
 @click.option("--force", is_flag=True, help="Replace an existing OUT.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report (ggcompress.backslash/1) on stdout.")
@@ -86,13 +95,13 @@ def backslash(model: str, data: str, validation: str | None, output: str, lam: f
               step: str, eg_k: int, include: str | None, exclude: str | None, baseline: bool, lr: float,
               weight_decay: float, warmup_steps: int | None, batch_size: int, grad_accum: int,
               block_size: int, bf16: bool, seed: int, eval_blocks: int, eval_every: int, save_every: int,
-              keep_checkpoints: bool, save_dtype: str, device: str, resume: bool, force: bool,
-              as_json: bool) -> None:
+              keep_checkpoints: bool, save_dtype: str, device: str, shard: str, cpu_offload: bool,
+              grad_bits: float, resume: bool, force: bool, as_json: bool) -> None:
     """Fine-tune MODEL with the BackSlash rate term so its weights code into fewer bits.
 
     MODEL is an HF causal-LM folder or hub id. Writes OUT as an ordinary HF folder plus
     backslash_report.json. Runs as DDP under `torchrun --nproc-per-node N -m ggcompress backslash ...`
-    (only rank 0 writes). Example:
+    (only rank 0 writes), or sharded with `--shard fsdp`; --resume works on another world size. Example:
     `ggcompress backslash ./smollm2 --data wiki.txt -o out --lambda 3e5 --rate-steps 200 --baseline`.
     """
     cfg = BackSlashConfig(lam=lam, mode=mode, rate_steps=rate_steps, recover_steps=recover_steps,
@@ -102,7 +111,8 @@ def backslash(model: str, data: str, validation: str | None, output: str, lam: f
     tcfg = TrainConfig(steps=cfg.steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
                        block_size=block_size, weight_decay=weight_decay, warmup_steps=warmup_steps, bf16=bf16,
                        seed=seed, eval_every=eval_every, eval_blocks=eval_blocks, save_every=save_every,
-                       device=device, log_every=max(1, min(10, cfg.steps // 10 or 1)))
+                       device=device, shard=shard, cpu_offload=cpu_offload, grad_bits=grad_bits,
+                       log_every=max(1, min(10, cfg.steps // 10 or 1)))
     with distributed(device) as info:
         bar = _Bar() if info.is_main else None
         with bar or _nothing():
@@ -203,4 +213,19 @@ def render(report: dict[str, Any]) -> None:
     console.print(f"vs {ref}: {fmt(100 * cmp['eg_bits_per_param'], '.1f')}% fewer exp-Golomb bits, "
                   f"{fmt(100 * cmp['entropy_bits_per_param'], '.1f')}% fewer entropy bits, "
                   f"perplexity {100 * cmp['val_ppl_increase']:+.2f}%")
+    render_training(report["training"])
     console.print(f"wrote {report['output']} ({REPORT_NAME} inside)")
+
+
+def render_training(t: dict[str, Any] | None) -> None:
+    """One line each for sharding and the gradient codec, when the run used them."""
+    if not t:
+        return
+    if t.get("sharding", {}).get("kind") == "fsdp" and t.get("rank_bytes"):
+        console.print(f"FSDP: {t['rank_bytes']['total'] / 2**20:,.1f} MiB of parameters, gradients and AdamW "
+                      "state on rank 0")
+    c = t.get("comm")
+    if c:
+        console.print(f"gradients sent at {c['bits_per_value']:.2f} bits/value: "
+                      f"{c['sent_bytes_per_step']:,.0f} bytes/step/rank vs "
+                      f"{c['allreduce_bytes_per_step']:,.0f} for fp32 all-reduce")

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ggcompress.cli._common import console, emit_json
+from ggcompress.cli.backslash import render_training
 from ggcompress.methods.deepshape import (
     SAVE_DTYPES,
     SCOPES,
@@ -18,7 +19,8 @@ from ggcompress.methods.deepshape import (
     run_deepshape,
     run_sweep,
 )
-from ggcompress.methods.train import TrainConfig
+from ggcompress.methods.distributed import SHARDS
+from ggcompress.methods.train import TrainConfig, distributed
 from ggcompress.stats.rate import parse_step
 
 
@@ -63,33 +65,47 @@ from ggcompress.stats.rate import parse_step
 @click.option("--save-dtype", type=click.Choice(SAVE_DTYPES), default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--shard", type=click.Choice(SHARDS), default="ddp", show_default=True,
+              help="Under torchrun: ddp (a full replica per rank) or fsdp (FSDP2: the fine-tune's weights, "
+              "gradients and AdamW state divided over the ranks; the remap runs before sharding).")
+@click.option("--cpu-offload", is_flag=True, help="With --shard fsdp: keep shards and optimizer state in "
+              "host memory.")
+@click.option("--grad-bits", type=click.FloatRange(0, 16), default=0, show_default=True, metavar="B",
+              help="DDP under torchrun: send gradients quantized on a GG-fitted grid at ~B bits/value, "
+              "exp-Golomb coded, with error feedback (0: plain fp32 all-reduce).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the versioned JSON report on stdout.")
 def deepshape_cmd(model: str, out: str, data: str, validation: str | None, shape_scale: float,
                   scale_scale: float, scope: str, core_threshold: int | None, step: str, eg_k: int,
                   include: str | None, exclude: str | None, finetune_steps: int, lr: float, batch_size: int,
                   block_size: int, eval_blocks: int, distill: bool, distill_weight: float, rate_lambda: float,
-                  sweep: str | None, save_dtype: str, seed: int, device: str, force: bool,
-                  as_json: bool) -> None:
+                  sweep: str | None, save_dtype: str, seed: int, device: str, shard: str, cpu_offload: bool,
+                  grad_bits: float, force: bool, as_json: bool) -> None:
     """Post-training reshaping (DeepShape): fit a GG to each weight tensor's dense core, remap the core
     by rank onto a peakier, narrower GG histogram on the quantization grid (order kept, tails kept),
     then fine-tune on CALIB to recover quality. Reports bits/param (exp-Golomb, entropy), sparsity and
-    validation perplexity for the original, the reshaped and the fine-tuned model.
+    validation perplexity for the original, the reshaped and the fine-tuned model. Under
+    `torchrun --nproc-per-node N -m ggcompress deepshape ...` the fine-tune is data-parallel (DDP, or
+    sharded with --shard fsdp); only rank 0 writes.
     """
     cfg = DeepShapeConfig(shape_scale=shape_scale, scale_scale=scale_scale, scope=scope,
                           core_threshold=core_threshold, step=parse_step(step), eg_k=eg_k, include=include,
                           exclude=exclude, distill=distill, distill_weight=distill_weight,
                           rate_lambda=rate_lambda, save_dtype=save_dtype)
     tcfg = TrainConfig(steps=finetune_steps, lr=lr, batch_size=batch_size, block_size=block_size, seed=seed,
-                       eval_blocks=eval_blocks, save_every=0, device=device)
+                       eval_blocks=eval_blocks, save_every=0, device=device, shard=shard,
+                       cpu_offload=cpu_offload, grad_bits=grad_bits)
     factors = parse_sweep(sweep) if sweep else None
-    with _Display(disable=as_json) as show:
-        if factors:
-            doc = run_sweep(model, data, out, cfg, tcfg, factors, validation=validation, force=force,
-                            progress=show)
-        else:
-            doc = run_deepshape(model, data, out, cfg, tcfg, validation=validation, force=force,
+    with distributed(device) as info:
+        with _Display(disable=as_json or not info.is_main) as show:
+            if factors:
+                doc = run_sweep(model, data, out, cfg, tcfg, factors, validation=validation, force=force,
                                 progress=show)
+            else:
+                doc = run_deepshape(model, data, out, cfg, tcfg, validation=validation, force=force,
+                                    progress=show)
+        if not info.is_main:
+            return
     if as_json:
         emit_json(doc)
         return
@@ -150,6 +166,7 @@ def _print_report(doc: dict[str, Any]) -> None:
     console.print(f"vs original: {v['eg_bits_reduction']:.1%} fewer exp-Golomb bits, "
                   f"{v['entropy_bits_reduction']:.1%} fewer entropy bits, "
                   f"perplexity {v['val_ppl_increase']:+.2%}")
+    render_training(doc.get("training"))
 
 
 def _print_sweep(doc: dict[str, Any], out: str) -> None:

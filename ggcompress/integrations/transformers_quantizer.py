@@ -4,9 +4,9 @@ Why: a quantized folder is an ordinary HF folder, so people hand it to ``from_pr
 this module transformers does not know the ``ggcompress`` quant_method, warns "we will skip the
 quantization" and reads the uint8 codes as float weights (silent garbage). Registering a quantizer with
 transformers' documented extension point (``register_quantization_config`` / ``register_quantizer``)
-makes it build the same model as ``ggcompress.load``: every quantized ``nn.Linear`` (and transposed Conv1D) becomes a
-``QuantLinear`` holding the 1-byte codes, other quantized weights (embeddings, norms) are decoded
-to dense tensors by the shared LUT decode rule.
+makes it build the same model as ``ggcompress.load``: every quantized ``nn.Linear`` (and transposed
+Conv1D) becomes a ``QuantLinear`` holding the 1-byte codes, other quantized weights (embeddings, norms)
+are decoded to dense tensors by the shared LUT decode rule.
 
 How it plugs in (transformers has no plugin entry point, so it must be imported once):
 - ``import ggcompress`` arms a post-import hook, so the quantizer is registered the moment transformers'

@@ -49,6 +49,15 @@ from ggcompress.errors import GGError, as_os_error, check_patterns
 from ggcompress.io.checkpoint import log, output_error
 from ggcompress.io.context import model_context
 from ggcompress.io.layers import linear_modules
+from ggcompress.methods.distributed import (
+    check_launch,
+    export_hf,
+    gather_histograms,
+    is_sharded,
+    load_sharded,
+    local,
+    sum_over_ranks,
+)
 from ggcompress.methods.rundir import RunFolder
 from ggcompress.methods.train import (
     Hook,
@@ -61,7 +70,6 @@ from ggcompress.methods.train import (
     load_data,
     perplexity,
     round_trip_,
-    save_hf_model,
     source_dtype,
     train,
 )
@@ -164,9 +172,20 @@ def shape_sums(p: torch.Tensor) -> tuple[int, float, float]:
 
     torch's `sum` reduces pairwise (~1e-7 relative in fp32 over 1e8 values); vector_norm and dot
     accumulate serially on CPU and were measured 1e-2 / 4e-4 off on 2.8e7 values, so they are avoided.
+    A sharded (FSDP) tensor gives its local shard's sums; `global_shape_sums` adds the ranks up.
     """
-    w = p.detach()
+    w = local(p.detach())
     return w.numel(), float(w.square().sum()), float(w.abs().sum())
+
+
+def global_shape_sums(params: list[torch.Tensor]) -> list[tuple[int, float, float]]:
+    """`shape_sums` of every tensor over all ranks: local sums, then one all-reduce of 3 numbers per
+    tensor when the weights are FSDP shards (never the weights themselves)."""
+    sums = [shape_sums(p) for p in params]
+    if not (params and is_sharded(params[0])):
+        return sums
+    t = sum_over_ranks(torch.tensor(sums, dtype=torch.float64), True)
+    return [(int(round(n)), float(s2), float(s1)) for n, s2, s1 in t.tolist()]
 
 
 def nu_from_sums(n: int, s2: float, s1: float) -> float:
@@ -183,7 +202,7 @@ def nu_from_sums(n: int, s2: float, s1: float) -> float:
 
 def estimate_shapes(params: list[tuple[str, torch.Tensor]], shape: str = "tensor") -> list[float]:
     """ν per tensor (or one global ν over all selected weights, repeated), see `nu_from_sums`."""
-    sums = [shape_sums(p) for _, p in params]
+    sums = global_shape_sums([p for _, p in params])
     if shape == "global":
         n, s2, s1 = (sum(col) for col in zip(*sums, strict=True))
         return [nu_from_sums(n, s2, s1)] * len(params)
@@ -195,7 +214,7 @@ class _GGRate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, w: torch.Tensor, nu: float, eps: float) -> torch.Tensor:
-        y = w.detach().abs().add_(eps).pow_(nu)
+        y = w.detach().abs().add(eps).pow_(nu)
         ctx.save_for_backward(w, y)
         ctx.nu, ctx.eps = nu, eps
         return y.sum()
@@ -225,21 +244,36 @@ class RateHook(Hook):
     def active(self, step: int) -> bool:
         return self.cfg.lam > 0 and step < self.cfg.rate_steps
 
+    def on_wrap(self, model: Any) -> None:
+        """FSDP swapped each weight for a DTensor shard: take the new ones, by name."""
+        self.params = [model.get_submodule(n.rpartition(".")[0]).weight for n in self.names]
+
     def before_step(self, model: Any, step: int) -> None:
         if self.active(step) and self.cfg.nu is None and step % self.cfg.shape_every == 0:
             self.nu = estimate_shapes(list(zip(self.names, self.params, strict=True)), self.cfg.shape)
 
     def rate(self) -> torch.Tensor:
-        """R = (1/N)·Σ(|θ|+ε)^ν with ν constant (differentiable in θ)."""
+        """R = (1/N)·Σ(|θ|+ε)^ν with ν constant (differentiable in θ).
+
+        On FSDP shards this is the local part of the sum: its gradient is exactly the global term's
+        gradient on this rank's shard (the sum is separable), and it reaches the sharded parameter's
+        .grad directly, not through FSDP's averaging reduce-scatter. `global_rate` adds the ranks up.
+        """
         eps = self.cfg.eps
-        total = sum(_GGRate.apply(p, nu, eps) for p, nu in zip(self.params, self.nu, strict=True))
+        total = sum(_GGRate.apply(local(p), nu, eps) for p, nu in zip(self.params, self.nu, strict=True))
         return total / self.n
+
+    def global_rate(self) -> float:
+        """R over all ranks' shards (one all-reduced number)."""
+        with torch.no_grad():
+            r = self.rate().detach().double().reshape(1)
+        return float(sum_over_ranks(r, is_sharded(self.params[0]))[0])
 
     def loss_term(self, model: Any, step: int) -> torch.Tensor | None:
         if self.cfg.mode != "loss" or not self.active(step):
             return None
         r = self.rate()
-        self.last_rate = float(r.detach())
+        self.last_rate = float(r.detach())  # this rank's part under FSDP; metrics() reports the total
         return self.cfg.lam * r
 
     def after_step(self, model: Any, step: int) -> None:
@@ -249,16 +283,19 @@ class RateHook(Hook):
 
     def metrics(self, model: Any, step: int) -> dict[str, float]:
         hist = SymbolHistogram(self.cfg.step)
-        zeros = 0
+        sharded = is_sharded(self.params[0])
         with torch.no_grad():
+            nonzero = torch.zeros(1, dtype=torch.float64)
             for name, p in zip(self.names, self.params, strict=True):
-                hist.update(p.detach(), name)
-                zeros += p.numel() - int(torch.count_nonzero(p))
+                hist.update(local(p.detach()), name)
+                nonzero += int(torch.count_nonzero(local(p.detach())))
+            gather_histograms([hist], sharded)
+            zeros = self.n - int(sum_over_ranks(nonzero, sharded)[0])
             st = hist.stats(k=self.cfg.eg_k, huffman=False)
             out = {"eg_bits": st.eg_bits_per_param, "entropy_bits": st.entropy_bits_per_param,
                    "zero_frac_q": st.zero_fraction_quantized, "sparsity": zeros / self.n}
             if self.cfg.lam > 0:
-                out["R"] = float(self.rate())
+                out["R"] = self.global_rate()
                 out["nu"] = sum(nu * p.numel() for nu, p in zip(self.nu, self.params, strict=True)) / self.n
         return out
 
@@ -275,9 +312,10 @@ def shrink_(params: list[torch.Tensor], nus: list[float], lam: float, n: int, c:
     """The decoupled step θ ← θ − λ·ν/N·sign(θ)(|θ|+c)^(ν−1), stopping at 0 (never crossing it)."""
     with torch.no_grad():
         for p, nu in zip(params, nus, strict=True):
-            a = p.abs()
+            w = local(p)  # elementwise: an FSDP shard is shrunk where it lives
+            a = w.abs()
             step = a.add(c).pow_(nu - 1.0).mul_(lam * nu / n)
-            p.copy_(a.sub_(step).clamp_min_(0.0).copysign_(p))  # a zeroed weight may become -0.0: still 0
+            w.copy_(a.sub_(step).clamp_min_(0.0).copysign_(w))  # a zeroed weight may become -0.0: still 0
 
 
 # ---------------------------------------------------------------------------------------------- measuring
@@ -301,15 +339,21 @@ def measure(
     rows = []
     zeros = n = 0
     s1 = s2 = 0.0
+    sharded = bool(params) and is_sharded(params[0][1])
     with torch.no_grad():
-        for name, p in params:
+        # FSDP: each rank histograms and sums its shards; the sparse histograms, the sums and the
+        # non-zero counts are exchanged (kilobytes), the weights never are.
+        sums = global_shape_sums([p for _, p in params])
+        hists = gather_histograms([SymbolHistogram(cfg.step).update(local(p.detach()), name)
+                                   for name, p in params], sharded)
+        nonzero = sum_over_ranks(torch.tensor([float(torch.count_nonzero(local(p.detach())))
+                                               for _, p in params], dtype=torch.float64), sharded)
+        for (name, p), (k, t2, t1), h, nz in zip(params, sums, hists, nonzero.tolist(), strict=True):
             w = p.detach()
-            k, t2, t1 = shape_sums(w)
             s1, s2 = s1 + t1, s2 + t2
-            h = SymbolHistogram(cfg.step).update(w, name)
             st = h.stats(k=cfg.eg_k, huffman=False)
             total.merge(h)
-            z = int(k - torch.count_nonzero(w))
+            z = int(k - nz)
             zeros += z
             n += k
             rows.append({"name": name, "shape": list(w.shape), "numel": k, "nu": nu_from_sums(k, t2, t1),
@@ -348,14 +392,15 @@ class _quantized:
     def __enter__(self) -> None:
         with torch.no_grad():
             for _, p in self.params:
-                self.saved.append(p.detach().clone())
-                q = torch.round(p.detach().to(torch.float64) / self.step) * self.step
-                p.copy_(q.to(p.dtype))
+                w = local(p.detach())  # elementwise: shards are rounded where they live
+                self.saved.append(w.clone())
+                q = torch.round(w.to(torch.float64) / self.step) * self.step
+                w.copy_(q.to(w.dtype))
 
     def __exit__(self, *exc: Any) -> None:
         with torch.no_grad():
             for (_, p), s in zip(self.params, self.saved, strict=True):
-                p.copy_(s)
+                local(p.detach()).copy_(s)
         self.saved = []
 
 
@@ -388,6 +433,7 @@ def run_backslash(
     notify = progress or (lambda event: None)
     info = dist_info(tcfg.device)
     tcfg = TrainConfig(**{**tcfg.to_dict(), "steps": cfg.steps})
+    check_launch(tcfg.shard, tcfg.grad_bits, info.world)
     folder = RunFolder(Path(out).expanduser().absolute(), "backslash", TRAIN_DIR, REPORT_NAME, SCHEMA)
     if resume and (finished := folder.finished_report()) is not None:
         return finished
@@ -396,7 +442,7 @@ def run_backslash(
     t0 = time.perf_counter()
 
     notify({"event": "phase", "phase": "load", "model": model_spec})
-    model, tokenizer, source = load_causal_lm(model_spec, info.device)
+    model, tokenizer, source = _load(model_spec, info.device, tcfg)
     tcfg, note = fit_block_size(model, tcfg)
     notes = [note] if note else []
     for n in notes:
@@ -409,9 +455,8 @@ def run_backslash(
     barrier()
     if info.is_main:
         folder.start(run_key)
-    barrier()
-    # Only rank 0 writes; the others read the work folder on --resume only, which is OUT itself then.
-    work = folder.work if folder.work is not None else folder.out
+    # Every rank writes its DCP shards into the work folder rank 0 made (hidden beside OUT with --force).
+    work = _shared_path(folder.work if folder.work is not None else folder.out)
     resume = resume and folder.mode == "resume"
     try:
         notify({"event": "phase", "phase": "measure", "what": "before"})
@@ -424,11 +469,11 @@ def run_backslash(
         hook = RateHook(params, cfg)
         result = train(model, data, tcfg, work_dir=work / TRAIN_DIR / "backslash", hooks=[hook],
                        resume=resume, progress=phase("backslash"), run_key=run_key)
+        params = select_weights(model, cfg.include, cfg.exclude)  # FSDP: the sharded parameters now
         round_trip_(model, dtype)
         notify({"event": "phase", "phase": "measure", "what": "after"})
         after = measure(model, data, params, cfg, tcfg)
-        if info.is_main:
-            _write_model(model, tokenizer, work, dtype)
+        _write_model(model, tokenizer, work, dtype, info.is_main)
         barrier()
         del model, params, hook
         gc.collect()
@@ -436,12 +481,13 @@ def run_backslash(
         base = base_result = None
         if cfg.baseline:
             notify({"event": "phase", "phase": "baseline", "total": tcfg.steps})
-            bmodel, _, _ = load_causal_lm(model_spec, info.device)
+            bmodel, _, _ = _load(model_spec, info.device, tcfg)
             bparams = select_weights(bmodel, cfg.include, cfg.exclude)
             plain = BackSlashConfig(**{**asdict(cfg), "lam": 0.0, "baseline": False})
             base_result = train(bmodel, data, tcfg, work_dir=work / TRAIN_DIR / "baseline",
                                 hooks=[RateHook(bparams, plain)], resume=resume, progress=phase("baseline"),
                                 run_key={**run_key, "phase": "baseline"})
+            bparams = select_weights(bmodel, cfg.include, cfg.exclude)
             round_trip_(bmodel, dtype)
             notify({"event": "phase", "phase": "measure", "what": "baseline"})
             base = measure(bmodel, data, bparams, cfg, tcfg)
@@ -469,21 +515,45 @@ def run_backslash(
     return report
 
 
+def _load(model_spec: str, device: str, tcfg: TrainConfig) -> tuple[Any, Any, str]:
+    """The model on `device`; with --shard fsdp, read once by rank 0 and broadcast into the shards, so
+    no device and only one rank's host memory ever holds the full model (`load_sharded`; every
+    measurement below works on shards)."""
+    if tcfg.shard != "fsdp":
+        return load_causal_lm(model_spec, device)
+    return load_sharded(model_spec, device, cpu_offload=tcfg.cpu_offload, bf16=tcfg.bf16)
+
+
 def _save_dtype(name: str, model: Any) -> torch.dtype:
     return source_dtype(model) if name == "auto" else getattr(torch, name)
 
 
-def _write_model(model: Any, tokenizer: Any, outp: Path, dtype: torch.dtype) -> None:
-    """HF files into `outp`: written to a temporary folder inside it, then each renamed into place."""
-    tmp = outp / f".tmp-model-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        save_hf_model(model, tokenizer, tmp, dtype)
-        for f in sorted(tmp.iterdir()):
-            os.replace(f, outp / f.name)
-    finally:
+def _write_model(model: Any, tokenizer: Any, outp: Path, dtype: torch.dtype, is_main: bool) -> None:
+    """HF files into `outp` (collective): rank 0 streams one gathered tensor at a time into a
+    CheckpointWriter in a temporary folder inside `outp`, then renames each file into place."""
+    tmp = outp / ".tmp-model"
+    if is_main:
         shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    try:
+        export_hf(model, tokenizer, tmp / "hf", dtype, is_main=is_main)
+        if is_main:
+            for f in sorted((tmp / "hf").iterdir()):
+                os.replace(f, outp / f.name)
+    finally:
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _shared_path(path: Path) -> Path:
+    """Rank 0's `path` on every rank (the work folder is made by rank 0 alone)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return path
+    msg = [str(path)]
+    dist.broadcast_object_list(msg, src=0)
+    return Path(msg[0])
 
 
 def _atomic_text(path: Path, text: str) -> None:

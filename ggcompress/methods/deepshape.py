@@ -34,6 +34,7 @@ Choices that are ours (the reference only ran the global rule on fp32 weights):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import math
@@ -50,15 +51,17 @@ from ggcompress.errors import GGError, check_patterns
 from ggcompress.io.checkpoint import CheckpointWriter, check_output_path
 from ggcompress.io.context import model_context
 from ggcompress.methods.backslash import BackSlashConfig, RateHook, measure, select_weights
+from ggcompress.methods.distributed import check_launch, fsdp_wrap, is_fsdp, stream_weights, write_hf_support
 from ggcompress.methods.train import (
     Hook,
     TextData,
     TrainConfig,
+    barrier,
+    dist_info,
     fit_block_size,
     load_causal_lm,
     load_data,
     round_trip_,
-    save_hf_model,
     source_dtype,
     train,
 )
@@ -280,8 +283,8 @@ class DistillHook(Hook):
     term uses the last micro-batch of each step (all of it with grad_accum = 1, the default).
     """
 
-    def __init__(self, student: Any, teacher: Any, weight: float):
-        self.teacher, self.weight = teacher, weight
+    def __init__(self, student: Any, teacher: Any, weight: float, device: str = "cpu"):
+        self.teacher, self.weight, self.device = teacher, weight, device
         self._ids: torch.Tensor | None = None
         self._logits: torch.Tensor | None = None
         self.last_kl: float | None = None
@@ -291,6 +294,11 @@ class DistillHook(Hook):
         if module.training and torch.is_grad_enabled():
             self._ids = kwargs.get("input_ids", args[0] if args else None)
             self._logits = output.logits
+
+    def on_wrap(self, model: Any) -> None:
+        """The student is FSDP-sharded: shard the frozen teacher the same way (never a full copy)."""
+        if not is_fsdp(self.teacher):
+            fsdp_wrap(self.teacher, self.device)
 
     def loss_term(self, model: Any, step: int) -> torch.Tensor | None:
         if self._ids is None or self._logits is None or self.weight == 0:
@@ -324,7 +332,8 @@ def _measure(model: Any, data: TextData, params: list, cfg: DeepShapeConfig, tcf
 def _finetune(model: Any, teacher: Any, data: TextData, params: list, cfg: DeepShapeConfig, tcfg: TrainConfig,
               progress: Progress) -> Any:
     hooks: list[Hook] = []
-    distill = DistillHook(model, teacher, cfg.distill_weight) if teacher is not None else None
+    distill = (DistillHook(model, teacher, cfg.distill_weight, dist_info(tcfg.device).device)
+               if teacher is not None else None)
     if distill is not None:
         hooks.append(distill)
     if cfg.rate_lambda > 0:
@@ -354,14 +363,16 @@ def _summary(m: dict) -> dict:
 
 
 def _setup(model_spec: str, data_spec: str, cfg: DeepShapeConfig, tcfg: TrainConfig, validation: str | None,
-           device: str, notify: Progress) -> tuple[Any, Any, str, TextData, list, Any, TrainConfig, dict]:
+           device: str, notify: Progress, data: TextData | None = None
+           ) -> tuple[Any, Any, str, TextData, list, Any, TrainConfig, dict]:
     """Load the model and data (blocks clamped to the model's context), select weights, copy the teacher."""
     model, tokenizer, source = load_causal_lm(model_spec, device)
     tcfg, note = fit_block_size(model, tcfg)
     context = {**model_context(model).to_dict(), "notes": [note] if note else []}
     if note:
         notify({"event": "note", "message": note})
-    data = load_data(data_spec, tokenizer, tcfg.block_size, validation=validation)
+    if data is None:
+        data = load_data(data_spec, tokenizer, tcfg.block_size, validation=validation)
     params = select_weights(model, cfg.include, cfg.exclude)
     teacher = None
     if cfg.distill and tcfg.steps > 0:
@@ -395,6 +406,8 @@ def run_deepshape(
     outp = Path(out).expanduser().absolute()
     inputs = [model_spec, data_spec] + ([validation] if validation else [])
     check_output_path(outp, inputs, force=force, kind="folder")
+    if tcfg.steps > 0:
+        check_launch(tcfg.shard, tcfg.grad_bits, dist_info().world)
     t0 = time.perf_counter()
     notify({"event": "phase", "phase": "load", "model": model_spec})
     model, tokenizer, source, data, params, teacher, tcfg, context = _setup(
@@ -412,6 +425,7 @@ def run_deepshape(
         notify({"event": "phase", "phase": "finetune", "total": tcfg.steps})
         result = _finetune(model, teacher, data, params, cfg, tcfg,
                            lambda e: notify({**e, "phase": "finetune"}))
+        params = select_weights(model, cfg.include, cfg.exclude)  # FSDP: the sharded parameters now
         round_trip_(model, dtype)
         notify({"event": "phase", "phase": "measure", "what": "finetuned"})
         finetuned = _measure(model, data, params, cfg, tcfg)
@@ -424,7 +438,7 @@ def run_deepshape(
         "output": str(outp),
         "data": data.summary(),
         "context": context,
-        "settings": {**cfg.to_dict(), "train": tcfg.to_dict(),
+        "settings": {**cfg.to_dict(), "train": tcfg.to_dict(), "world_size": dist_info().world,
                      "save_dtype": str(dtype).removeprefix("torch.")},
         "original": _summary(original),
         "reshaped": _summary(reshaped),
@@ -436,9 +450,16 @@ def run_deepshape(
         "seconds": time.perf_counter() - t0,
     })
     notify({"event": "phase", "phase": "write", "output": str(outp)})
-    with CheckpointWriter(outp, force=force, inputs=inputs) as writer:
-        save_hf_model(model, tokenizer, writer.tmp, dtype)
-        writer.write_json(REPORT_NAME, report)
+    # Rank 0 streams one gathered tensor at a time into the writer; other ranks join the gathers.
+    main = dist_info().is_main
+    with CheckpointWriter(outp, force=force, inputs=inputs) if main else contextlib.nullcontext() as writer:
+        if writer is not None:
+            writer.metadata = {"format": "pt"}
+        stream_weights(model, writer, dtype)
+        if writer is not None:
+            write_hf_support(model, tokenizer, writer.tmp, dtype)
+            writer.write_json(REPORT_NAME, report)
+    barrier()
     del model, teacher, params
     gc.collect()
     return report
@@ -480,17 +501,24 @@ def run_sweep(
     outp = Path(out).expanduser().absolute()
     inputs = [model_spec, data_spec] + ([validation] if validation else [])
     check_output_path(outp, inputs, force=force, kind="folder")
+    if tcfg.steps > 0:
+        check_launch(tcfg.shard, tcfg.grad_bits, dist_info().world)
     t0 = time.perf_counter()
     model, _, source, data, params, teacher, tcfg, context = _setup(
         model_spec, data_spec, cfg, tcfg, validation, _device(tcfg.device), notify)
     dtype = _dtype(cfg, model)
-    saved = {n: p.detach().clone() for n, p in model.state_dict().items()}
+    fsdp = tcfg.shard == "fsdp"
+    saved = None if fsdp else {n: p.detach().clone() for n, p in model.state_dict().items()}
     original = _measure(model, data, params, cfg, tcfg)
     points = []
     for i, (sb, sa) in enumerate(factors):
         notify({"event": "phase", "phase": "sweep", "index": i, "total": len(factors), "shape_scale": sb,
                 "scale_scale": sa})
-        model.load_state_dict(saved)
+        if i and fsdp:  # the last point left it sharded: the remap needs whole tensors, so reload
+            model, _, _, _, params, teacher, tcfg, _ = _setup(model_spec, data_spec, cfg, tcfg, validation,
+                                                               _device(tcfg.device), notify, data=data)
+        elif saved is not None:
+            model.load_state_dict(saved)
         pcfg = DeepShapeConfig(**{**asdict(cfg), "shape_scale": sb, "scale_scale": sa})
         reshape_(params, pcfg)
         round_trip_(model, dtype)
@@ -498,6 +526,7 @@ def run_sweep(
         finetuned = None
         if tcfg.steps > 0:
             _finetune(model, teacher, data, params, pcfg, tcfg, lambda e: notify({**e, "phase": "finetune"}))
+            params = select_weights(model, cfg.include, cfg.exclude)
             round_trip_(model, dtype)
             finetuned = _measure(model, data, params, pcfg, tcfg)
         points.append({"shape_scale": sb, "scale_scale": sa, "reshaped": _summary(reshaped),
@@ -507,9 +536,11 @@ def run_sweep(
                   "context": context, "settings": {**cfg.to_dict(), "train": tcfg.to_dict(),
                                "save_dtype": str(dtype).removeprefix("torch.")},
                   "original": _summary(original), "points": points, "seconds": time.perf_counter() - t0})
-    with CheckpointWriter(outp, force=force, inputs=inputs) as writer:
-        writer.write_json(SWEEP_NAME, doc)
-        plot_sweep(doc, writer.tmp / SWEEP_PLOT)
+    if dist_info().is_main:
+        with CheckpointWriter(outp, force=force, inputs=inputs) as writer:
+            writer.write_json(SWEEP_NAME, doc)
+            plot_sweep(doc, writer.tmp / SWEEP_PLOT)
+    barrier()
     return doc
 
 

@@ -22,16 +22,19 @@ every step's gradient is the mean over the G blocks (all blocks have the same to
 the world size. A hook's loss term is added once per step (to the last micro-batch, not divided).
 
 Distributed: `distributed()` initializes torch.distributed from torchrun's environment (gloo on CPU,
-nccl on GPU) and the model is wrapped in DistributedDataParallel; gradient accumulation uses
-no_sync. Only rank 0 writes checkpoints and outputs; validation is sharded over ranks and all-reduced.
-FSDP (models that do not fit one GPU) is not implemented: docs/train.md says how it would take over.
+nccl on GPU). `config.shard` picks how the model is spread (`ggcompress.methods.distributed`):
+"ddp" wraps it in DistributedDataParallel (a replica per rank; accumulation uses no_sync), "fsdp"
+shards it with FSDP2 per transformer block (parameters, gradients and AdamW state divided over the
+ranks; the model stays sharded after train() returns). Validation is split over ranks and all-reduced.
 
-Checkpoints (`work_dir/checkpoints/step-NNNNNN/`): model weights (safetensors, fp32), optimizer state
-(torch.save of tensors and numbers, read back with weights_only=True), scheduler, torch RNG states, the
-step, the hooks' state and the history, written to a temporary folder and renamed, keeping the last
-`keep_checkpoints`. `resume=True` restores all of it, so a resumed run computes the same numbers as an
-uninterrupted one (bit for bit on CPU with the same thread count). A finished run leaves
-`work_dir/final/` (weights + result), so resuming a finished phase returns at once.
+Checkpoints (`work_dir/checkpoints/step-NNNNNN/`): model and optimizer state as a
+torch.distributed.checkpoint folder (`dcp/`, every rank writes its shards), torch RNG states,
+scheduler, step, hooks' state and history (`state.json`, written last), built in a temporary folder
+and renamed, keeping the last `keep_checkpoints`. `resume=True` restores all of it, on any world size
+and either sharding as long as the global batch is the same, so a resumed run computes the same
+numbers as an uninterrupted one (bit for bit on CPU with the same thread count and world size). A
+finished run leaves `work_dir/final/` (weights streamed by rank 0 + result), so resuming a finished
+phase returns at once.
 """
 
 from __future__ import annotations
@@ -57,7 +60,10 @@ TEXT_SUFFIXES = (".txt", ".jsonl")
 #: Seed multiplier separating the per-epoch permutations.
 _EPOCH_SEED = 1_000_003
 #: Config fields a resumed run may change without changing the computation.
-_RESUME_FREE = {"log_every", "save_every", "keep_checkpoints", "eval_every", "eval_blocks"}
+_RESUME_FREE = {"log_every", "save_every", "keep_checkpoints", "eval_every", "eval_blocks",
+                # how the global batch is split and where the state lives may change (the key holds
+                # the global batch): a run saved by 2 ranks resumes on 1 or 4.
+                "batch_size", "grad_accum", "shard", "cpu_offload"}
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -90,6 +96,10 @@ class TrainConfig:
     save_every: int = 100  # 0: no intermediate checkpoints
     keep_checkpoints: int = 1
     device: str = "auto"
+    shard: str = "ddp"  # "ddp" (replicas) or "fsdp" (FSDP2, needs torchrun); see methods/distributed.py
+    cpu_offload: bool = False  # FSDP: keep shards + optimizer state in host memory
+    grad_bits: float = 0.0  # DDP: > 0 sends gradients GG-grid quantized + entropy coded (gradcodec.py)
+    grad_error_feedback: bool = True  # with grad_bits: carry each rank's quantization error to the next step
 
     def __post_init__(self) -> None:
         self.adam_betas = tuple(self.adam_betas)  # type: ignore[assignment]
@@ -108,6 +118,14 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise GGError(f"training config: {msg}")
+        from ggcompress.methods.distributed import check_shard_options
+
+        check_shard_options(self.shard, self.cpu_offload)
+        if not (0 <= self.grad_bits <= 16):
+            raise GGError(f"training config: grad bits must be in [0, 16], got {self.grad_bits}")
+        if self.grad_bits and self.shard != "ddp":
+            raise GGError("training config: --grad-bits compresses DDP's gradient all-reduce: "
+                          "use --shard ddp")
 
     @property
     def warmup(self) -> int:
@@ -362,10 +380,13 @@ def source_dtype(model: Any) -> torch.dtype:
 
 def round_trip_(model: Any, dtype: torch.dtype) -> None:
     """Round every floating parameter through `dtype` in place, so measurements describe what is saved."""
+    from ggcompress.methods.distributed import local
+
     with torch.no_grad():
         for p in model.parameters():
             if p.is_floating_point() and p.dtype != dtype:
-                p.copy_(p.to(dtype).to(p.dtype))
+                w = local(p)  # elementwise: an FSDP shard is rounded where it lives
+                w.copy_(w.to(dtype).to(w.dtype))
 
 
 def save_hf_model(model: Any, tokenizer: Any, folder: Path, dtype: torch.dtype) -> None:
@@ -475,6 +496,10 @@ class Hook:
     be costly; state_dict() goes into checkpoints so a resumed run continues the hook exactly.
     """
 
+    def on_wrap(self, model: Any) -> None:
+        """Called once after the model was sharded (FSDP replaces its parameters with DTensor shards:
+        a hook holding parameters fetches them again here)."""
+
     def before_step(self, model: Any, step: int) -> None:
         """Called before the forward passes of `step`."""
 
@@ -511,6 +536,9 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
     resumed_from: int | None = None
+    sharding: dict[str, Any] = field(default_factory=dict)  # how the model was spread (ShardInfo)
+    rank_bytes: dict[str, int] = field(default_factory=dict)  # rank 0's params/grads/optimizer bytes
+    comm: dict[str, Any] = field(default_factory=dict)  # gradient codec bytes per step (grad_bits > 0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -534,22 +562,36 @@ def perplexity(
     Sums in float64; under torch.distributed each rank takes every world-th block and the sums are
     all-reduced, so every rank returns the same numbers.
     """
+    from ggcompress.methods.distributed import compute_device, is_fsdp
+
     info = dist_info()
-    dev = device or str(next(model.parameters()).device)
+    dev = device or compute_device(model)
     sel = blocks if max_blocks <= 0 else blocks[:max_blocks]
     mine = sel[info.rank :: info.world]
+    # FSDP all-gathers each block's weights inside forward: every rank must run as many forwards as
+    # the busiest one (a rank out of blocks runs a discarded one), or the collectives would hang.
+    n_calls = math.ceil(math.ceil(len(sel) / info.world) / batch_size)
+    if not is_fsdp(model):
+        n_calls = math.ceil(len(mine) / batch_size)
     was_training = model.training
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=dev)
-    with torch.no_grad(), _autocast(dev, bf16):
-        for i in range(0, len(mine), batch_size):
-            batch = mine[i : i + batch_size].to(dev)
+    with torch.no_grad(), _autocast(dev, bf16 and not is_fsdp(model)):
+        for c in range(n_calls):
+            batch = mine[c * batch_size : (c + 1) * batch_size].to(dev)
+            if len(batch) == 0:
+                model(input_ids=sel[:1].to(dev))
+                continue
             logits = model(input_ids=batch).logits.float()  # (B, T, V)
             nll = torch.nn.functional.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")
             total[0] += nll.double()
             total[1] += batch[:, 1:].numel()
     model.train(was_training)
+    if is_fsdp(model):
+        from ggcompress.methods.distributed import reshard
+
+        reshard(model)
     total = _all_reduce_sum(total)
     loss = float(total[0] / total[1]) if total[1] > 0 else math.nan
     return {"loss": loss, "ppl": math.exp(loss) if math.isfinite(loss) else math.nan,
@@ -580,40 +622,46 @@ def latest_checkpoint(work_dir: Path) -> Path | None:
 
 def _save_checkpoint(work_dir: Path, step: int, model: Any, optimizer: Any, scheduler: Any, state: dict,
                      keep: int) -> Path:
-    from safetensors.torch import save_model
+    """Collective: every rank writes its shards (DCP) into one temporary folder, rank 0 the rest."""
+    from ggcompress.methods.distributed import save_state
 
+    info = dist_info()
     root = _ckpt_dir(work_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))  # handles tied (shared) tensors
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    rng = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(rng, tmp / "rng.pt")
-    state = {**state, "scheduler": scheduler.state_dict()}
-    (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")  # written last: marks it complete
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    kept = sorted(p for p in root.glob("step-*") if (p / "state.json").is_file())
-    for old in kept[: max(len(kept) - keep, 0)]:
-        shutil.rmtree(old, ignore_errors=True)
+    tmp = root / f".tmp-step-{step:06d}"  # one name shared by the ranks
+    if info.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    barrier()
+    save_state(tmp / "dcp", model, optimizer)
+    barrier()
+    if info.is_main:
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save(rng, tmp / "rng.pt")
+        state = {**state, "scheduler": scheduler.state_dict(), "saved_world": info.world}
+        (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")  # written last: marks it complete
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        kept = sorted(p for p in root.glob("step-*") if (p / "state.json").is_file())
+        for old in kept[: max(len(kept) - keep, 0)]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier()
     return final
 
 
 def _load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> dict:
-    from safetensors.torch import load_model
+    """Collective: every rank reads the slices of the DCP state it owns (any saved world size)."""
+    from ggcompress.methods.distributed import load_state
 
+    if not (path / "dcp").is_dir():
+        raise GGError(f"{path}: training checkpoint in an older layout (no dcp/ folder): "
+                      "start over with --force")
     try:
         state = json.loads((path / "state.json").read_text())
-        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
-        if missing or unexpected:
-            raise GGError(f"{path}: checkpoint does not match the model ({len(missing)} missing, "
-                          f"{len(unexpected)} unexpected tensors)")
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+        load_state(path / "dcp", model, optimizer)
         rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
     except GGError:
         raise
@@ -638,6 +686,20 @@ def _check_resume_config(path: Path, saved: dict, current: dict) -> None:
 # ---------------------------------------------------------------------------------------------- the loop
 
 
+def build_optimizer(model: Any, config: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW (decay on >= 2-D weights only) and the warmup + cosine schedule, on the model's current
+    parameters (after FSDP sharding: the shards)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr, betas=config.adam_betas, eps=config.adam_eps)
+    warmup = config.warmup
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, config.steps, warmup, config.min_lr_ratio))
+    return optimizer, scheduler
+
+
 def train(
     model: Any,
     data: TextData,
@@ -655,30 +717,40 @@ def train(
     autocasts the forward). With `work_dir`, checkpoints go to work_dir/checkpoints every
     `save_every` steps and the finished weights to work_dir/final; `resume=True` continues from the
     newest checkpoint (or returns the finished result). `run_key` holds extra settings (the caller's)
-    a resume must match. Under torch.distributed the model is wrapped in DDP here.
+    a resume must match. Under torch.distributed the model is wrapped in DDP here, or sharded in place
+    with FSDP2 (config.shard="fsdp"; it stays sharded when train() returns, also for a finished run).
     """
+    from ggcompress.methods import distributed as dd
+
     info = dist_info(config.device)
     notify = progress or (lambda event: None)
     _check_context(model, data)
     wd = Path(work_dir) if work_dir is not None else None
-    key = {**config.to_dict(), **(run_key or {}), "world": info.world,
+    global_batch = config.batch_size * config.grad_accum * info.world
+    key = {**config.to_dict(), **(run_key or {}), "global_batch": global_batch,
            "data_blocks": [len(data.train), len(data.validation), data.block_size]}
+    fsdp = config.shard == "fsdp"
+    dd.check_launch(config.shard, config.grad_bits, info.world)
+    shard_info = dd.ShardInfo("none" if info.world == 1 else "ddp")
     if wd is not None and resume:
         finished = _load_finished(wd, model, key)
         if finished is not None:
+            if fsdp and not dd.is_fsdp(model):
+                dd.fsdp_wrap(model, info.device, cpu_offload=config.cpu_offload, bf16=config.bf16)
             notify({"event": "finished", "step": finished.steps, "total": config.steps})
             return finished
 
     model.config.use_cache = False
     model.train()
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr, betas=config.adam_betas, eps=config.adam_eps)
-    warmup = config.warmup
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, config.steps, warmup, config.min_lr_ratio))
+    if fsdp:
+        if not dd.is_fsdp(model):
+            shard_info = dd.fsdp_wrap(model, info.device, cpu_offload=config.cpu_offload, bf16=config.bf16)
+        else:
+            shard_info = dd.ShardInfo("fsdp", len(dd.transformer_blocks(model)), config.cpu_offload,
+                                      config.bf16)
+        for h in hooks:
+            h.on_wrap(model)
+    optimizer, scheduler = build_optimizer(model, config)
     stream = BatchStream(len(data.train), config.seed, config.batch_size, config.grad_accum, info.world,
                          info.rank)
     torch.manual_seed(config.seed)
@@ -687,8 +759,9 @@ def train(
     window: list[float] = []  # losses of the steps since the last history record
     ckpt = latest_checkpoint(wd) if (wd is not None and resume) else None
     if ckpt is not None:
+        saved = json.loads((ckpt / "state.json").read_text())
+        _check_resume_config(ckpt, saved["config"], key)  # before reading gigabytes of state
         state = _load_checkpoint(ckpt, model, optimizer, scheduler)
-        _check_resume_config(ckpt, state["config"], key)
         start, history, evals = state["step"], state["history"], state["evals"]
         window = state.get("window", [])
         for hook, hs in zip(hooks, state["hooks"], strict=True):
@@ -697,15 +770,21 @@ def train(
         notify({"event": "resume", "step": start, "total": config.steps, "checkpoint": str(ckpt)})
 
     ddp = None
-    if info.world > 1:
+    if info.world > 1 and not fsdp:
         from torch.nn.parallel import DistributedDataParallel
 
         on_gpu = info.device.startswith("cuda")
         ddp = DistributedDataParallel(model, device_ids=[info.device] if on_gpu else None)
+    codec = None
+    if ddp is not None and config.grad_bits:
+        from ggcompress.methods.gradcodec import register
+
+        codec = register(ddp, config.grad_bits, error_feedback=config.grad_error_feedback)
     runner = ddp if ddp is not None else model
 
     t0 = time.perf_counter()
     last_loss: float | None = None
+    held: dict[str, int] = {}
     for step in range(start, config.steps):
         for h in hooks:
             h.before_step(model, step)
@@ -715,8 +794,10 @@ def train(
             batch = data.train[stream.indices(step, micro)].to(info.device)  # (B, T)
             last = micro == config.grad_accum - 1
             sync = contextlib.nullcontext() if (ddp is None or last) else ddp.no_sync()
+            if fsdp:
+                dd.set_gradient_sync(model, last)
             with sync:
-                with _autocast(info.device, config.bf16):
+                with _autocast(info.device, config.bf16 and not fsdp):  # FSDP: its MixedPrecisionPolicy
                     loss = runner(input_ids=batch, labels=batch).loss.float()
                 step_loss += loss.detach().double()
                 total = loss / config.grad_accum
@@ -724,7 +805,7 @@ def train(
                     for h in hooks:
                         term = h.loss_term(model, step)
                         if term is not None:
-                            total = total + term
+                            total = total + term.to(total.device)  # FSDP CPU offload: a CPU term
                             extra_value += float(term.detach())
                 total.backward()
         if config.max_grad_norm:
@@ -732,6 +813,8 @@ def train(
         lr_now = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
+        if step == start:  # gradients and AdamW moments exist now: what this rank holds
+            held = dd.rank_bytes(model, optimizer)
         optimizer.zero_grad(set_to_none=True)
         for h in hooks:
             h.after_step(model, step)
@@ -759,24 +842,23 @@ def train(
             evals.append(ev)
             notify({"event": "eval", "total": config.steps, **ev})
         if wd is not None and config.save_every and done % config.save_every == 0 and done < config.steps:
-            if info.is_main:
-                path = _save_checkpoint(wd, done, model, optimizer, scheduler,
-                                        {"step": done, "config": key, "history": history, "evals": evals,
-                                         "window": window, "hooks": [h.state_dict() for h in hooks]},
-                                        config.keep_checkpoints)
-                notify({"event": "checkpoint", "step": done, "total": config.steps, "path": str(path)})
-            barrier()
+            path = _save_checkpoint(wd, done, model, optimizer, scheduler,
+                                    {"step": done, "config": key, "history": history, "evals": evals,
+                                     "window": window, "hooks": [h.state_dict() for h in hooks]},
+                                    config.keep_checkpoints)
+            notify({"event": "checkpoint", "step": done, "total": config.steps, "path": str(path)})
 
     result = TrainResult(
         steps=config.steps, global_batch=stream.global_batch,
         tokens_seen=config.steps * stream.global_batch * data.block_size, final_loss=last_loss,
-        seconds=time.perf_counter() - t0, history=history, evals=evals, resumed_from=resumed_from)
+        seconds=time.perf_counter() - t0, history=history, evals=evals, resumed_from=resumed_from,
+        sharding=shard_info.to_dict(), rank_bytes=held,
+        comm=codec.summary(config.steps - start, info.world) if codec is not None else {})
     if ddp is not None:
         del ddp
     model.eval()
     if wd is not None:
-        if info.is_main:
-            _save_finished(wd, model, key, result)
+        _save_finished(wd, model, key, result)
         barrier()
     return result
 
@@ -786,28 +868,46 @@ def _exp(x: float) -> float:
 
 
 def _save_finished(wd: Path, model: Any, key: dict, result: TrainResult) -> None:
-    from safetensors.torch import save_model
+    """Collective: the full fp32 weights streamed by rank 0 into work_dir/final, then the result."""
+    from ggcompress.io.checkpoint import CheckpointWriter
+    from ggcompress.methods.distributed import full_tensors
 
-    final = wd / "final"
-    tmp = wd / f".tmp-final-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))
-    (tmp / "result.json").write_text(json.dumps({"config": key, "result": result.to_dict()}, indent=1) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    info = dist_info()
+    if not info.is_main:
+        for _ in full_tensors(model):
+            pass
+        return
+    with CheckpointWriter(wd / "final", force=True) as writer:
+        for name, t in full_tensors(model):
+            writer.add_tensor(name, t)
+        writer.write_json("result.json", {"config": key, "result": result.to_dict()})
     shutil.rmtree(_ckpt_dir(wd), ignore_errors=True)
 
 
 def _load_finished(wd: Path, model: Any, key: dict) -> TrainResult | None:
-    from safetensors.torch import load_model
+    from safetensors.torch import load_file
+
+    from ggcompress.methods.distributed import export_names, is_fsdp
 
     path = wd / "final"
     if not (path / "result.json").is_file():
         return None
     saved = json.loads((path / "result.json").read_text())
     _check_resume_config(path, saved["config"], key)
-    load_model(model, str(path / "model.safetensors"), strict=False)
+    loaded: set[str] = set()
+    for f in sorted(path.glob("*.safetensors")):
+        sd = load_file(f)
+        if is_fsdp(model):  # each rank keeps its slices of the full tensors
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True, strict=False))
+        else:
+            model.load_state_dict(sd, strict=False)
+        loaded |= set(sd)
+    missing = set(export_names(model)) - loaded
+    if missing:
+        raise GGError(f"{path}: the finished weights lack {len(missing)} tensors of the model "
+                      f"(e.g. {sorted(missing)[0]}): start over with --force")
     model.eval()
     names = {f.name for f in fields(TrainResult)}
     return TrainResult(**{k: v for k, v in saved["result"].items() if k in names})
