@@ -1,4 +1,4 @@
-"""`ggcompress quantize-rf8`: write 8-bit (RF8/FP8/INT8) checkpoints and show what each format costs."""
+"""`ggcompress quantize-rf8`: write 8-bit (RF8/FP8/INT8) and low-bit GF-k checkpoints; show their cost."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from ggcompress.cli._common import console, emit_json, expand_inputs
 from ggcompress.formats.quantize import QuantizeConfig, quantize_checkpoint
 from ggcompress.reports.gates import check_gates, parse_gate
 
-FORMAT_CHOICES = ("rf8", "e4m3", "e5m2", "int8")
+FORMAT_CHOICES = ("rf8", "e4m3", "e5m2", "int8", "gf3", "gf4", "gf5", "gf6", "gf8")
 #: What decoding one weight costs in hardware: the point of RF8 is the first line.
 DECODE_COST = {"rf8": "2 shifts + add", "fp8_e4m3": "fp8 multiply", "fp8_e5m2": "fp8 multiply",
-               "int8": "int8 multiply"}
+               "int8": "int8 multiply", **{f"gf{k}": "table lookup + multiply" for k in (3, 4, 5, 6, 8)}}
 
 
 @click.command("quantize-rf8")
@@ -27,9 +27,11 @@ DECODE_COST = {"rf8": "2 shifts + add", "fp8_e4m3": "fp8 multiply", "fp8_e5m2": 
 @click.option("-o", "--output", "output", metavar="OUT",
               help="Output HF folder; with several inputs a parent folder holding one subfolder per input.")
 @click.option("--format", "fmt", type=click.Choice(FORMAT_CHOICES, case_sensitive=False), default="rf8",
-              show_default=True, help="rf8 (shift-and-add), OCP FP8 e4m3 / e5m2, or symmetric int8.")
+              show_default=True, help="rf8 (shift-and-add), OCP FP8 e4m3 / e5m2, symmetric int8, or GF-k "
+              "codebooks gf3..gf8 (k-bit packed codes, fp16 scales; use --granularity block:32).")
 @click.option("--granularity", default="channel", show_default=True, metavar="tensor|channel|block:N",
-              help="Which weights share one float32 scale: the tensor, one output row, or N inputs of a row.")
+              help="Which weights share one scale (float32; float16 for gf*): the tensor, one output row, or "
+                   "N inputs of a row.")
 @click.option("--include", metavar="REGEX", help="Only quantize tensors whose name matches (re.search).")
 @click.option("--exclude", metavar="REGEX", help="Keep tensors whose name matches dense (re.search).")
 @click.option("--quantize-embeddings", is_flag=True,
@@ -50,7 +52,7 @@ def quantize_rf8(checkpoints: tuple[str, ...], output: str | None, fmt: str, gra
                  include: str | None, exclude: str | None, quantize_embeddings: bool, quantize_lm_head: bool,
                  quantize_norms: bool, compare: bool, dry_run: bool, summary_only: bool, as_json: bool,
                  force: bool, fail_if: tuple[str, ...] = ()) -> None:
-    """Quantize the linear weights of checkpoints to 8-bit codes + float32 scales.
+    """Quantize the linear weights of checkpoints to 8-bit and low-bit formats (codes + scales).
 
     Writes an ordinary HF folder (safetensors with U8 codes and `.weight_scale` tensors, config.json with
     a `quantization_config`, tokenizer files copied) that `ggcompress eval` and `ggcompress.load()`

@@ -19,7 +19,7 @@ import torch
 from ggcompress import __version__
 from ggcompress.errors import GGError
 from ggcompress.io.checkpoint import TORCH_TO_ST, CheckpointWriter, open_checkpoint
-from ggcompress.io.qlayout import check_tensors, decode, read_scheme, scale_name, weight_name
+from ggcompress.io.qlayout import check_tensors, decode_parts, part_names, read_scheme, weight_name
 
 SCHEMA = "ggcompress.dequantize/1"
 #: --dtype choices; None keeps the dtype the weights had before quantization (``source_dtype``).
@@ -50,10 +50,10 @@ def dequantize_checkpoint(
         raise GGError(f"{ck.source}: not a ggcompress-quantized checkpoint (no quantization_config)")
     check_tensors(ck, scheme)
     target = output_dtype(dtype, scheme.source_dtype)
-    codes_of = {weight_name(m): m for m in scheme.modules}
-    scales = {scale_name(m) for m in scheme.modules}
+    names = {m: part_names(scheme, m) for m in scheme.modules}
+    role_of = {name: (m, role) for m, roles in names.items() for role, name in roles.items()}
     notify = progress or (lambda desc, done, total: None)
-    pending: dict[str, torch.Tensor] = {}  # codes waiting for their scale (the writer puts them adjacent)
+    pending: dict[str, dict[str, torch.Tensor]] = {}  # a module's parts until all are read (adjacent)
     bytes_before = bytes_after = 0
     done = 0
     with CheckpointWriter(out, force=force, inputs=[ck.source]) as writer:
@@ -62,20 +62,20 @@ def dequantize_checkpoint(
             bytes_before += info.nbytes
             done += 1
             notify(ck.source, done, len(ck.tensors))
-            module = codes_of.get(info.name) or (
-                info.name.removesuffix(".weight_scale") if info.name in scales else None)
-            if module is None:
+            hit = role_of.get(info.name)
+            if hit is None:
                 writer.add_tensor(info.name, t)
                 bytes_after += info.nbytes
                 continue
-            pending[info.name] = t
-            codes, scale = pending.get(weight_name(module)), pending.get(scale_name(module))
-            if codes is None or scale is None:
+            module, role = hit
+            got = pending.setdefault(module, {})
+            got[role] = t
+            if len(got) < len(names[module]):
                 continue
-            dense = decode(codes, scale, scheme, f"{info.file}: {weight_name(module)}", dtype=target)
+            dense = decode_parts(got, scheme, f"{info.file}: {weight_name(module)}", dtype=target)
             writer.add_tensor(weight_name(module), dense)
             bytes_after += dense.numel() * dense.element_size()
-            del pending[weight_name(module)], pending[scale_name(module)], dense
+            del pending[module], dense
         writer.copy_support_files(ck.root, skip=["config.json"])
         config = ck.config
         if config is not None:
@@ -90,7 +90,7 @@ def dequantize_checkpoint(
         "granularity": scheme.granularity_spec,
         "dtype": TORCH_TO_ST[target],
         "dequantized_tensors": len(scheme.modules),
-        "tensors": len(ck.tensors) - 2 * len(scheme.modules),  # copied unchanged (codes + scale are 2)
+        "tensors": len(ck.tensors) - len(role_of),  # copied unchanged (each module's parts become one)
         "bytes_before": bytes_before,
         "bytes_after": bytes_after,
     }

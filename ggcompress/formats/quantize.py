@@ -24,7 +24,15 @@ import torch
 
 from ggcompress import __version__
 from ggcompress.errors import GGError, check_patterns
-from ggcompress.formats import QuantizedTensor, available_formats, error_stats, get_codec, parse_granularity
+from ggcompress.formats import (
+    QuantizedTensor,
+    available_formats,
+    canonical_format,
+    error_stats,
+    get_codec,
+    parse_granularity,
+)
+from ggcompress.formats.gf import GFCodec, GFTensor, gf_bits, gf_decode, is_gf
 from ggcompress.io.checkpoint import (
     DTYPES,
     Checkpoint,
@@ -33,7 +41,7 @@ from ggcompress.io.checkpoint import (
     check_output_path,
     open_checkpoint,
 )
-from ggcompress.io.qlayout import SCALE_SUFFIX, Scheme, read_scheme
+from ggcompress.io.qlayout import SCALE_SUFFIX, Scheme, part_names, read_scheme, stored_parts
 from ggcompress.reports.jsonsafe import json_safe
 from ggcompress.stats.roles import role_of
 
@@ -51,7 +59,7 @@ Progress = Callable[[str, int, int], None]
 class QuantizeConfig:
     """What to quantize and how; defaults match the CLI (RF8, per-channel, linear weights only)."""
 
-    format: str = "rf8"  # rf8 | fp8_e4m3 (e4m3) | fp8_e5m2 (e5m2) | int8
+    format: str = "rf8"  # rf8 | fp8_e4m3 (e4m3) | fp8_e5m2 (e5m2) | int8 | gf3 | gf4 | gf5 | gf6 | gf8
     granularity: str = "channel"  # tensor | channel | block:N
     include: str | None = None  # regex (re.search) on tensor names, applied after the role rules
     exclude: str | None = None
@@ -62,7 +70,7 @@ class QuantizeConfig:
 
     def checked(self) -> QuantizeConfig:
         """Validate names and patterns now, so a typo fails before any work (one clear line)."""
-        get_codec(self.format)
+        canonical_format(self.format)
         parse_granularity(self.granularity)
         check_patterns(self.include, self.exclude)
         return self
@@ -182,8 +190,12 @@ def _abs_sum_nonzero(w: torch.Tensor) -> tuple[float, int]:
     return total, nonzero
 
 
-def measure(codec_name: str, w: torch.Tensor, granularity: str, name: str) -> tuple[QuantizedTensor, dict]:
+def measure(codec_name: str, w: torch.Tensor, granularity: str,
+            name: str) -> tuple[QuantizedTensor | GFTensor, dict]:
     """Encode ``w`` and measure the decoded float32 weight against it (what QuantLinear computes with)."""
+    if is_gf(codec_name):
+        g = GFCodec(gf_bits(codec_name)).encode(w, granularity, name=name)
+        return g, error_stats(w, gf_decode(g, name=name))
     codec = get_codec(codec_name)
     q = codec.encode(w, granularity, name=name)
     stats = error_stats(w, codec.decode(q, name=name))
@@ -226,7 +238,7 @@ def quantize_checkpoint(
     return {
         "schema": SCHEMA,
         "ggcompress_version": __version__,
-        "settings": {**asdict(config), "format": get_codec(config.format).name, "dry_run": out is None},
+        "settings": {**asdict(config), "format": canonical_format(config.format), "dry_run": out is None},
         "checkpoints": reports,
     }
 
@@ -297,7 +309,7 @@ def _source_dtype(decisions: list[Decision]) -> str | None:
 def _quantize_one(ck: Checkpoint, out: Path | None, config: QuantizeConfig, force: bool,
                   progress: Progress | None) -> dict[str, Any]:
     decisions = plan(ck, config)
-    fmt = get_codec(config.format).name
+    fmt = canonical_format(config.format)
     gran = parse_granularity(config.granularity)
     scheme = Scheme(fmt, gran.kind, gran.block_size,
                     tuple(d.info.name.removesuffix(".weight") for d in decisions if d.quantize),
@@ -329,9 +341,10 @@ def _quantize_one(ck: Checkpoint, out: Path | None, config: QuantizeConfig, forc
                 compared = {f: measure(f, w, gran.spec, info.name)[1] for f in others}
             except GGError as exc:
                 raise GGError(f"{info.file}: {exc}") from None
-            after = q.codes.numel() + 4 * q.scale.numel()
+            parts = stored_parts(q, tuple(info.shape))
+            after = sum(t.numel() * t.element_size() for t in parts.values())
             abs_sum, nonzero = _abs_sum_nonzero(w)
-            row.update(bytes_after=after, ratio=info.nbytes / after, bits_per_weight=q.bits_per_weight,
+            row.update(bytes_after=after, ratio=info.nbytes / after, bits_per_weight=8 * after / info.numel,
                        **_row_errors(stats))
             totals[fmt].add(stats, abs_sum, nonzero, info.nbytes, after, info.numel)
             if others:
@@ -340,9 +353,10 @@ def _quantize_one(ck: Checkpoint, out: Path | None, config: QuantizeConfig, forc
                     row["compare"][f] = _row_errors(st)
                     totals[f].add(st, abs_sum, nonzero, info.nbytes, after, info.numel)
             if writer is not None:
-                writer.add_tensor(info.name, q.codes.reshape(info.shape))
-                writer.add_tensor(info.name + SCALE_SUFFIX, q.scale)
-            del q
+                names = part_names(scheme, info.name.removesuffix(".weight"))
+                for role, t in parts.items():
+                    writer.add_tensor(names[role], t)
+            del q, parts
         rows[info.name] = row
 
     total = len(decisions) if out is not None else sum(d.quantize for d in decisions)
