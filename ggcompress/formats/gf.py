@@ -49,7 +49,7 @@ GF_BITS = (3, 4, 5, 6, 8)
 GF_FORMATS = tuple(f"gf{k}" for k in GF_BITS)
 DESIGNS = ("data", "gg", "gauss")
 HIST_BINS = 1 << 16
-LLOYD_ITERS = 60
+LLOYD_ITERS = 300
 FLOOR_EPS = 1.0 / 256
 BETA_BUCKETS = tuple(round(0.5 * 2 ** (i / 5), 4) for i in range(16))  # 0.5 .. ~4.0, log-spaced
 #: Scale factors tried per group (amax * f). Measured on MiniLM: see docs/gf.md "scale search".
@@ -198,6 +198,35 @@ def design_density(hist: torch.Tensor, centers: torch.Tensor, design: str) -> tu
 # ---------------------------------------------------------------------------------------------- codec
 
 
+class _Nearest:
+    """Nearest-level search by a uniform grid of cells on [-1, 1] instead of a binary search (~5x faster).
+
+    Each cell stores the code nearest to its left edge; when at most one decision boundary (midpoint
+    between levels) falls in every cell, ``code = cell_code + (z > boundary[cell_code])`` is exact.
+    Tables with boundaries closer than a cell fall back to ``torch.bucketize`` (same result).
+    """
+
+    CELLS = 1 << 16
+
+    def __init__(self, table: torch.Tensor) -> None:
+        t = table.to(torch.float32)
+        self.mids = (t[1:] + t[:-1]) / 2
+        self.bounds = torch.cat([self.mids, torch.full((1,), math.inf, device=t.device)])
+        edges = torch.linspace(-1, 1, self.CELLS + 1, device=t.device)[:-1]
+        self.cell_code = torch.bucketize(edges, self.mids)
+        per_cell = torch.bincount(((self.mids.clamp(-1, 1) + 1) * (self.CELLS / 2)).long()
+                                  .clamp(0, self.CELLS - 1), minlength=self.CELLS)
+        self.exact = bool((per_cell <= 1).all())
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        if not self.exact:
+            return torch.bucketize(z, self.mids).to(torch.uint8)
+        zc = z.clamp(-1, 1)
+        cell = ((zc + 1) * (self.CELLS / 2)).long().clamp_(0, self.CELLS - 1)
+        c = self.cell_code[cell]
+        return (c + (zc > self.bounds[c])).to(torch.uint8)
+
+
 F16_MAX = 65504.0
 F16_MIN = 2.0**-24  # smallest float16 subnormal
 
@@ -278,17 +307,17 @@ class GFCodec:
     @staticmethod
     def nearest(z: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """Index of the level nearest to each value (ties to the lower level), as uint8."""
-        mids = ((table[1:] + table[:-1]) / 2).to(device=z.device, dtype=torch.float32)
-        return torch.bucketize(z, mids).to(torch.uint8)
+        return _Nearest(table.to(z.device))(z)
 
     def _group_sse(self, w2: torch.Tensor, gran: Granularity, scale: torch.Tensor,
                    table: torch.Tensor) -> torch.Tensor:
         cols = w2.shape[1]
         t = table.to(w2.device)
+        near = _Nearest(t)
 
         def sq(c: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
             s = expand_scale(scale, gran, r0, r1, cols)
-            v = t[self.nearest(c / s, t).long()] * s
+            v = t[near(c / s).long()] * s
             return (v - c).square()
 
         return reduce_groups(w2, gran, sq, "sum", dtype=torch.float64)
@@ -323,10 +352,10 @@ class GFCodec:
             table = self.fit_table(w2, gran, scale)
             scale = self._search(w2, gran, amax, table)
         codes = torch.empty((rows, cols), dtype=torch.uint8, device=w2.device)
-        t = table.to(w2.device)
+        near = _Nearest(table.to(w2.device))
         for r0, r1 in row_chunks(rows, cols):
             s = expand_scale(scale, gran, r0, r1, cols)
-            codes[r0:r1] = self.nearest(w2[r0:r1].to(torch.float32) / s, t)
+            codes[r0:r1] = near(w2[r0:r1].to(torch.float32) / s)
         return GFTensor(codes, scale.to(torch.float16), table, self.bits, gran.kind, gran.block_size,
                         tuple(w.shape))
 
