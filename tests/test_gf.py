@@ -143,7 +143,12 @@ def test_quantize_gf_folder_loads_and_dequantizes(minilm_dir, tmp_path):
     model, _ = load_quantized(out, tokenizer=False)
     layers = quantized_modules(model)
     assert len(layers) == 6
-    served = layers[name.removesuffix(".weight")].dequantize_weight()
+    layer = layers[name.removesuffix(".weight")]
+    assert layer.bits == 4 and tuple(layer.codes.shape) == (384, 192)  # codes stay packed in memory
+    served = layer.dequantize_weight()
+    x = torch.randn(3, 384, generator=torch.Generator().manual_seed(0))
+    # the packed CPU path computes x @ W.T + b with the same W (fp32 matmul: 1e-5 relative slack)
+    assert torch.allclose(layer(x), x @ served.t() + layer.bias, rtol=1e-5, atol=1e-5)
     dequantize_checkpoint(out, tmp_path / "d")
     with st_open(str(tmp_path / "d" / "model.safetensors"), "pt") as fh:
         dense = fh.get_tensor(name)

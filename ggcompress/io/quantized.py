@@ -183,9 +183,12 @@ def _fill(model: nn.Module, ck: Checkpoint, scheme: Scheme | None, backend: Back
             where = f"{file}: {weight_name(module)}"
             sub = _submodule(model, target)
             if isinstance(sub, nn.Linear):
-                if gf:  # GF codes are unpacked to one byte each; the table is the first 2^k LUT entries
-                    g = gf_tensor(tensors, scheme, where)
-                    codes, scale, layer_lut = g.codes, g.scale, g.lut256()
+                packing: dict[str, int] = {}
+                if gf:  # GF codes stay k-bit packed; the table is the first 2^k entries of the LUT
+                    g = gf_tensor(tensors, scheme, where)  # validates (unpacks once to check the codes)
+                    codes, scale, layer_lut = tensors["codes"], g.scale, g.lut256()
+                    packing = {"bits": g.bits, "in_features": g.codes.shape[1]}
+                    del g
                 else:
                     q = quantized_tensor(tensors["codes"], tensors["scale"], scheme, where)
                     codes, scale, layer_lut = q.codes, q.scale, lut
@@ -195,7 +198,7 @@ def _fill(model: nn.Module, ck: Checkpoint, scheme: Scheme | None, backend: Back
                     if bias is None:
                         raise GGError(f"{ck.source}: weights missing from the checkpoint: {target}.bias")
                 layer = QuantLinear.from_quantized(codes, scale, layer_lut, scheme.block_size, bias=bias,
-                                                   fmt=scheme.format, name=where)
+                                                   fmt=scheme.format, name=where, **packing)
                 layer.backend = backend
                 _set_submodule(model, target, layer)
             else:  # embeddings, norms, Conv1D: no 1-byte module for them, so they load dense
