@@ -154,3 +154,32 @@ def test_quantize_gf_folder_loads_and_dequantizes(minilm_dir, tmp_path):
         dense = fh.get_tensor(name)
     assert torch.equal(served, dense)  # the loader and dequantize rebuild the same float32 values
     assert sqnr_db(w, dense) > 20  # 4-bit on a real tensor: ~22 dB measured
+
+
+def test_auto_picks_per_tensor_within_budget_and_loads(minilm_dir, tmp_path):
+    from ggcompress.formats.auto import candidates, stored_bits
+    from ggcompress.formats.dequantize import dequantize_checkpoint
+    from ggcompress.formats.quantize import QuantizeConfig, quantize_checkpoint
+    from ggcompress.io.quantized import load_quantized, quantized_modules
+
+    # exact size model: gf4 at block:32 on 384x384 = 4 + 16/32 + (64 B table + 16 B shape) / 147456 weights
+    assert stored_bits("gf4", "block:32", (384, 384)) == pytest.approx(4.5 + 8 * 80 / 384**2)
+    assert {c.format for c in candidates(8.1, (384, 384))} == {"gf3", "gf4", "gf5", "gf6", "gf8", "int8",
+                                                                "fp8_e4m3", "rf8"}
+    out = tmp_path / "q"
+    cfg = QuantizeConfig(format="auto", bits=8.1, include=r"layer\.0\.(attention\.self|output)")
+    doc = quantize_checkpoint(minilm_dir, out, cfg)
+    rows = [t for t in doc["checkpoints"][0]["tensors"] if t["action"] == "quantized"]
+    assert len(rows) == 4 and all(t["bits_per_weight"] <= 8.1 for t in rows)
+    # every chosen format is one of the candidates for its shape
+    for t in rows:
+        assert t["format"].split()[0] in {c.format for c in candidates(8.1, tuple(t["shape"]))}
+    model, _ = load_quantized(out, tokenizer=False)
+    layers = quantized_modules(model)
+    assert len(layers) == 4
+    dequantize_checkpoint(out, tmp_path / "d")
+    with safe_open(str(tmp_path / "d" / "model.safetensors"), "pt") as fh:
+        for name, layer in layers.items():
+            assert torch.equal(layer.dequantize_weight(), fh.get_tensor(name + ".weight"))
+    with pytest.raises(GGError, match="needs --bits"):
+        QuantizeConfig(format="auto").checked()

@@ -1,4 +1,4 @@
-"""k-bit packed codes (GF-k) through the Triton kernels (TRITON_INTERPRET=1) and the torch path, vs float64."""
+"""k-bit packed codes (GF-k) through the Triton kernels (TRITON_INTERPRET=1) and torch path vs float64."""
 
 from __future__ import annotations
 

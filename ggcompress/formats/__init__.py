@@ -44,7 +44,7 @@ def canonical_format(name: str) -> str:
     from ggcompress.formats.gf import GF_FORMATS
 
     key = str(name).strip().lower()
-    if key in GF_FORMATS:
+    if key in GF_FORMATS or key == "auto":  # auto: a per-tensor choice (quantize-rf8 --format auto --bits B)
         return key
     try:
         return get_codec(key).name

@@ -72,7 +72,8 @@ def dequantize_checkpoint(
             got[role] = t
             if len(got) < len(names[module]):
                 continue
-            dense = decode_parts(got, scheme, f"{info.file}: {weight_name(module)}", dtype=target)
+            dense = decode_parts(got, scheme.for_module(module), f"{info.file}: {weight_name(module)}",
+                                 dtype=target)
             writer.add_tensor(weight_name(module), dense)
             bytes_after += dense.numel() * dense.element_size()
             del pending[module], dense

@@ -67,10 +67,17 @@ class QuantizeConfig:
     quantize_lm_head: bool = False  # an lm_head tied to the embeddings always stays dense
     quantize_norms: bool = False
     compare: bool = False  # also measure every other format on the same tensors
+    bits: float | None = None  # format "auto" only: the bits/weight budget of each tensor
 
     def checked(self) -> QuantizeConfig:
         """Validate names and patterns now, so a typo fails before any work (one clear line)."""
-        canonical_format(self.format)
+        fmt = canonical_format(self.format)
+        if fmt == "auto" and (self.bits is None or not self.bits > 0):
+            raise GGError("--format auto needs --bits B (bits per weight, scales and tables included)")
+        if fmt != "auto" and self.bits is not None:
+            raise GGError("--bits only applies to --format auto")
+        if fmt == "auto" and self.compare:
+            raise GGError("--compare measures one format against the others; it does not apply to auto")
         parse_granularity(self.granularity)
         check_patterns(self.include, self.exclude)
         return self
@@ -311,9 +318,12 @@ def _quantize_one(ck: Checkpoint, out: Path | None, config: QuantizeConfig, forc
     decisions = plan(ck, config)
     fmt = canonical_format(config.format)
     gran = parse_granularity(config.granularity)
-    scheme = Scheme(fmt, gran.kind, gran.block_size,
-                    tuple(d.info.name.removesuffix(".weight") for d in decisions if d.quantize),
-                    _source_dtype(decisions))
+    modules = tuple(d.info.name.removesuffix(".weight") for d in decisions if d.quantize)
+    module_formats: tuple[tuple[str, str], ...] = ()
+    if fmt == "auto":  # choose every tensor's format first: the scheme is written before the tensors
+        module_formats = _auto_choices(ck, decisions, float(config.bits or 0), progress)
+    scheme = Scheme(fmt, gran.kind, gran.block_size, modules, _source_dtype(decisions),
+                    module_formats=module_formats)
     others = [f for f in available_formats() if f != fmt] if config.compare else []
     totals = {f: _Totals() for f in [fmt, *others]}
     kept_totals = _Totals()
@@ -337,7 +347,10 @@ def _quantize_one(ck: Checkpoint, out: Path | None, config: QuantizeConfig, forc
                 writer.add_tensor(info.name, w)
         else:
             try:
-                q, stats = measure(fmt, w, gran.spec, info.name)
+                own = scheme.for_module(info.name.removesuffix(".weight"))
+                q, stats = measure(own.format, w, own.granularity_spec, info.name)
+                if fmt == "auto":
+                    row["format"] = f"{own.format} {own.granularity_spec}"
                 compared = {f: measure(f, w, gran.spec, info.name)[1] for f in others}
             except GGError as exc:
                 raise GGError(f"{info.file}: {exc}") from None
@@ -384,6 +397,24 @@ def _quantize_one(ck: Checkpoint, out: Path | None, config: QuantizeConfig, forc
                 writer.write_json("config.json", {**ck.config, "quantization_config": scheme.to_dict()})
     return _checkpoint_report(ck, out, scheme, [rows[d.info.name] for d in decisions], totals[fmt],
                               kept_totals, {f: totals[f] for f in [fmt, *others]} if others else None)
+
+
+def _auto_choices(ck: Checkpoint, decisions: list[Decision], budget: float,
+                  progress: Progress | None) -> tuple[tuple[str, str], ...]:
+    """(module, "format granularity") of every quantized tensor under ``--format auto --bits budget``."""
+    from ggcompress.formats.auto import choose
+
+    wanted = [d.info.name for d in decisions if d.quantize]
+    notify = progress or (lambda desc, done, total: None)
+    out = []
+    for i, (info, w) in enumerate(ck.iter_tensors(wanted)):
+        try:
+            cand, _, _ = choose(w, budget, info.name)
+        except GGError as exc:
+            raise GGError(f"{info.file}: {exc}") from None
+        out.append((info.name.removesuffix(".weight"), f"{cand.format} {cand.granularity}"))
+        notify(f"{ck.source} (choosing formats)", i + 1, len(wanted))
+    return tuple(out)
 
 
 def _size_totals(q: _Totals, kept: _Totals) -> dict[str, Any]:

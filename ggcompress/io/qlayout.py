@@ -44,7 +44,10 @@ METADATA_KEY = "quantization_config"
 #: Version of each format's decode table. RF8's is docs/rf8.md's; the OCP FP8 and two's-complement INT8
 #: tables are fixed by their standards, so they stay 1.
 FORMAT_VERSIONS = {"rf8": RF8_VERSION, "fp8_e4m3": 1, "fp8_e5m2": 1, "int8": 1,
-                   **{f: GF_VERSION for f in GF_FORMATS}}
+                   **{f: GF_VERSION for f in GF_FORMATS}, "auto": 1}
+#: ``format: "auto"`` (quantize-rf8 --format auto --bits B): each module has its own format and
+#: granularity in ``module_formats`` ({module: "gf4 block:32"}); the top-level granularity is unused.
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,18 @@ class Scheme:
     modules: tuple[str, ...]  # module names whose ``.weight`` is quantized, in checkpoint order
     source_dtype: str | None = None  # torch dtype name of the weights before quantization, e.g. "bfloat16"
     format_version: int = 0  # 0: the current version of ``format``
+    module_formats: tuple[tuple[str, str], ...] = ()  # auto only: (module, "format granularity")
+
+    def for_module(self, module: str) -> Scheme:
+        """The single-format scheme one module is stored with (itself unless the format is auto)."""
+        if self.format != AUTO:
+            return self
+        spec = dict(self.module_formats).get(module)
+        if spec is None:
+            raise GGError(f"quantization_config: module {module!r} has no entry in module_formats")
+        fmt, _, gran_text = spec.partition(" ")
+        gran = parse_granularity(gran_text)
+        return Scheme(fmt, gran.kind, gran.block_size, (module,), self.source_dtype)
 
     def __post_init__(self) -> None:
         if not self.format_version:
@@ -77,6 +92,8 @@ class Scheme:
             "modules": list(self.modules),
             "source_dtype": self.source_dtype,
         }
+        if self.format == AUTO:
+            d["module_formats"] = dict(self.module_formats)
         if with_version:
             d["ggcompress_version"] = __version__
         return d
@@ -109,8 +126,26 @@ class Scheme:
         if len(set(modules)) != len(modules):
             raise GGError(f"{where}: quantization_config.modules lists a module twice")
         source_dtype = d.get("source_dtype")
+        per_module: tuple[tuple[str, str], ...] = ()
+        if fmt == AUTO:
+            table = d.get("module_formats")
+            if not isinstance(table, dict) or set(table) != set(modules):
+                raise GGError(f"{where}: quantization_config.module_formats must give every module's format")
+            entries = []
+            for m in modules:
+                spec = table[m]
+                f, _, g = str(spec).partition(" ")
+                try:
+                    f = canonical_format(f)
+                    g = parse_granularity(g).spec
+                except GGError as exc:
+                    raise GGError(f"{where}: module_formats[{m!r}]: {exc}") from None
+                if f == AUTO:
+                    raise GGError(f"{where}: module_formats[{m!r}] cannot be auto")
+                entries.append((m, f"{f} {g}"))
+            per_module = tuple(entries)
         return cls(fmt, gran.kind, gran.block_size, tuple(modules),
-                   str(source_dtype) if source_dtype else None, int(version))
+                   str(source_dtype) if source_dtype else None, int(version), per_module)
 
 
 def weight_name(module: str) -> str:
@@ -152,14 +187,14 @@ def read_scheme(ck: Checkpoint) -> Scheme | None:
 
 
 def _core(s: Scheme) -> tuple:
-    return s.format, s.format_version, s.granularity, s.block_size, s.modules
+    return s.format, s.format_version, s.granularity, s.block_size, s.modules, s.module_formats
 
 
 def part_names(scheme: Scheme, module: str) -> dict[str, str]:
     """The tensors of one quantized module by role: codes, scale (and table, shape for GF formats)."""
     w = weight_name(module)
     names = {"codes": w, "scale": w + SCALE_SUFFIX}
-    if is_gf(scheme.format):
+    if is_gf(scheme.for_module(module).format):
         names.update(table=w + TABLE_SUFFIX, shape=w + SHAPE_SUFFIX)
     return names
 
@@ -168,9 +203,11 @@ def check_tensors(ck: Checkpoint, scheme: Scheme) -> None:
     """Every listed module has its codes, scale (table, shape) tensors with the right dtypes and shapes
     (checked from headers only; a GF weight's shape is data, so its codes are checked when read)."""
     infos = {t.name: t for t in ck.tensors}
-    gran = parse_granularity(scheme.granularity_spec)
-    gf = is_gf(scheme.format)
-    for module in scheme.modules:
+    top = scheme
+    for module in top.modules:
+        scheme = top.for_module(module)
+        gran = parse_granularity(scheme.granularity_spec)
+        gf = is_gf(scheme.format)
         names = part_names(scheme, module)
         for name in names.values():
             if name not in infos:
@@ -230,7 +267,9 @@ def stored_parts(q: QuantizedTensor | GFTensor, shape: tuple[int, ...]) -> dict[
 
 def decode_parts(parts: dict[str, torch.Tensor], scheme: Scheme, name: str,
                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The dense weight of one module from its stored tensors, in ``dtype`` (rounded once from float32)."""
+    """The dense weight of one module from its stored tensors, in ``dtype`` (rounded once from float32).
+
+    ``scheme`` is the module's own (``Scheme.for_module``)."""
     if is_gf(scheme.format):
         return gf_decode(gf_tensor(parts, scheme, name), dtype=dtype, name=name)
     return decode(parts["codes"], parts["scale"], scheme, name, dtype)

@@ -173,10 +173,12 @@ def _fill(model: nn.Module, ck: Checkpoint, scheme: Scheme | None, backend: Back
         else:
             parts.setdefault(hit[0], {})[hit[1]] = (t, info.file)
     if scheme is not None:
-        gf = is_gf(scheme.format)
-        lut = None if gf else get_codec(scheme.format).lut
-        decoded = getattr(torch, scheme.source_dtype) if scheme.source_dtype else torch.float32
+        top = scheme
+        decoded = getattr(torch, top.source_dtype) if top.source_dtype else torch.float32
         for module, part in parts.items():
+            scheme = top.for_module(module)
+            gf = is_gf(scheme.format)
+            lut = None if gf else get_codec(scheme.format).lut
             file = part["codes"][1]
             tensors = {role: t for role, (t, _) in part.items()}
             target = to_model(weight_name(module)).removesuffix(".weight")
