@@ -4,6 +4,7 @@
         --plot docs/img/formats_sqnr.png                       # everything (~20-30 min, 1 thread)
     .venv/bin/python benchmarks/bench_formats.py --models minilm --no-kl --no-timing   # SQNR only
     .venv/bin/python benchmarks/bench_formats.py --tables     # GF table designs: data vs GG vs Gaussian
+    .venv/bin/python benchmarks/bench_formats.py --render /tmp/formats.json --plot docs/img/formats_sqnr.png
 
 Per format: SQNR over every linear weight (2-D, not embeddings; the per-tensor energies summed) of
 all-MiniLM-L6-v2 and SmolLM2-135M; on SmolLM2 the KL(base || quantized) mean / p99, same-top-1 and
@@ -251,6 +252,37 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def markdown(results: dict) -> str:
+    """The docs/benchmarks.md tables from a ``--json`` result."""
+    lines = ["| class | format | MiniLM bits/w | MiniLM SQNR dB | MiniLM cos mean / min | SmolLM2 bits/w | "
+             "SmolLM2 SQNR dB | KL mean | KL p99 | same top-1 | ppl ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    mini, smol = results.get("minilm", {}), results.get("smollm2", {})
+
+    def f(row: dict, key: str, fmt: str) -> str:
+        return format(row[key], fmt) if key in row else "—"
+
+    for label in FORMATS:
+        a, b = mini.get(label, {}), smol.get(label, {})
+        if not a and not b:
+            continue
+        cls = (a or b)["class"]
+        cos = f"{a['cos_mean']:.4f} / {a['cos_min']:.4f}" if "cos_mean" in a else "—"
+        cells = [cls, label, f(a, "bits_per_weight", ".3f"), f(a, "sqnr_db", ".2f"), cos,
+                 f(b, "bits_per_weight", ".3f"), f(b, "sqnr_db", ".2f"), f(b, "kl_mean", ".4f"),
+                 f(b, "kl_p99", ".3f"), f(b, "same_top1", ".3f"), f(b, "ppl_ratio", ".3f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    timing = results.get("timing_smollm2")
+    if timing:
+        lines += ["", "| SmolLM2 | wall s | CPU s | × copy (wall) |", "|---|---|---|---|",
+                  f"| streaming copy | {timing['copy']['wall_s']:.1f} | {timing['copy']['cpu_s']:.1f} | 1 |"]
+        for fmt, t in timing.items():
+            if fmt != "copy":
+                lines.append(f"| quantize-rf8 --format {fmt} --granularity block:32 | {t['wall_s']:.1f} | "
+                             f"{t['cpu_s']:.1f} | {t['x_copy_wall']:.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="minilm,smollm2")
@@ -263,7 +295,14 @@ def main() -> int:
     parser.add_argument("--tables", action="store_true", help="only the GF table-design comparison")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
+    parser.add_argument("--render", type=Path, help="print the markdown tables (and --plot) of a --json file")
     args = parser.parse_args()
+    if args.render:
+        results = json.loads(args.render.read_text())
+        print(markdown(results))
+        if args.plot:
+            plot(results, args.plot)
+        return 0
     torch.set_num_threads(1)
     print(f"torch threads 1; machine shared (loaded); {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
     folders = {"minilm": fixtures.minilm(), "smollm2": fixtures.smollm2()}
