@@ -192,12 +192,15 @@ def quantize_timing(folder: Path, formats: list[str]) -> dict:
 
     out: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench-formats-") as tmp:
-        t0, c0 = time.perf_counter(), time.process_time()
-        ck = open_checkpoint(folder)
-        with CheckpointWriter(Path(tmp) / "copy", inputs=[ck.source]) as writer:
-            for info, t in ck.iter_tensors():
-                writer.add_tensor(info.name, t)
-        out["copy"] = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+        for i in range(2):  # the faster of two copies (the first one may also warm the page cache)
+            t0, c0 = time.perf_counter(), time.process_time()
+            ck = open_checkpoint(folder)
+            with CheckpointWriter(Path(tmp) / f"copy{i}", inputs=[ck.source]) as writer:
+                for info, t in ck.iter_tensors():
+                    writer.add_tensor(info.name, t)
+            run = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+            if "copy" not in out or run["wall_s"] < out["copy"]["wall_s"]:
+                out["copy"] = run
         for fmt in formats:
             t0, c0 = time.perf_counter(), time.process_time()
             quantize_checkpoint(folder, Path(tmp) / fmt, QuantizeConfig(format=fmt, granularity="block:32"))
@@ -293,6 +296,7 @@ def main() -> int:
     parser.add_argument("--no-kl", action="store_true")
     parser.add_argument("--no-timing", action="store_true")
     parser.add_argument("--tables", action="store_true", help="only the GF table-design comparison")
+    parser.add_argument("--timing-only", action="store_true", help="only the SmolLM2 quantize-vs-copy timing")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--render", type=Path, help="print the markdown tables (and --plot) of a --json file")
@@ -311,6 +315,12 @@ def main() -> int:
         out = {m: table_designs(linear_weights(folders[m])) for m in models}
         if args.json:
             args.json.write_text(json.dumps(out, indent=1))
+        return 0
+    if args.timing_only:
+        timing = quantize_timing(folders["smollm2"], ["gf3", "gf4", "gf8"])
+        print(json.dumps(timing, indent=1), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps({"timing_smollm2": timing}, indent=1))
         return 0
     labels = args.formats.split(",") if args.formats else list(FORMATS)
     _, valid = fixtures.text()
