@@ -348,8 +348,8 @@ def main() -> int:
             print(f"{model:8s} {label:18s} {row['bits_per_weight']:6.3f} b/w  {row['sqnr_db']:6.2f} dB  "
                   f"{extra}", flush=True)
             del decoded
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=1))
+            if args.json:  # after every row: a long run interrupted still leaves its figures
+                args.json.write_text(json.dumps(results, indent=1))
     if not args.no_timing and "smollm2" in models:
         results["timing_smollm2"] = quantize_timing(folders["smollm2"], ["gf3", "gf4", "gf8"])
         print(json.dumps(results["timing_smollm2"], indent=1), flush=True)
