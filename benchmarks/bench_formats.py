@@ -4,7 +4,8 @@
         --plot docs/img/formats_sqnr.png                       # everything (~20-30 min, 1 thread)
     .venv/bin/python benchmarks/bench_formats.py --models minilm --no-kl --no-timing   # SQNR only
     .venv/bin/python benchmarks/bench_formats.py --tables     # GF table designs: data vs GG vs Gaussian
-    .venv/bin/python benchmarks/bench_formats.py --render /tmp/formats.json --plot docs/img/formats_sqnr.png
+    .venv/bin/python benchmarks/bench_formats.py --render /tmp/formats.json [more.json ...] \
+        --plot docs/img/formats_sqnr.png                       # tables + plot from saved results
 
 Per format: SQNR over every linear weight (2-D, not embeddings; the per-tensor energies summed) of
 all-MiniLM-L6-v2 and SmolLM2-135M; on SmolLM2 the KL(base || quantized) mean / p99, same-top-1 and
@@ -299,10 +300,14 @@ def main() -> int:
     parser.add_argument("--timing-only", action="store_true", help="only the SmolLM2 quantize-vs-copy timing")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
-    parser.add_argument("--render", type=Path, help="print the markdown tables (and --plot) of a --json file")
+    parser.add_argument("--render", type=Path, nargs="+",
+                        help="print the markdown tables (and --plot) of --json files (merged by model)")
     args = parser.parse_args()
     if args.render:
-        results = json.loads(args.render.read_text())
+        results = {}
+        for path in args.render:
+            for key, value in json.loads(path.read_text()).items():
+                results.setdefault(key, {}).update(value)
         print(markdown(results))
         if args.plot:
             plot(results, args.plot)
