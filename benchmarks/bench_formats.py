@@ -40,7 +40,7 @@ from ggcompress.formats.gf import GFCodec, gf_decode
 Fn = Callable[[torch.Tensor], RoundTrip]
 
 
-def gf(bits: int, gran: str, design: str = "data") -> Fn:
+def gf(bits: int, gran: str, design: str = "auto") -> Fn:
     def run(w: torch.Tensor) -> RoundTrip:
         q = GFCodec(bits, design=design).encode(w, gran)
         return RoundTrip(gf_decode(q), q.stored_bytes)
