@@ -238,8 +238,21 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, model in zip(axes, ("minilm", "smollm2"), strict=True):
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.8))
+    kl_ax = axes[2]
+    for label, r in results.get("smollm2", {}).items():
+        if "kl_mean" in r:
+            gfmt = label.startswith("gf")
+            kl_ax.scatter(r["bits_per_weight"], r["kl_mean"], marker="o" if gfmt else "x",
+                          color="tab:red" if gfmt else "tab:blue")
+            kl_ax.annotate(label.split(" (")[0], (r["bits_per_weight"], r["kl_mean"]), fontsize=6,
+                           xytext=(3, -3), textcoords="offset points")
+    kl_ax.set_yscale("log")
+    kl_ax.set_title("smollm2: KL(base || quantized) per token, mean (q4_1: the fixture's own lattice)")
+    kl_ax.set_xlabel("bits per weight (codes + scales + tables)")
+    kl_ax.set_ylabel("KL mean (nats)")
+    kl_ax.grid(alpha=0.3)
+    for ax, model in zip(axes[:2], ("minilm", "smollm2"), strict=True):
         rows = results.get(model, {})
         for label, r in rows.items():
             gfmt = label.startswith("gf")
