@@ -248,7 +248,7 @@ def plot(results: dict, path: Path) -> None:
             kl_ax.annotate(label.split(" (")[0], (r["bits_per_weight"], r["kl_mean"]), fontsize=6,
                            xytext=(3, -3), textcoords="offset points")
     kl_ax.set_yscale("log")
-    kl_ax.set_title("smollm2: KL(base || quantized) per token, mean (q4_1: the fixture's own lattice)")
+    kl_ax.set_title("smollm2: mean KL(base || quantized) per token")
     kl_ax.set_xlabel("bits per weight (codes + scales + tables)")
     kl_ax.set_ylabel("KL mean (nats)")
     kl_ax.grid(alpha=0.3)
