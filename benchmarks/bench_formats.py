@@ -286,8 +286,8 @@ def markdown(results: dict) -> str:
         cls = (a or b)["class"]
         cos = f"{a['cos_mean']:.4f} / {a['cos_min']:.4f}" if "cos_mean" in a else "—"
         cells = [cls, label, f(a, "bits_per_weight", ".3f"), f(a, "sqnr_db", ".2f"), cos,
-                 f(b, "bits_per_weight", ".3f"), f(b, "sqnr_db", ".2f"), f(b, "kl_mean", ".4f"),
-                 f(b, "kl_p99", ".3f"), f(b, "same_top1", ".3f"), f(b, "ppl_ratio", ".3f")]
+                 f(b, "bits_per_weight", ".3f"), f(b, "sqnr_db", ".2f"), f(b, "kl_mean", ".3g"),
+                 f(b, "kl_p99", ".3g"), f(b, "same_top1", ".3f"), f(b, "ppl_ratio", ".3f")]
         lines.append("| " + " | ".join(cells) + " |")
     timing = results.get("timing_smollm2")
     if timing:
