@@ -183,3 +183,14 @@ def test_auto_picks_per_tensor_within_budget_and_loads(minilm_dir, tmp_path):
             assert torch.equal(layer.dequantize_weight(), fh.get_tensor(name + ".weight"))
     with pytest.raises(GGError, match="needs --bits"):
         QuantizeConfig(format="auto").checked()
+
+
+def test_zero_groups_decode_to_zero(minilm_weight):
+    w = minilm_weight[:4].clone()
+    w[1] = 0.0
+    w[2, :32] = 0.0
+    for gran in ("channel", "block:32"):
+        dec = gf_decode(GFCodec(4).encode(w, gran))
+        # scale 2^-24 times a level of magnitude <= 1: below 6e-8, vs weights of order 1e-2
+        assert float(dec[1].abs().max()) < 6e-8
+    assert float(dec[2, :32].abs().max()) < 6e-8

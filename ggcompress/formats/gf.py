@@ -351,7 +351,9 @@ class GFCodec:
         check_finite(w2, name)
         rows, cols = w2.shape
         amax = signed_amax(w2, gran) if self.signed else group_amax(w2, gran)
-        amax = torch.where(amax != 0, amax, torch.ones_like(amax))
+        # an all-zero group gets the smallest scale, so it decodes to (almost exactly) zero whatever the
+        # table's level nearest to 0 is
+        amax = torch.where(amax != 0, amax, torch.full_like(amax, F16_MIN))
         s0 = amax
         table = self.fit_table(w2, gran, s0)
         scale = self._search(w2, gran, amax, table) if len(self.grid) > 1 else f16_scale(amax * self.grid[0])
