@@ -107,7 +107,9 @@ def gguf_round_trip(w: torch.Tensor, fmt: str) -> RoundTrip:
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
     from gguf import quants as gq
 
-    qtype = getattr(GGMLQuantizationType, fmt.upper())
+    qtype = getattr(GGMLQuantizationType, fmt.upper(), None)
+    if qtype is None or qtype not in GGML_QUANT_SIZES:
+        raise GGError(f"the installed gguf package has no {fmt.upper()}; upgrade it (pip install -U gguf)")
     block, type_size = GGML_QUANT_SIZES[qtype]
     w2 = as_matrix(w, fmt).to(torch.float32)
     rows, cols = w2.shape
