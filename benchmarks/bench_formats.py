@@ -4,6 +4,7 @@
         --plot docs/img/formats_sqnr.png                       # everything (~20-30 min, 1 thread)
     .venv/bin/python benchmarks/bench_formats.py --models minilm --no-kl --no-timing   # SQNR only
     .venv/bin/python benchmarks/bench_formats.py --tables     # GF table designs: data vs GG vs Gaussian
+    .venv/bin/python benchmarks/bench_formats.py --ablations --models minilm   # GF encoder choices
     .venv/bin/python benchmarks/bench_formats.py --render /tmp/formats.json [more.json ...] \
         --plot docs/img/formats_sqnr.png                       # tables + plot from saved results
 
@@ -229,6 +230,31 @@ def table_designs(weights: dict[str, torch.Tensor]) -> list[dict]:
     return rows
 
 
+def ablations(weights: dict[str, torch.Tensor]) -> dict[str, float]:
+    """GF encoder choices switched off one at a time (SQNR dB over the weights)."""
+    variants = {
+        "gf4 block:64 signed scale": GFCodec(4),
+        "gf4 block:64 magnitude scale": GFCodec(4, signed=False),
+        "gf4 block:32 (search, no refit)": GFCodec(4),
+        "gf4 block:32 search + table refit": GFCodec(4, refine=True),
+        "gf4 block:32 no scale search": GFCodec(4, scale_grid=(1.0,)),
+        "gf8 channel (no search)": GFCodec(8),
+        "gf8 channel with search 1/0.95/0.9": GFCodec(8, scale_grid=(1.0, 0.95, 0.9)),
+    }
+    out = {}
+    for label, codec in variants.items():
+        gran = label.split()[1]
+
+        def run(w: torch.Tensor, c: GFCodec = codec, g: str = gran) -> RoundTrip:
+            q = c.encode(w, g)
+            return RoundTrip(gf_decode(q), q.stored_bytes)
+
+        _, st = round_trip_all(weights, run)
+        out[label] = st["sqnr_db"]
+        print(f"  {label:38s} {st['sqnr_db']:.2f} dB", flush=True)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 
@@ -311,6 +337,7 @@ def main() -> int:
     parser.add_argument("--no-timing", action="store_true")
     parser.add_argument("--tables", action="store_true", help="only the GF table-design comparison")
     parser.add_argument("--timing-only", action="store_true", help="only the SmolLM2 quantize-vs-copy timing")
+    parser.add_argument("--ablations", action="store_true", help="only GF encoder choices switched off")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--render", type=Path, nargs="+",
@@ -331,6 +358,11 @@ def main() -> int:
     models = [m for m in args.models.split(",") if m]
     if args.tables:
         out = {m: table_designs(linear_weights(folders[m])) for m in models}
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=1))
+        return 0
+    if args.ablations:
+        out = {m: ablations(linear_weights(folders[m])) for m in models}
         if args.json:
             args.json.write_text(json.dumps(out, indent=1))
         return 0
