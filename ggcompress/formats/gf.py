@@ -16,13 +16,14 @@ Design densities (``design``):
 - ``gauss``: the same with beta = 2 (the control).
 docs/gf.md measures the three (``benchmarks/bench_formats.py --tables``). ``auto`` (the default) uses
 ``gg`` for 8 bits per channel / tensor, where the shape match measured best (+0.66 dB on MiniLM,
-+0.79 dB on SmolLM2 over ``data``), and ``data`` everywhere else, where it was best by 0.4-1.8 dB.
++0.79 dB on SmolLM2 over ``data``), and ``data`` everywhere else, where it was best by 0.36-1.87 dB.
 
-Scale: per group ``s = amax * f`` with ``f`` picked from ``scale_grid`` to minimize the group's squared
-error (f < 1 clips the group's largest weights to the top level in exchange for finer steps), then the
-table can be refitted on the chosen scales and the factors searched once more (``refine``; off by
-default: +0.00 dB on MiniLM at 4 bits for twice the time). At 8 bits the search gains nothing
-(42.70 dB either way on MiniLM per-channel), so GF-8 uses the amax scale alone.
+Scale: per group ``s = a * f``, ``a`` the signed value of the largest-magnitude weight and ``f``
+picked from ``scale_grid`` to minimize the group's squared error (f < 1 clips the group's largest
+weights to the top level in exchange for finer steps). The table can then be refitted on the chosen
+scales and the factors searched once more (``refine``; off by default: +0.00 dB on MiniLM at 4 bits
+for twice the time). At 8 bits the search gains nothing (43.36 dB either way on MiniLM per channel),
+so GF-8 uses ``a`` alone.
 """
 
 from __future__ import annotations
