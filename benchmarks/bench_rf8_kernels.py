@@ -9,7 +9,10 @@ bound by weight bytes, so the ideal speed-up over bf16 is about 2x (1 byte per w
 Timing: triton.testing.do_bench (CUDA events, L2 flushed before every repetition, so weights are
 re-read from HBM as in a real forward pass; the flush also hides Python launch overhead). --sweep
 also times a few hand-picked launch configs and reports the best, since default_config is untuned.
+GF-4 / GF-8 (``--format gf4 --format gf8``): k-bit packed codes (two 4-bit codes per byte, docs/gf.md)
+with a 2^k-entry table, unpacked inside the kernel; the ideal batch-1 speed-up is then ~16/k.
 Run:  python benchmarks/bench_rf8_kernels.py [--sweep] [--granularity channel --granularity block:128]
+      python benchmarks/bench_rf8_kernels.py --format rf8 --format gf4 --format gf8 --granularity block:32
 Exits with status 1 and a one-line message when no CUDA device is present.
 """
 
@@ -54,7 +57,7 @@ def sweep_configs(m: int, block: int | None):
 
 
 COLUMNS = [
-    ("in->out", 12), ("gran", 9), ("M", 3), ("bf16 us", 8), ("fused us", 9), ("deq+mm us", 10),
+    ("in->out", 12), ("fmt", 4), ("gran", 9), ("M", 3), ("bf16 us", 8), ("fused us", 9), ("deq+mm us", 10),
     ("fused GB/s", 10), ("bf16 GB/s", 9), ("x bf16", 7), ("ideal", 6), ("x deq+mm", 8), ("rel err", 8),
     ("config", 0),
 ]
@@ -68,6 +71,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--granularity", action="append", default=None, help="channel or block:N, repeatable")
     parser.add_argument("--sweep", action="store_true", help="also time a grid of launch configs")
+    parser.add_argument("--format", dest="formats", action="append", default=None,
+                        help="rf8 (8-bit codes), gf4 (packed 4-bit) or gf8; repeatable (default rf8)")
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
     parser.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in SHAPES), help="in x out: KxN,...")
     args = parser.parse_args()
@@ -76,6 +81,7 @@ def main() -> int:
         return 1
     import triton.testing
 
+    from ggcompress.formats.packing import pack_codes
     from ggcompress.kernels import dequantize
     from ggcompress.kernels.lut_matmul import default_config, lut_linear_triton
 
@@ -83,7 +89,10 @@ def main() -> int:
     batches = [int(b) for b in args.batches.split(",")]
     dev = torch.device("cuda")
     gen = torch.Generator(device=dev).manual_seed(0)
-    lut = rf8_lut().to(dev)
+    formats = args.formats or ["rf8"]
+    if any(f not in ("rf8", "gf4", "gf8") for f in formats):
+        print(f"bench_rf8_kernels: --format takes rf8, gf4 or gf8, got {formats}", file=sys.stderr)
+        return 2
     linear = torch.nn.functional.linear
     print(f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}, triton {triton.__version__}")
 
@@ -91,13 +100,7 @@ def main() -> int:
         fn()  # compile / warm up outside the timed region
         return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e-3  # seconds
 
-    header = format_row([name for name, _ in COLUMNS])
-    print(header)
-    print("-" * len(header))
-    shapes = [tuple(int(v) for v in item.split("x")) for item in args.shapes.split(",")]
-    for k, n in shapes:
-        w_bf16 = (torch.randn(n, k, device=dev, generator=gen) * 0.02).to(torch.bfloat16)
-        codes = torch.randint(0, 256, (n, k), device=dev, dtype=torch.uint8, generator=gen)
+    def run_format(fmt, bits, k, n, w_bf16, raw, codes, lut) -> None:
         for gran in grans:
             block = None if gran == "channel" else int(gran.split(":")[1])
             groups = 1 if block is None else -(-k // block)
@@ -109,12 +112,12 @@ def main() -> int:
                 bytes_bf16 = 2 * n * k + io_bytes
 
                 def fused(c):
-                    return lambda: lut_linear_triton(x, codes, scale, lut, block, config=c)  # noqa: B023
+                    return lambda: lut_linear_triton(x, codes, scale, lut, block, config=c, bits=bits)  # noqa: B023
 
                 t_bf16 = bench(lambda: linear(x, w_bf16))  # noqa: B023
                 cfg = default_config(m, n, k, block or k, groups)
                 t_fused = bench(fused(cfg))
-                t_deq = bench(lambda: linear(x, dequantize(codes, scale, lut, block, torch.bfloat16)))  # noqa: B023
+                t_deq = bench(lambda: linear(x, dequantize(raw, scale, lut, block, torch.bfloat16)))  # noqa: B023
                 for c in sweep_configs(m, block) if args.sweep else []:
                     try:
                         t = bench(fused(c))
@@ -124,16 +127,33 @@ def main() -> int:
                     if t < t_fused:
                         t_fused, cfg = t, c
                 y = fused(cfg)().float()
-                ref = x.float() @ dequantize(codes, scale, lut, block, torch.float32).T
+                ref = x.float() @ dequantize(raw, scale, lut, block, torch.float32).T
                 rel = ((y - ref).abs().max() / ref.abs().max()).item()
                 print(format_row([
-                    f"{k}->{n}", gran, str(m),
+                    f"{k}->{n}", fmt, gran, str(m),
                     f"{t_bf16 * 1e6:.1f}", f"{t_fused * 1e6:.1f}", f"{t_deq * 1e6:.1f}",
                     f"{bytes_fused / t_fused / 1e9:.0f}", f"{bytes_bf16 / t_bf16 / 1e9:.0f}",
                     f"{t_bf16 / t_fused:.2f}", f"{bytes_bf16 / bytes_fused:.2f}", f"{t_deq / t_fused:.2f}",
                     f"{rel:.1e}",
                     f"{cfg.path}:{cfg.block_m}x{cfg.block_n}x{cfg.block_k}/w{cfg.num_warps}s{cfg.num_stages}",
                 ]))
+
+    header = format_row([name for name, _ in COLUMNS])
+    print(header)
+    print("-" * len(header))
+    shapes = [tuple(int(v) for v in item.split("x")) for item in args.shapes.split(",")]
+    for k, n in shapes:
+        w_bf16 = (torch.randn(n, k, device=dev, generator=gen) * 0.02).to(torch.bfloat16)
+        for fmt in formats:
+            bits = 4 if fmt == "gf4" else 8
+            if fmt == "rf8":
+                lut = rf8_lut().to(dev)
+            else:  # a GF table: 2^k sorted levels, the rest of the 256 entries unused
+                lut = torch.zeros(256, device=dev)
+                lut[: 1 << bits] = torch.sort(torch.randn(1 << bits, device=dev, generator=gen)).values
+            raw = torch.randint(0, 1 << bits, (n, k), device=dev, dtype=torch.uint8, generator=gen)
+            codes = pack_codes(raw, bits)
+            run_format(fmt, bits, k, n, w_bf16, raw, codes, lut)
     return 0
 
 

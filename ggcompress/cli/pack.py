@@ -36,9 +36,10 @@ class _EgOrder(click.ParamType):
 @click.argument("checkpoints", nargs=-1, required=True, metavar="CHECKPOINT... | -")
 @click.option("-o", "--output", "output", required=True, metavar="OUT",
               help="The .ggz file; with several inputs a folder receiving <name>.ggz per input.")
-@click.option("--quant", metavar="step:S|rf8",
+@click.option("--quant", metavar="step:S|rf8|gfK",
               help="step:S quantizes weights to multiples of 2^-S (S: 8, 2^-10, or a number such as 0.004); "
-                   "rf8 stores RF8 codes (quantize-rf8's). [default: step:8; the codes of an already "
+                   "rf8 / gf3..gf8 store quantize-rf8's codes (GF-k: packed, give --granularity "
+                   "block:32). [default: step:8; the codes of an already "
                    "quantized input]")
 @click.option("--coder", type=click.Choice(["eg", "rans"]), default="eg", show_default=True,
               help="eg: exp-Golomb on frequency ranks (the papers' measure, = analyze's eg_bits); "
@@ -47,7 +48,7 @@ class _EgOrder(click.ParamType):
               help="Exp-Golomb order k, or 'auto' for the best order per tensor (also sets the reference "
                    "eg_bits reported with --coder rans).")
 @click.option("--granularity", default="channel", show_default=True, metavar="tensor|channel|block:N",
-              help="RF8 scale granularity (--quant rf8 on a dense checkpoint).")
+              help="Scale granularity of --quant rf8 / gfK on a dense checkpoint.")
 @click.option("--include", metavar="REGEX",
               help="Only quantize eligible tensors whose name matches (re.search); the rest stay lossless.")
 @click.option("--exclude", metavar="REGEX", help="Store tensors whose name matches losslessly (re.search).")

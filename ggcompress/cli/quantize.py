@@ -1,4 +1,4 @@
-"""`ggcompress quantize-rf8`: write 8-bit (RF8/FP8/INT8) checkpoints and show what each format costs."""
+"""`ggcompress quantize-rf8`: write 8-bit (RF8/FP8/INT8) and low-bit GF-k checkpoints; show their cost."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from ggcompress.cli._common import console, emit_json, expand_inputs
 from ggcompress.formats.quantize import QuantizeConfig, quantize_checkpoint
 from ggcompress.reports.gates import check_gates, parse_gate
 
-FORMAT_CHOICES = ("rf8", "e4m3", "e5m2", "int8")
+FORMAT_CHOICES = ("rf8", "e4m3", "e5m2", "int8", "gf3", "gf4", "gf5", "gf6", "gf8", "auto")
 #: What decoding one weight costs in hardware: the point of RF8 is the first line.
 DECODE_COST = {"rf8": "2 shifts + add", "fp8_e4m3": "fp8 multiply", "fp8_e5m2": "fp8 multiply",
-               "int8": "int8 multiply"}
+               "int8": "int8 multiply", **{f"gf{k}": "table lookup + multiply" for k in (3, 4, 5, 6, 8)}}
 
 
 @click.command("quantize-rf8")
@@ -27,9 +27,14 @@ DECODE_COST = {"rf8": "2 shifts + add", "fp8_e4m3": "fp8 multiply", "fp8_e5m2": 
 @click.option("-o", "--output", "output", metavar="OUT",
               help="Output HF folder; with several inputs a parent folder holding one subfolder per input.")
 @click.option("--format", "fmt", type=click.Choice(FORMAT_CHOICES, case_sensitive=False), default="rf8",
-              show_default=True, help="rf8 (shift-and-add), OCP FP8 e4m3 / e5m2, or symmetric int8.")
+              show_default=True, help="rf8 (shift-and-add), OCP FP8 e4m3 / e5m2, symmetric int8, or GF-k "
+              "codebooks gf3..gf8 (k-bit packed codes, fp16 scales; use --granularity block:32), or auto "
+              "(per tensor the lowest-error format within --bits).")
+@click.option("--bits", type=float, default=None, metavar="B",
+              help="With --format auto: bits per weight each tensor may use, scales and tables included.")
 @click.option("--granularity", default="channel", show_default=True, metavar="tensor|channel|block:N",
-              help="Which weights share one float32 scale: the tensor, one output row, or N inputs of a row.")
+              help="Which weights share one scale (float32; float16 for gf*): the tensor, one output row, or "
+                   "N inputs of a row.")
 @click.option("--layout", type=click.Choice(["ggcompress", "compressed-tensors"]), default="ggcompress",
               show_default=True,
               help="Output layout: ggcompress (U8 codes + scales, any format) or compressed-tensors (e4m3 / "
@@ -53,8 +58,8 @@ DECODE_COST = {"rf8": "2 shifts + add", "fp8_e4m3": "fp8 multiply", "fp8_e5m2": 
 def quantize_rf8(checkpoints: tuple[str, ...], output: str | None, fmt: str, granularity: str, layout: str,
                  include: str | None, exclude: str | None, quantize_embeddings: bool, quantize_lm_head: bool,
                  quantize_norms: bool, compare: bool, dry_run: bool, summary_only: bool, as_json: bool,
-                 force: bool, fail_if: tuple[str, ...] = ()) -> None:
-    """Quantize the linear weights of checkpoints to 8-bit codes + float32 scales.
+                 force: bool, fail_if: tuple[str, ...] = (), bits: float | None = None) -> None:
+    """Quantize the linear weights of checkpoints to 8-bit and low-bit formats (codes + scales).
 
     Writes an ordinary HF folder (safetensors with U8 codes and `.weight_scale` tensors, config.json with
     a `quantization_config`, tokenizer files copied) that `ggcompress eval` and `ggcompress.load()`
@@ -69,7 +74,8 @@ def quantize_rf8(checkpoints: tuple[str, ...], output: str | None, fmt: str, gra
     gates = [parse_gate(e) for e in fail_if]
     config = QuantizeConfig(format=fmt, granularity=granularity, include=include, exclude=exclude,
                             quantize_embeddings=quantize_embeddings, quantize_lm_head=quantize_lm_head,
-                            quantize_norms=quantize_norms, compare=compare, layout=layout).checked()
+                            quantize_norms=quantize_norms, compare=compare, layout=layout,
+                            bits=bits).checked()
     sources = expand_inputs(checkpoints)
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
@@ -111,6 +117,10 @@ def render(doc: dict[str, Any], out: Console, *, per_tensor: bool = True) -> Non
         head = f"{ck['source']} — {qc['format']} v{qc['format_version']}, {gran}"
         if per_tensor:
             out.print(_tensor_table(ck, head, settings["compare"]))
+        chosen = Counter(t["format"] for t in ck["tensors"] if t.get("format"))
+        if chosen:
+            out.print("formats chosen (auto): "
+                      + ", ".join(f"{n} {escape(f)}" for f, n in chosen.most_common()))
         kept = Counter(t["reason"] for t in ck["tensors"] if t["action"] == "kept")
         if kept:
             out.print("kept dense: " + ", ".join(f"{n} {escape(r)}" for r, n in kept.most_common()))

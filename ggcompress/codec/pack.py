@@ -102,16 +102,20 @@ class PackOptions:
         return self
 
 
+#: --quant values that store quantize-rf8 codes (RF8, or GF-k packed codes coded as bytes).
+CODE_FORMATS = ("rf8", "gf3", "gf4", "gf5", "gf6", "gf8")
+
+
 def parse_quant(text: str | None) -> tuple[str, float | None]:
     """'step:S' (S as rate.parse_step reads it: 8, 2^-8, 0.004) -> ('step', step); 'rf8' -> ('rf8', None)."""
     if text is None:
         return "auto", None
     t = str(text).strip().lower()
-    if t == "rf8":
-        return "rf8", None
+    if t in CODE_FORMATS:
+        return t, None
     if t.startswith("step:"):
         return "step", rate.parse_step(t[5:])
-    raise GGError(f"--quant {text!r}: expected step:S (e.g. step:8 = step 2^-8, step:2^-10) or rf8")
+    raise GGError(f"--quant {text!r}: expected step:S (e.g. step:8 = step 2^-8, step:2^-10), rf8 or gf3..gf8")
 
 
 # ------------------------------------------------------------------------------------- symbol coding
@@ -372,16 +376,16 @@ def _pack_one(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progres
     mode, step = parse_quant(opts.quant)
     scheme = _scheme(ck)
     if scheme is not None:
-        if mode == "step" or (mode == "rf8" and scheme.format != "rf8"):
-            hint = " or use --quant rf8" if scheme.format == "rf8" else ""
+        if mode == "step" or (mode in CODE_FORMATS and scheme.format != mode):
+            hint = f" or use --quant {scheme.format}" if scheme.format in CODE_FORMATS else ""
             raise GGError(f"{ck.source}: already quantized ({scheme.format} codes); pack stores its codes as "
                           f"they are — omit --quant{hint}")
         if opts.include is not None or opts.exclude is not None:
             raise GGError(f"{ck.source}: already quantized; --include/--exclude choose what to quantize and "
                           "do not apply (its codes are all stored as they are)")
         report = _pack_checkpoint(ck, ck, out, opts, force, progress, scheme=scheme)
-    elif mode == "rf8":
-        report = _pack_rf8(ck, out, opts, force, progress)
+    elif mode in CODE_FORMATS:
+        report = _pack_rf8(ck, out, opts, force, progress, fmt=mode)
     else:
         step = step if mode == "step" else 2.0**-8
         report = _pack_checkpoint(ck, ck, out, opts, force, progress, step=step)
@@ -392,12 +396,13 @@ def _pack_one(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progres
     return report
 
 
-def _pack_rf8(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progress: Progress | None
-              ) -> dict[str, Any]:
-    """RF8 from a dense checkpoint: quantize-rf8 into a scratch folder beside the output, pack its codes."""
+def _pack_rf8(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progress: Progress | None,
+              fmt: str = "rf8") -> dict[str, Any]:
+    """RF8 (or GF-k) from a dense checkpoint: quantize-rf8 into a scratch folder beside the output, pack
+    its codes (GF-k: the packed code bytes, entropy-coded as bytes; scales and tables stored raw)."""
     from ggcompress.formats.quantize import QuantizeConfig, quantize_checkpoint
 
-    config = QuantizeConfig(format="rf8", granularity=opts.granularity, include=opts.include,
+    config = QuantizeConfig(format=fmt, granularity=opts.granularity, include=opts.include,
                             exclude=opts.exclude)
     made = missing_parents(out)
     try:
@@ -406,7 +411,8 @@ def _pack_rf8(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progres
         remove_empty_folders(made)
         raise output_error(out, e) from e
     try:
-        relay = None if progress is None else (lambda desc, done, total: progress(f"rf8 {desc}", done, total))
+        relay = None if progress is None else (
+            lambda desc, done, total: progress(f"{fmt} {desc}", done, total))
         qdoc = quantize_checkpoint(ck.source, scratch / "rf8", config, force=True, progress=relay)
         quantized = open_checkpoint(scratch / "rf8")
         report = _pack_checkpoint(quantized, ck, out, opts, force, progress, scheme=_scheme(quantized))

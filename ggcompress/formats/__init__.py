@@ -1,4 +1,5 @@
-"""8-bit weight formats: RF8 (ours on the paper's rule), OCP FP8 E4M3 / E5M2 and INT8.
+"""8-bit weight formats: RF8 (ours on the paper's rule), OCP FP8 E4M3 / E5M2 and INT8 (this registry),
+plus the low-bit GF-k codebook formats (``formats.gf``, per-tensor tables, k-bit packed codes).
 
 Every format stores uint8 codes plus float32 scales and decodes as ``lut[code] * scale[row, col // N]``
 (see ``base``), so the matmul kernels serve all of them with one table gather.
@@ -38,6 +39,20 @@ def get_codec(name: str) -> Codec:
     return _CODECS[key]
 
 
+def canonical_format(name: str) -> str:
+    """The stored name of an 8-bit codec (``get_codec``) or of a GF-k format (``gf3`` .. ``gf8``)."""
+    from ggcompress.formats.gf import GF_FORMATS
+
+    key = str(name).strip().lower()
+    if key in GF_FORMATS or key == "auto":  # auto: a per-tensor choice (quantize-rf8 --format auto --bits B)
+        return key
+    try:
+        return get_codec(key).name
+    except GGError:
+        raise GGError(f"unknown weight format {name!r}: choose from "
+                      f"{', '.join((*_CODECS, *GF_FORMATS))}") from None
+
+
 def decode(q: QuantizedTensor, dtype: torch.dtype = torch.float32, name: str = "") -> torch.Tensor:
     """Decode with the codec named by ``q.format``."""
     return get_codec(q.format).decode(q, dtype=dtype, name=name)
@@ -45,6 +60,6 @@ def decode(q: QuantizedTensor, dtype: torch.dtype = torch.float32, name: str = "
 
 __all__ = [
     "Codec", "Granularity", "QuantizedTensor", "RF8_VERSION", "RF8Codec", "FP8Codec", "Int8Codec",
-    "available_formats", "decode", "error_stats", "get_codec", "parse_granularity", "rf8_encode_greedy",
-    "sqnr_db",
+    "available_formats", "canonical_format", "decode", "error_stats", "get_codec", "parse_granularity",
+    "rf8_encode_greedy", "sqnr_db",
 ]

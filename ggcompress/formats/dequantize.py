@@ -19,7 +19,7 @@ import torch
 from ggcompress import __version__
 from ggcompress.errors import GGError
 from ggcompress.io.checkpoint import TORCH_TO_ST, CheckpointWriter, open_checkpoint
-from ggcompress.io.qlayout import check_tensors, decode, read_scheme, scale_name, weight_name
+from ggcompress.io.qlayout import check_tensors, decode_parts, part_names, read_scheme, weight_name
 
 SCHEMA = "ggcompress.dequantize/1"
 #: --dtype choices; None keeps the dtype the weights had before quantization (``source_dtype``).
@@ -50,10 +50,10 @@ def dequantize_checkpoint(
         raise GGError(f"{ck.source}: not a ggcompress-quantized checkpoint (no quantization_config)")
     check_tensors(ck, scheme)
     target = output_dtype(dtype, scheme.source_dtype)
-    codes_of = {weight_name(m): m for m in scheme.modules}
-    scales = {scale_name(m) for m in scheme.modules}
+    names = {m: part_names(scheme, m) for m in scheme.modules}
+    role_of = {name: (m, role) for m, roles in names.items() for role, name in roles.items()}
     notify = progress or (lambda desc, done, total: None)
-    pending: dict[str, torch.Tensor] = {}  # codes waiting for their scale (the writer puts them adjacent)
+    pending: dict[str, dict[str, torch.Tensor]] = {}  # a module's parts until all are read (adjacent)
     bytes_before = bytes_after = 0
     done = 0
     with CheckpointWriter(out, force=force, inputs=[ck.source]) as writer:
@@ -62,21 +62,21 @@ def dequantize_checkpoint(
             bytes_before += info.nbytes
             done += 1
             notify(ck.source, done, len(ck.tensors))
-            module = codes_of.get(info.name) or (
-                info.name.removesuffix(".weight_scale") if info.name in scales else None)
-            if module is None:
+            hit = role_of.get(info.name)
+            if hit is None:
                 writer.add_tensor(info.name, t)
                 bytes_after += info.nbytes
                 continue
-            pending[info.name] = t
-            codes, scale = pending.get(weight_name(module)), pending.get(scale_name(module))
-            if codes is None or scale is None:
+            module, role = hit
+            got = pending.setdefault(module, {})
+            got[role] = t
+            if len(got) < len(names[module]):
                 continue
-            dense = decode(codes, scale, scheme, f"{info.file}: {weight_name(module)}", dtype=target,
-                           module=module)
+            dense = decode_parts(got, scheme.for_module(module), f"{info.file}: {weight_name(module)}",
+                                 dtype=target, module=module)
             writer.add_tensor(weight_name(module), dense)
             bytes_after += dense.numel() * dense.element_size()
-            del pending[weight_name(module)], pending[scale_name(module)], dense
+            del pending[module], dense
         writer.copy_support_files(ck.root, skip=["config.json"])
         config = ck.config
         if config is not None:
@@ -91,7 +91,7 @@ def dequantize_checkpoint(
         "granularity": scheme.granularity_spec,
         "dtype": TORCH_TO_ST[target],
         "dequantized_tensors": len(scheme.modules),
-        "tensors": len(ck.tensors) - 2 * len(scheme.modules),  # copied unchanged (codes + scale are 2)
+        "tensors": len(ck.tensors) - len(role_of),  # copied unchanged (each module's parts become one)
         "bytes_before": bytes_before,
         "bytes_after": bytes_after,
     }
@@ -124,24 +124,31 @@ def dequantize_to_gguf(
     fields = read_metadata(ck.root, gguf_metadata)
     target = output_dtype(dtype, scheme.source_dtype if scheme else None)
     gguf_dtype = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}[target]
-    modules = set(scheme.modules) if scheme else set()
-    scales = {scale_name(m) for m in modules}
-    shapes = [(t.name, tuple(t.shape)) for t in ck.tensors if t.name not in scales]
+    modules = scheme.modules if scheme else ()
+    names = {m: part_names(scheme, m) for m in modules}
+    role_of = {name: (m, role) for m, roles in names.items() for role, name in roles.items()}
+    shapes = []
+    for t in ck.tensors:
+        hit = role_of.get(t.name)
+        if hit is None:
+            shapes.append((t.name, tuple(t.shape)))
+        elif hit[1] == "codes":
+            shapes.append((weight_name(hit[0]), _dense_shape(ck, scheme, hit[0], t.shape, names[hit[0]])))
 
     def tensors():
-        pending: dict[str, torch.Tensor] = {}
+        pending: dict[str, dict[str, torch.Tensor]] = {}  # a module's parts until all are read (adjacent)
         for info, t in ck.iter_tensors():
-            module = info.name.removesuffix(".weight_scale") if info.name in scales else (
-                info.name.removesuffix(".weight") if info.name.removesuffix(".weight") in modules
-                and info.name.endswith(".weight") else None)
-            if module is None:
+            hit = role_of.get(info.name)
+            if hit is None:
                 yield info.name, t
                 continue
-            pending[info.name] = t
-            codes, scale = pending.get(weight_name(module)), pending.get(scale_name(module))
-            if codes is not None and scale is not None:
-                del pending[weight_name(module)], pending[scale_name(module)]
-                yield weight_name(module), decode(codes, scale, scheme, f"{info.file}: {weight_name(module)}")
+            module, role = hit
+            got = pending.setdefault(module, {})
+            got[role] = t
+            if len(got) == len(names[module]):
+                del pending[module]
+                yield weight_name(module), decode_parts(got, scheme.for_module(module),
+                                                        f"{info.file}: {weight_name(module)}", module=module)
 
     # the writer expects tensors in ``shapes`` order; codes and their scale are adjacent in our files
     order = [n for n, _ in shapes]
@@ -149,6 +156,17 @@ def dequantize_to_gguf(
                         force=force, inputs=[ck.source])
     return {"schema": SCHEMA, "ggcompress_version": __version__, "source": ck.source, "to": "gguf",
             "format": scheme.format if scheme else None, "dequantized_tensors": len(modules), **report}
+
+
+def _dense_shape(ck: Any, scheme: Any, module: str, codes_shape: tuple[int, ...],
+                 names: dict[str, str]) -> tuple[int, ...]:
+    """The decoded weight's shape, known before decoding: GF stores it, other formats' codes have it
+    (transposed back for a module listed in ``transposed``)."""
+    if "shape" in names:
+        shape = tuple(int(d) for d in ck.get(names["shape"]).tolist())
+    else:
+        shape = tuple(codes_shape)
+    return shape[::-1] if module in scheme.transposed else shape
 
 
 def _in_order(tensors, order: list[str]):

@@ -24,7 +24,15 @@ import torch
 
 from ggcompress import __version__
 from ggcompress.errors import GGError, check_patterns
-from ggcompress.formats import QuantizedTensor, available_formats, error_stats, get_codec, parse_granularity
+from ggcompress.formats import (
+    QuantizedTensor,
+    available_formats,
+    canonical_format,
+    error_stats,
+    get_codec,
+    parse_granularity,
+)
+from ggcompress.formats.gf import GFCodec, GFTensor, gf_bits, gf_decode, is_gf
 from ggcompress.io.checkpoint import (
     DTYPES,
     Checkpoint,
@@ -33,7 +41,7 @@ from ggcompress.io.checkpoint import (
     check_output_path,
     open_checkpoint,
 )
-from ggcompress.io.qlayout import SCALE_SUFFIX, Scheme, read_scheme
+from ggcompress.io.qlayout import SCALE_SUFFIX, Scheme, part_names, read_scheme, stored_parts
 from ggcompress.reports.jsonsafe import json_safe
 from ggcompress.stats.roles import role_of
 
@@ -51,7 +59,7 @@ Progress = Callable[[str, int, int], None]
 class QuantizeConfig:
     """What to quantize and how; defaults match the CLI (RF8, per-channel, linear weights only)."""
 
-    format: str = "rf8"  # rf8 | fp8_e4m3 (e4m3) | fp8_e5m2 (e5m2) | int8
+    format: str = "rf8"  # rf8 | fp8_e4m3 (e4m3) | fp8_e5m2 (e5m2) | int8 | gf3 | gf4 | gf5 | gf6 | gf8
     granularity: str = "channel"  # tensor | channel | block:N
     include: str | None = None  # regex (re.search) on tensor names, applied after the role rules
     exclude: str | None = None
@@ -60,10 +68,17 @@ class QuantizeConfig:
     quantize_norms: bool = False
     compare: bool = False  # also measure every other format on the same tensors
     layout: str = "ggcompress"  # ggcompress (U8 codes + _scale) | compressed-tensors (vLLM / SGLang)
+    bits: float | None = None  # format "auto" only: the bits/weight budget of each tensor
 
     def checked(self) -> QuantizeConfig:
         """Validate names and patterns now, so a typo fails before any work (one clear line)."""
-        get_codec(self.format)
+        fmt = canonical_format(self.format)
+        if fmt == "auto" and (self.bits is None or not self.bits > 0):
+            raise GGError("--format auto needs --bits B (bits per weight, scales and tables included)")
+        if fmt != "auto" and self.bits is not None:
+            raise GGError("--bits only applies to --format auto")
+        if fmt == "auto" and self.compare:
+            raise GGError("--compare measures one format against the others; it does not apply to auto")
         parse_granularity(self.granularity)
         check_patterns(self.include, self.exclude)
         if self.layout == "compressed-tensors":
@@ -190,8 +205,12 @@ def _abs_sum_nonzero(w: torch.Tensor) -> tuple[float, int]:
     return total, nonzero
 
 
-def measure(codec_name: str, w: torch.Tensor, granularity: str, name: str) -> tuple[QuantizedTensor, dict]:
+def measure(codec_name: str, w: torch.Tensor, granularity: str,
+            name: str) -> tuple[QuantizedTensor | GFTensor, dict]:
     """Encode ``w`` and measure the decoded float32 weight against it (what QuantLinear computes with)."""
+    if is_gf(codec_name):
+        g = GFCodec(gf_bits(codec_name)).encode(w, granularity, name=name)
+        return g, error_stats(w, gf_decode(g, name=name))
     codec = get_codec(codec_name)
     q = codec.encode(w, granularity, name=name)
     stats = error_stats(w, codec.decode(q, name=name))
@@ -234,7 +253,7 @@ def quantize_checkpoint(
     return {
         "schema": SCHEMA,
         "ggcompress_version": __version__,
-        "settings": {**asdict(config), "format": get_codec(config.format).name, "dry_run": out is None},
+        "settings": {**asdict(config), "format": canonical_format(config.format), "dry_run": out is None},
         "checkpoints": reports,
     }
 
@@ -314,14 +333,17 @@ def _source_dtype(decisions: list[Decision]) -> str | None:
 def _quantize_one(ck: Checkpoint, out: Path | None, config: QuantizeConfig, force: bool,
                   progress: Progress | None) -> dict[str, Any]:
     decisions = plan(ck, config)
-    fmt = get_codec(config.format).name
+    fmt = canonical_format(config.format)
     gran = parse_granularity(config.granularity)
     transposed = _transposed(ck, decisions)
-    scheme = Scheme(fmt, gran.kind, gran.block_size,
-                    tuple(d.info.name.removesuffix(".weight") for d in decisions if d.quantize),
-                    _source_dtype(decisions),
+    modules = tuple(d.info.name.removesuffix(".weight") for d in decisions if d.quantize)
+    module_formats: tuple[tuple[str, str], ...] = ()
+    if fmt == "auto":  # choose every tensor's format first: the scheme is written before the tensors
+        module_formats = _auto_choices(ck, decisions, float(config.bits or 0), transposed, progress)
+    scheme = Scheme(fmt, gran.kind, gran.block_size, modules, _source_dtype(decisions),
                     transposed=tuple(d.info.name.removesuffix(".weight") for d in decisions
-                                     if d.info.name in transposed))
+                                     if d.info.name in transposed),
+                    module_formats=module_formats)
     export = None
     if config.layout == "compressed-tensors" and out is not None:
         from ggcompress.integrations.compressed_tensors import plan_export
@@ -353,13 +375,17 @@ def _quantize_one(ck: Checkpoint, out: Path | None, config: QuantizeConfig, forc
                 w = w.t().contiguous()
                 row["transposed"] = True
             try:
-                q, stats = measure(fmt, w, gran.spec, info.name)
+                own = scheme.for_module(info.name.removesuffix(".weight"))
+                q, stats = measure(own.format, w, own.granularity_spec, info.name)
+                if fmt == "auto":
+                    row["format"] = f"{own.format} {own.granularity_spec}"
                 compared = {f: measure(f, w, gran.spec, info.name)[1] for f in others}
             except GGError as exc:
                 raise GGError(f"{info.file}: {exc}") from None
-            after = q.codes.numel() + 4 * q.scale.numel()
+            parts = stored_parts(q, tuple(w.shape))
+            after = sum(t.numel() * t.element_size() for t in parts.values())
             abs_sum, nonzero = _abs_sum_nonzero(w)
-            row.update(bytes_after=after, ratio=info.nbytes / after, bits_per_weight=q.bits_per_weight,
+            row.update(bytes_after=after, ratio=info.nbytes / after, bits_per_weight=8 * after / info.numel,
                        **_row_errors(stats))
             totals[fmt].add(stats, abs_sum, nonzero, info.nbytes, after, info.numel)
             if others:
@@ -371,9 +397,10 @@ def _quantize_one(ck: Checkpoint, out: Path | None, config: QuantizeConfig, forc
                 for name, t in export.tensors(info.name.removesuffix(".weight"), q, info.name).items():
                     writer.add_tensor(name, t)
             elif writer is not None:
-                writer.add_tensor(info.name, q.codes.reshape(w.shape))
-                writer.add_tensor(info.name + SCALE_SUFFIX, q.scale)
-            del q
+                names = part_names(scheme, info.name.removesuffix(".weight"))
+                for role, t in parts.items():
+                    writer.add_tensor(names[role], t)
+            del q, parts
         rows[info.name] = row
 
     total = len(decisions) if out is not None else sum(d.quantize for d in decisions)
@@ -402,6 +429,26 @@ def _quantize_one(ck: Checkpoint, out: Path | None, config: QuantizeConfig, forc
                 writer.write_json("config.json", {**ck.config, "quantization_config": qc})
     return _checkpoint_report(ck, out, scheme, [rows[d.info.name] for d in decisions], totals[fmt],
                               kept_totals, {f: totals[f] for f in [fmt, *others]} if others else None)
+
+
+def _auto_choices(ck: Checkpoint, decisions: list[Decision], budget: float, transposed: set[str],
+                  progress: Progress | None) -> tuple[tuple[str, str], ...]:
+    """(module, "format granularity") of every quantized tensor under ``--format auto --bits budget``."""
+    from ggcompress.formats.auto import choose
+
+    wanted = [d.info.name for d in decisions if d.quantize]
+    notify = progress or (lambda desc, done, total: None)
+    out = []
+    for i, (info, w) in enumerate(ck.iter_tensors(wanted)):
+        if info.name in transposed:  # chosen on the [out, in] matrix it will be stored as
+            w = w.t().contiguous()
+        try:
+            cand, _, _ = choose(w, budget, info.name)
+        except GGError as exc:
+            raise GGError(f"{info.file}: {exc}") from None
+        out.append((info.name.removesuffix(".weight"), f"{cand.format} {cand.granularity}"))
+        notify(f"{ck.source} (choosing formats)", i + 1, len(wanted))
+    return tuple(out)
 
 
 def _size_totals(q: _Totals, kept: _Totals) -> dict[str, Any]:

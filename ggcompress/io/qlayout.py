@@ -14,6 +14,10 @@ three must agree byte for byte with docs/quantize-rf8.md ("Checkpoint layout"). 
 - the scheme (``Scheme``) sits in config.json ``quantization_config`` (with ``ggcompress_version``) and,
   as a compact sorted JSON string, in every shard's safetensors ``__metadata__["quantization_config"]``
   (without the version, so output bytes depend only on the input and the settings).
+
+GF-k formats (docs/gf.md) store each weight as four tensors: ``X.weight`` (U8 codes packed k bits per
+code, (rows, ceil(cols * k / 8))), ``X.weight_scale`` (F16, signed, same shapes as above),
+``X.weight_table`` (F32, 2^k levels) and ``X.weight_shape`` (I64, the weight's original shape).
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ import torch
 
 from ggcompress import __version__
 from ggcompress.errors import GGError
-from ggcompress.formats import QuantizedTensor, get_codec, parse_granularity
+from ggcompress.formats import QuantizedTensor, canonical_format, get_codec, parse_granularity
 from ggcompress.formats.base import matrix_shape, validate
+from ggcompress.formats.gf import GF_FORMATS, GF_VERSION, GFTensor, gf_bits, gf_decode, gf_from_packed, is_gf
 from ggcompress.formats.rf8 import RF8_VERSION
 from ggcompress.io.checkpoint import Checkpoint
 from ggcompress.io.limits import is_int, loads_json
@@ -35,11 +40,18 @@ from ggcompress.io.limits import is_int, loads_json
 QUANT_METHOD = "ggcompress"
 #: ``X.weight`` holds the codes, ``X.weight`` + SCALE_SUFFIX the float32 scales.
 SCALE_SUFFIX = "_scale"
+#: GF formats only: ``X.weight`` + TABLE_SUFFIX (F32 levels) and + SHAPE_SUFFIX (I64 original shape).
+TABLE_SUFFIX = "_table"
+SHAPE_SUFFIX = "_shape"
 #: safetensors ``__metadata__`` key holding the scheme as a JSON string (values must be strings).
 METADATA_KEY = "quantization_config"
 #: Version of each format's decode table. RF8's is docs/rf8.md's; the OCP FP8 and two's-complement INT8
 #: tables are fixed by their standards, so they stay 1.
-FORMAT_VERSIONS = {"rf8": RF8_VERSION, "fp8_e4m3": 1, "fp8_e5m2": 1, "int8": 1}
+FORMAT_VERSIONS = {"rf8": RF8_VERSION, "fp8_e4m3": 1, "fp8_e5m2": 1, "int8": 1,
+                   **{f: GF_VERSION for f in GF_FORMATS}, "auto": 1}
+#: ``format: "auto"`` (quantize-rf8 --format auto --bits B): each module has its own format and
+#: granularity in ``module_formats`` ({module: "gf4 block:32"}); the top-level granularity is unused.
+AUTO = "auto"
 #: Largest block size a quantization_config may declare (2^24 columns; real ones are 32..4096).
 MAX_BLOCK = 1 << 24
 
@@ -48,13 +60,26 @@ MAX_BLOCK = 1 << 24
 class Scheme:
     """How every quantized weight of one checkpoint is stored (one format and granularity for all)."""
 
-    format: str  # canonical codec name: rf8 | fp8_e4m3 | fp8_e5m2 | int8
+    format: str  # canonical codec name: rf8 | fp8_e4m3 | fp8_e5m2 | int8 | gf3..gf8 | auto
     granularity: str  # tensor | channel | block
     block_size: int | None
     modules: tuple[str, ...]  # module names whose ``.weight`` is quantized, in checkpoint order
     source_dtype: str | None = None  # torch dtype name of the weights before quantization, e.g. "bfloat16"
     format_version: int = 0  # 0: the current version of ``format``
     transposed: tuple[str, ...] = ()  # modules whose source weight was [in, out]; codes are its transpose
+    module_formats: tuple[tuple[str, str], ...] = ()  # auto only: (module, "format granularity")
+
+    def for_module(self, module: str) -> Scheme:
+        """The single-format scheme one module is stored with (itself unless the format is auto)."""
+        if self.format != AUTO:
+            return self
+        spec = dict(self.module_formats).get(module)
+        if spec is None:
+            raise GGError(f"quantization_config: module {module!r} has no entry in module_formats")
+        fmt, _, gran_text = spec.partition(" ")
+        gran = parse_granularity(gran_text)
+        return Scheme(fmt, gran.kind, gran.block_size, (module,), self.source_dtype,
+                      transposed=(module,) if module in self.transposed else ())
 
     def __post_init__(self) -> None:
         if not self.format_version:
@@ -77,6 +102,8 @@ class Scheme:
         }
         if self.transposed:  # only when present, so files without Conv1D keep their exact bytes
             d["transposed"] = list(self.transposed)
+        if self.format == AUTO:
+            d["module_formats"] = dict(self.module_formats)
         if with_version:
             d["ggcompress_version"] = __version__
         return d
@@ -95,7 +122,7 @@ class Scheme:
         if not isinstance(fmt_name, str):
             raise GGError(f"{where}: quantization_config.format must be a format name, found {fmt_name!r}")
         try:
-            fmt = get_codec(fmt_name).name
+            fmt = canonical_format(fmt_name)
         except GGError as exc:
             raise GGError(f"{where}: {exc}") from None
         version, readable = d.get("format_version"), FORMAT_VERSIONS.get(fmt)
@@ -125,8 +152,26 @@ class Scheme:
         if not isinstance(transposed, list) or not all(isinstance(m, str) and m in modules
                                                        for m in transposed):
             raise GGError(f"{where}: quantization_config.transposed must be a list of quantized module names")
+        per_module: tuple[tuple[str, str], ...] = ()
+        if fmt == AUTO:
+            table = d.get("module_formats")
+            if not isinstance(table, dict) or set(table) != set(modules):
+                raise GGError(f"{where}: quantization_config.module_formats must give every module's format")
+            entries = []
+            for m in modules:
+                spec = table[m]
+                f, _, g = str(spec).partition(" ")
+                try:
+                    f = canonical_format(f)
+                    g = parse_granularity(g).spec
+                except GGError as exc:
+                    raise GGError(f"{where}: module_formats[{m!r}]: {exc}") from None
+                if f == AUTO:
+                    raise GGError(f"{where}: module_formats[{m!r}] cannot be auto")
+                entries.append((m, f"{f} {g}"))
+            per_module = tuple(entries)
         return cls(fmt, gran.kind, gran.block_size, tuple(modules), source_dtype or None, version,
-                   tuple(transposed))
+                   tuple(transposed), per_module)
 
 
 def _float_dtype_name(name: Any) -> bool:
@@ -177,22 +222,50 @@ def read_scheme(ck: Checkpoint) -> Scheme | None:
 
 
 def _core(s: Scheme) -> tuple:
-    return s.format, s.format_version, s.granularity, s.block_size, s.modules, s.transposed
+    return s.format, s.format_version, s.granularity, s.block_size, s.modules, s.transposed, s.module_formats
+
+
+def part_names(scheme: Scheme, module: str) -> dict[str, str]:
+    """The tensors of one quantized module by role: codes, scale (and table, shape for GF formats)."""
+    w = weight_name(module)
+    names = {"codes": w, "scale": w + SCALE_SUFFIX}
+    if is_gf(scheme.for_module(module).format):
+        names.update(table=w + TABLE_SUFFIX, shape=w + SHAPE_SUFFIX)
+    return names
 
 
 def check_tensors(ck: Checkpoint, scheme: Scheme) -> None:
-    """Every listed module has U8 codes and an F32 scale of the right shapes (checked from headers only)."""
+    """Every listed module has its codes, scale (table, shape) tensors with the right dtypes and shapes
+    (checked from headers only; a GF weight's shape is data, so its codes are checked when read)."""
     infos = {t.name: t for t in ck.tensors}
-    gran = parse_granularity(scheme.granularity_spec)
-    for module in scheme.modules:
-        codes, scale = infos.get(weight_name(module)), infos.get(scale_name(module))
-        if codes is None or scale is None:
-            missing = weight_name(module) if codes is None else scale_name(module)
-            raise GGError(f"{ck.source}: quantized module {module!r} has no tensor {missing}")
+    top = scheme
+    for module in top.modules:
+        scheme = top.for_module(module)
+        gran = parse_granularity(scheme.granularity_spec)
+        gf = is_gf(scheme.format)
+        names = part_names(scheme, module)
+        for name in names.values():
+            if name not in infos:
+                raise GGError(f"{ck.source}: quantized module {module!r} has no tensor {name}")
+        codes, scale = infos[names["codes"]], infos[names["scale"]]
         if codes.dtype != "U8":
             raise GGError(f"{codes.file}: tensor {codes.name} should hold U8 codes, found {codes.dtype}")
-        if scale.dtype != "F32":
-            raise GGError(f"{scale.file}: tensor {scale.name} should be F32 scales, found {scale.dtype}")
+        want = "F16" if gf else "F32"
+        if scale.dtype != want:
+            raise GGError(f"{scale.file}: tensor {scale.name} should be {want} scales, found {scale.dtype}")
+        if gf:
+            table, shape = infos[names["table"]], infos[names["shape"]]
+            k = gf_bits(scheme.format)
+            if table.dtype != "F32" or tuple(table.shape) != (1 << k,):
+                raise GGError(f"{table.file}: tensor {table.name} should be F32 [{1 << k}], found "
+                              f"{table.dtype} {list(table.shape)}")
+            if shape.dtype != "I64" or len(shape.shape) != 1:
+                raise GGError(f"{shape.file}: tensor {shape.name} should be a 1-D I64 shape, found "
+                              f"{shape.dtype} {list(shape.shape)}")
+            if len(codes.shape) != 2 or len(scale.shape) != 2 or scale.shape[0] not in (1, codes.shape[0]):
+                raise GGError(f"{codes.file}: tensor {codes.name} should be 2-D packed codes with a "
+                              "2-D scale")
+            continue
         rows, cols = matrix_shape(codes.shape)
         expected = gran.scale_shape(rows, cols)
         if tuple(scale.shape) != expected:
@@ -207,6 +280,36 @@ def quantized_tensor(codes: torch.Tensor, scale: torch.Tensor, scheme: Scheme, n
                         scheme.granularity, scheme.block_size, tuple(codes.shape))
     validate(q, name)
     return q
+
+
+def gf_tensor(parts: dict[str, torch.Tensor], scheme: Scheme, name: str) -> GFTensor:
+    """A validated GFTensor from a module's stored tensors (``part_names`` roles)."""
+    shape_t = parts["shape"]
+    if shape_t.dtype != torch.int64 or shape_t.dim() != 1 or bool((shape_t < 0).any()):
+        raise GGError(f"{name}: the {SHAPE_SUFFIX} tensor must hold a non-negative int64 shape")
+    shape = tuple(int(d) for d in shape_t.tolist())
+    return gf_from_packed(parts["codes"], parts["scale"], parts["table"], gf_bits(scheme.format),
+                          scheme.granularity, scheme.block_size, shape, name=name)
+
+
+def stored_parts(q: QuantizedTensor | GFTensor, shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """What the writer stores for one quantized weight, by role (inverse of ``decode_parts``)."""
+    if isinstance(q, GFTensor):
+        return {"codes": q.packed(), "scale": q.scale, "table": q.table,
+                "shape": torch.tensor(list(shape), dtype=torch.int64)}
+    return {"codes": q.codes.reshape(shape), "scale": q.scale}
+
+
+def decode_parts(parts: dict[str, torch.Tensor], scheme: Scheme, name: str,
+                 dtype: torch.dtype = torch.float32, module: str | None = None) -> torch.Tensor:
+    """The dense weight of one module from its stored tensors, in ``dtype`` (rounded once from float32).
+
+    ``scheme`` is the module's own (``Scheme.for_module``); a ``module`` listed in its ``transposed`` comes
+    back in the source's [in, out] orientation."""
+    if is_gf(scheme.format):
+        dense = gf_decode(gf_tensor(parts, scheme, name), dtype=dtype, name=name)
+        return dense.t().contiguous() if module is not None and module in scheme.transposed else dense
+    return decode(parts["codes"], parts["scale"], scheme, name, dtype, module=module)
 
 
 def decode(codes: torch.Tensor, scale: torch.Tensor, scheme: Scheme, name: str,

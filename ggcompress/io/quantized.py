@@ -28,15 +28,17 @@ from torch import nn
 
 from ggcompress.errors import GGError
 from ggcompress.formats import get_codec
+from ggcompress.formats.gf import is_gf
 from ggcompress.io.checkpoint import Checkpoint, open_checkpoint
 from ggcompress.io.layers import is_conv1d
 from ggcompress.io.qlayout import (
     Scheme,
     check_tensors,
-    decode,
+    decode_parts,
+    gf_tensor,
+    part_names,
     quantized_tensor,
     read_scheme,
-    scale_name,
     weight_name,
 )
 from ggcompress.kernels import Backend
@@ -205,21 +207,27 @@ def transposed_weights(ck: Checkpoint) -> set[str]:
 def _fill(model: nn.Module, ck: Checkpoint, scheme: Scheme | None, backend: Backend) -> None:
     """Swap quantized Linears for QuantLinear, assign the other tensors, re-tie, insist nothing is missing."""
     to_model = _key_mapper(model)
-    codes_of = {} if scheme is None else {weight_name(m): m for m in scheme.modules}
-    scale_of = {} if scheme is None else {scale_name(m): m for m in scheme.modules}
+    role_of: dict[str, tuple[str, str]] = {}  # stored tensor name -> (module, role)
+    for m in scheme.modules if scheme is not None else ():
+        for role, name in part_names(scheme, m).items():
+            role_of[name] = (m, role)
     dense: dict[str, torch.Tensor] = {}
     parts: dict[str, dict[str, tuple[torch.Tensor, Path]]] = {}
     for info, t in ck.iter_tensors():  # codes stay uint8: nothing here is ever decoded for a Linear
-        module = codes_of.get(info.name) or scale_of.get(info.name)
-        if module is None:
+        hit = role_of.get(info.name)
+        if hit is None:
             dense[to_model(info.name)] = t
         else:
-            parts.setdefault(module, {})["codes" if info.name in codes_of else "scale"] = (t, info.file)
+            parts.setdefault(hit[0], {})[hit[1]] = (t, info.file)
     if scheme is not None:
-        lut = get_codec(scheme.format).lut
-        decoded = getattr(torch, scheme.source_dtype) if scheme.source_dtype else torch.float32
+        top = scheme
+        decoded = getattr(torch, top.source_dtype) if top.source_dtype else torch.float32
         for module, part in parts.items():
-            (codes, file), (scale, _) = part["codes"], part["scale"]
+            scheme = top.for_module(module)
+            gf = is_gf(scheme.format)
+            lut = None if gf else get_codec(scheme.format).lut
+            file = part["codes"][1]
+            tensors = {role: t for role, (t, _) in part.items()}
             target = to_model(weight_name(module)).removesuffix(".weight")
             where = f"{file}: {weight_name(module)}"
             sub = _submodule(model, target)
@@ -230,21 +238,31 @@ def _fill(model: nn.Module, ck: Checkpoint, scheme: Scheme | None, backend: Back
             if isinstance(sub, nn.Linear) or (transposed and sub is not None and is_conv1d(sub)):
                 linear = isinstance(sub, nn.Linear)
                 expected = (sub.out_features, sub.in_features) if linear else (sub.nf, sub.nx)
-                if tuple(codes.shape) != expected:
-                    raise GGError(f"{where}: codes have shape {list(codes.shape)}, the model's layer needs "
+                packing: dict[str, int] = {}
+                if gf:  # GF codes stay k-bit packed; the table is the first 2^k entries of the LUT
+                    g = gf_tensor(tensors, scheme, where)  # validates (unpacks once to check the codes)
+                    shape = tuple(g.codes.shape)
+                    codes, scale, layer_lut = tensors["codes"], g.scale, g.lut256()
+                    packing = {"bits": g.bits, "in_features": g.codes.shape[1]}
+                    del g
+                else:
+                    q = quantized_tensor(tensors["codes"], tensors["scale"], scheme, where)
+                    shape = tuple(tensors["codes"].shape)
+                    codes, scale, layer_lut = q.codes, q.scale, lut
+                if shape != expected:
+                    raise GGError(f"{where}: codes have shape {list(shape)}, the model's layer needs "
                                   f"{list(expected)} ([out, in])")
-                q = quantized_tensor(codes, scale, scheme, where)
                 bias = None
                 if sub.bias is not None:
                     bias = dense.pop(f"{target}.bias", None)
                     if bias is None:
                         raise GGError(f"{ck.source}: weights missing from the checkpoint: {target}.bias")
-                layer = QuantLinear.from_quantized(q.codes, q.scale, lut, scheme.block_size, bias=bias,
-                                                   fmt=scheme.format, name=where)
+                layer = QuantLinear.from_quantized(codes, scale, layer_lut, scheme.block_size, bias=bias,
+                                                   fmt=scheme.format, name=where, **packing)
                 layer.backend = backend
                 _set_submodule(model, target, layer)
             else:  # embeddings, norms, Conv1D stored as-is: no 1-byte module for them, so they load dense
-                dense[f"{target}.weight"] = decode(codes, scale, scheme, where, dtype=decoded, module=module)
+                dense[f"{target}.weight"] = decode_parts(tensors, scheme, where, dtype=decoded, module=module)
     model.load_state_dict(dense, strict=False, assign=True)
     if hasattr(model, "tie_weights"):
         model.tie_weights()

@@ -33,6 +33,7 @@ def lut_linear(
     bias: torch.Tensor | None = None,
     *,
     backend: Backend = "auto",
+    bits: int = 8,
 ) -> torch.Tensor:
     """``x @ W.T + bias`` with ``W[n, k] = lut[codes[n, k]] * scale[n or 0, k // B]``; x is (..., K).
 
@@ -40,13 +41,14 @@ def lut_linear(
     (N, 1)); otherwise scale is (N or 1, ceil(K / block_size)). Output has x's dtype, accumulation is
     fp32. ``backend="auto"`` uses the fused Triton kernel for CUDA tensors when Triton is installed,
     the chunked torch path otherwise; "triton" on CPU tensors works only under TRITON_INTERPRET=1.
+    ``bits`` < 8: ``codes`` hold k-bit packed rows (GF-k, docs/gf.md §3), unpacked inside the kernel.
     """
     if backend == "torch" or (backend == "auto" and not (x.is_cuda and triton_available())):
-        return lut_linear_torch(x, codes, scale, lut, block_size, bias)
+        return lut_linear_torch(x, codes, scale, lut, block_size, bias, bits=bits)
     if backend not in ("auto", "triton"):
         raise GGError(f"lut_linear: unknown backend {backend!r} (expected auto, triton or torch)")
     if not triton_available():
         raise GGError("lut_linear: backend 'triton' needs the triton package (install 'ggcompress[triton]')")
     from ggcompress.kernels.lut_matmul import lut_linear_triton
 
-    return lut_linear_triton(x, codes, scale, lut, block_size, bias)
+    return lut_linear_triton(x, codes, scale, lut, block_size, bias, bits=bits)

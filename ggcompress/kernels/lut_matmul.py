@@ -38,8 +38,8 @@ GEMV_MAX_M = 16
 @triton.jit
 def dequantize(
     codes_ptr, lut_ptr, scale_ptr, n_idx, k_idx, mask,
-    stride_cn, stride_ck, stride_sn, stride_sg, block_size,
-    SCALE_MODE: tl.constexpr,
+    stride_cn, stride_ck, stride_sn, stride_sg, block_size, row_bytes,
+    SCALE_MODE: tl.constexpr, BITS: tl.constexpr,
 ):
     """Decode a tile of codes to fp32: ``lut[code]``, times the element's scale when it varies in the tile.
 
@@ -47,8 +47,18 @@ def dequantize(
     (BLOCK_N, BLOCK_K) and GEMM (BLOCK_K, BLOCK_N) paths share this code. Masked lanes decode to 0, so
     a NaN/inf table entry can never leak into padding.
     """
-    codes = tl.load(codes_ptr + n_idx * stride_cn + k_idx * stride_ck, mask=mask, other=0)
-    w = tl.load(lut_ptr + codes.to(tl.int32))
+    if BITS == 8:
+        codes = tl.load(codes_ptr + n_idx * stride_cn + k_idx * stride_ck, mask=mask, other=0).to(tl.int32)
+    elif BITS == 4:  # two codes per byte, the even column in the low nibble
+        byte = tl.load(codes_ptr + n_idx * stride_cn + (k_idx // 2) * stride_ck, mask=mask, other=0)
+        codes = (byte.to(tl.int32) >> ((k_idx % 2) * 4)) & 15
+    else:  # a k-bit field of the row's little-endian bit stream spans at most two bytes
+        bit = k_idx * BITS
+        lo_ptr = codes_ptr + n_idx * stride_cn + (bit // 8) * stride_ck
+        b0 = tl.load(lo_ptr, mask=mask, other=0).to(tl.int32)
+        b1 = tl.load(lo_ptr + stride_ck, mask=mask & (bit // 8 + 1 < row_bytes), other=0).to(tl.int32)
+        codes = ((b0 | (b1 << 8)) >> (bit % 8)) & ((1 << BITS) - 1)
+    w = tl.load(lut_ptr + codes)
     if SCALE_MODE == 2:  # SCALE_ELEMENT
         s = tl.load(scale_ptr + n_idx * stride_sn + (k_idx // block_size) * stride_sg, mask=mask, other=0.0)
         w = w * s
@@ -64,9 +74,9 @@ def _group_scale(scale_ptr, offs_n, mask_n, group, stride_sn, stride_sg):
 @triton.jit
 def _lut_gemv_kernel(
     x_ptr, codes_ptr, scale_ptr, lut_ptr, bias_ptr, out_ptr,
-    M, N, K, block_size,
+    M, N, K, block_size, row_bytes,
     stride_xm, stride_xk, stride_cn, stride_ck, stride_sn, stride_sg, stride_om, stride_on,
-    HAS_BIAS: tl.constexpr, SCALE_MODE: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SCALE_MODE: tl.constexpr, BITS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -81,7 +91,7 @@ def _lut_gemv_kernel(
         w = dequantize(
             codes_ptr, lut_ptr, scale_ptr, offs_n[:, None], offs_k[None, :],
             mask_n[:, None] & mask_k[None, :], stride_cn, stride_ck,
-            stride_sn, stride_sg, block_size, SCALE_MODE,
+            stride_sn, stride_sg, block_size, row_bytes, SCALE_MODE, BITS,
         )  # (BLOCK_N, BLOCK_K)
         x = tl.load(
             x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
@@ -103,9 +113,9 @@ def _lut_gemv_kernel(
 @triton.jit
 def _lut_gemm_kernel(
     x_ptr, codes_ptr, scale_ptr, lut_ptr, bias_ptr, out_ptr,
-    M, N, K, block_size,
+    M, N, K, block_size, row_bytes,
     stride_xm, stride_xk, stride_cn, stride_ck, stride_sn, stride_sg, stride_om, stride_on,
-    HAS_BIAS: tl.constexpr, SCALE_MODE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SCALE_MODE: tl.constexpr, BITS: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # Grouped ordering: GROUP_M row-blocks share each weight column-block while it is hot in L2.
@@ -133,7 +143,7 @@ def _lut_gemm_kernel(
         w = dequantize(
             codes_ptr, lut_ptr, scale_ptr, offs_n[None, :], offs_k[:, None],
             mask_k[:, None] & mask_n[None, :], stride_cn, stride_ck,
-            stride_sn, stride_sg, block_size, SCALE_MODE,
+            stride_sn, stride_sg, block_size, row_bytes, SCALE_MODE, BITS,
         )  # (BLOCK_K, BLOCK_N)
         if SCALE_MODE == 1:  # SCALE_TILE
             s = _group_scale(scale_ptr, offs_n, mask_n, k0 // block_size, stride_sn, stride_sg)  # (BLOCK_N,)
@@ -206,9 +216,14 @@ def lut_linear_triton(
     block_size: int | None,
     bias: torch.Tensor | None = None,
     config: KernelConfig | None = None,
+    *,
+    bits: int = 8,
 ) -> torch.Tensor:
-    """Fused dequantize-matmul ``x @ W.T + bias`` for x of shape (..., K); output in x's dtype."""
-    ops = check_operands(codes, scale, lut, block_size)
+    """Fused dequantize-matmul ``x @ W.T + bias`` for x of shape (..., K); output in x's dtype.
+
+    ``bits`` < 8: ``codes`` are k-bit packed rows (docs/gf.md §3), unpacked in the kernel's tile load.
+    """
+    ops = check_operands(codes, scale, lut, block_size, bits=bits, in_features=x.shape[-1])
     n, k = ops.out_features, ops.in_features
     if x.shape[-1] != k:
         raise GGError(f"weight: input has {x.shape[-1]} features, codes expect {k}")
@@ -230,7 +245,7 @@ def lut_linear_triton(
         stride_sn = scale32.stride(0) if scale32.shape[0] > 1 else 0
         bias_arg = bias.to(x.device) if bias is not None else out
         common = (
-            x2, codes, scale32, lut32, bias_arg, out, m, n, k, ops.block,
+            x2, codes, scale32, lut32, bias_arg, out, m, n, k, ops.block, codes.shape[1],
             x2.stride(0), x2.stride(1), codes.stride(0), codes.stride(1), stride_sn, scale32.stride(1),
             out.stride(0), out.stride(1),
         )
@@ -239,14 +254,14 @@ def lut_linear_triton(
                 raise GGError(f"weight: GEMV config block_m={cfg.block_m} is smaller than the batch {m}")
             grid = (triton.cdiv(n, cfg.block_n),)
             _lut_gemv_kernel[grid](
-                *common, HAS_BIAS=bias is not None, SCALE_MODE=mode,
+                *common, HAS_BIAS=bias is not None, SCALE_MODE=mode, BITS=bits,
                 BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
                 num_warps=cfg.num_warps, num_stages=cfg.num_stages,
             )
         else:
             grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
             _lut_gemm_kernel[grid](
-                *common, HAS_BIAS=bias is not None, SCALE_MODE=mode,
+                *common, HAS_BIAS=bias is not None, SCALE_MODE=mode, BITS=bits,
                 DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
                 BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
                 num_warps=cfg.num_warps, num_stages=cfg.num_stages,

@@ -40,17 +40,23 @@ class QuantLinear(nn.Module):
         scale_rows: int | None = None,
         device: torch.device | str | None = None,
         backend: Backend = "auto",
+        bits: int = 8,
     ) -> None:
-        """Empty layer (zero codes); ``scale_rows`` is 1 for a per-tensor scale, else ``out_features``."""
+        """Empty layer (zero codes); ``scale_rows`` is 1 for a per-tensor scale, else ``out_features``.
+
+        ``bits`` < 8 (GF-k): ``codes`` holds k-bit packed rows, (out, ceil(in * k / 8)) bytes, unpacked
+        only inside the matmul, so a 4-bit layer keeps half a byte per weight in memory.
+        """
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
         self.block_size = block_size
         self.format = fmt
         self.backend: Backend = backend
+        self.bits = bits
         groups = 1 if block_size is None else -(-in_features // block_size)
         rows = out_features if scale_rows is None else scale_rows
-        codes = torch.zeros(out_features, in_features, dtype=torch.uint8, device=device)
+        codes = torch.zeros(out_features, -(-in_features * bits // 8), dtype=torch.uint8, device=device)
         self.register_buffer("codes", codes)
         self.register_buffer("scale", torch.ones(rows, groups, dtype=torch.float32, device=device))
         self.register_buffer("lut", torch.zeros(256, dtype=torch.float32, device=device))
@@ -67,14 +73,20 @@ class QuantLinear(nn.Module):
         bias: torch.Tensor | None = None,
         fmt: str = "lut8",
         name: str = "weight",
+        *,
+        bits: int = 8,
+        in_features: int | None = None,
     ) -> QuantLinear:
-        """Wrap existing codes/scale/lut (checked against the decode rule; ``name`` labels errors)."""
-        ops = check_operands(codes, scale, lut, block_size, name=name)
+        """Wrap existing codes/scale/lut (checked against the decode rule; ``name`` labels errors).
+
+        ``bits`` < 8: ``codes`` are k-bit packed rows of ``in_features`` codes (docs/gf.md §3)."""
+        ops = check_operands(codes, scale, lut, block_size, name=name, bits=bits, in_features=in_features)
         if bias is not None and tuple(bias.shape) != (ops.out_features,):
             raise GGError(f"{name}: bias has shape {tuple(bias.shape)}, expected ({ops.out_features},)")
         layer = cls(
             ops.in_features, ops.out_features, block_size, bias=bias is not None, fmt=fmt,
             scale_rows=scale.shape[0], device="meta",  # shape-only buffers on meta, replaced just below
+            bits=bits,
         )
         layer.codes = codes.contiguous()
         layer.scale = scale.to(device=codes.device, dtype=torch.float32).contiguous()
@@ -85,12 +97,14 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return lut_linear(
-            x, self.codes, self.scale, self.lut, self.block_size, self.bias, backend=self.backend
+            x, self.codes, self.scale, self.lut, self.block_size, self.bias, backend=self.backend,
+            bits=self.bits,
         )
 
     def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The dense (out, in) weight this layer computes with, for debugging and comparisons."""
-        return dequantize(self.codes, self.scale, self.lut, self.block_size, dtype)
+        return dequantize(self.codes, self.scale, self.lut, self.block_size, dtype, bits=self.bits,
+                          in_features=self.in_features)
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> QuantLinear:
         # Let device moves through but keep scale/lut in float32 under model.to(dtype)/.half()/.bfloat16().

@@ -35,15 +35,27 @@ class LutOperands:
     in_features: int
     block: int
     groups: int
+    bits: int = 8  # code width; below 8 the codes are packed (docs/gf.md §3), (N, ceil(K * bits / 8))
 
 
 def check_operands(
-    codes: torch.Tensor, scale: torch.Tensor, lut: torch.Tensor, block_size: int | None, name: str = "weight"
+    codes: torch.Tensor, scale: torch.Tensor, lut: torch.Tensor, block_size: int | None, name: str = "weight",
+    *, bits: int = 8, in_features: int | None = None,
 ) -> LutOperands:
-    """Validate codes/scale/lut against the decode rule; raise one clear GGError line naming ``name``."""
+    """Validate codes/scale/lut against the decode rule; raise one clear GGError line naming ``name``.
+
+    ``bits`` < 8: codes are k-bit packed rows (docs/gf.md §3) and ``in_features`` (K) must be given.
+    """
     if codes.dtype != torch.uint8 or codes.dim() != 2:
         raise GGError(f"{name}: codes must be a 2-D uint8 tensor, got {codes.dtype} {tuple(codes.shape)}")
     n, k = codes.shape
+    if bits != 8:
+        if bits not in range(1, 8) or in_features is None:
+            raise GGError(f"{name}: packed codes need bits in 1..7 and in_features (got {bits}, "
+                          f"{in_features})")
+        if k != -(-in_features * bits // 8):
+            raise GGError(f"{name}: {k} packed bytes per row do not hold {in_features} codes of {bits} bits")
+        k = in_features
     if lut.dim() != 1 or lut.numel() != 256 or not lut.is_floating_point():
         raise GGError(f"{name}: lut must be 256 floats, got {lut.dtype} {tuple(lut.shape)}")
     if block_size is None:
@@ -58,7 +70,7 @@ def check_operands(
             f"{name}: scale must be float of shape (1 or {n}, {groups}) for codes {tuple(codes.shape)} "
             f"and block size {block_size}, got {scale.dtype} {tuple(scale.shape)}"
         )
-    return LutOperands(out_features=n, in_features=k, block=block, groups=groups)
+    return LutOperands(out_features=n, in_features=k, block=block, groups=groups, bits=bits)
 
 
 def dequantize(
@@ -67,15 +79,18 @@ def dequantize(
     lut: torch.Tensor,
     block_size: int | None,
     dtype: torch.dtype = torch.float32,
+    *,
+    bits: int = 8,
+    in_features: int | None = None,
 ) -> torch.Tensor:
-    """Full weight ``lut[codes] * scale`` as a dense (N, K) tensor of ``dtype``.
+    """Full weight ``lut[codes] * scale`` as a dense (N, K) tensor of ``dtype`` (``bits`` < 8: packed codes).
 
     Decoded in float32 (float64 if asked), then rounded once to ``dtype``. For debugging, tests and the
     dequantize-then-matmul baseline; inference uses ``lut_linear_torch``, which never holds all of W.
     """
-    ops = check_operands(codes, scale, lut, block_size)
+    ops = check_operands(codes, scale, lut, block_size, bits=bits, in_features=in_features)
     decode = torch.promote_types(torch.float32, dtype)
-    out = torch.empty(codes.shape, dtype=dtype, device=codes.device)
+    out = torch.empty((ops.out_features, ops.in_features), dtype=dtype, device=codes.device)
     lut_d = lut.to(decode)
     rows = _chunk_rows(codes.device, ops.in_features)
     for n0 in range(0, ops.out_features, rows):
@@ -105,7 +120,12 @@ def _decode_rows(
     with_scale: bool,
 ) -> torch.Tensor:
     """Rows n0:n1 of W in lut's dtype: scaled per element if ``with_scale``, else the raw LUT values."""
-    w = _gather(lut, codes[n0:n1])  # (rows, K)
+    rows_codes = codes[n0:n1]
+    if ops.bits != 8:
+        from ggcompress.formats.packing import unpack_codes
+
+        rows_codes = unpack_codes(rows_codes, ops.bits, ops.in_features)
+    w = _gather(lut, rows_codes)  # (rows, K)
     if not with_scale:
         return w
     s = scale[n0:n1] if scale.shape[0] > 1 else scale  # (rows or 1, G)
@@ -128,8 +148,12 @@ def lut_linear_torch(
     lut: torch.Tensor,
     block_size: int | None,
     bias: torch.Tensor | None = None,
+    *,
+    bits: int = 8,
 ) -> torch.Tensor:
     """``x @ W.T + bias`` with W decoded chunk by chunk; x is (..., K), output in x's dtype.
+
+    ``bits`` < 8: ``codes`` are k-bit packed rows, unpacked chunk by chunk (K is x's last dimension).
 
     Each chunk's matmul runs in x's dtype (bf16/fp16 GEMMs accumulate in fp32), except fp16 on the CPU,
     which runs in fp32 (CPU fp16 GEMMs are slow). With one scale group per row the chunk holds raw LUT
@@ -137,7 +161,7 @@ def lut_linear_torch(
     applied to the result in fp32; a half-precision output is then rounded twice (matmul, then scale).
     Block scales are multiplied in fp32 and the weight rounded once to the compute dtype.
     """
-    ops = check_operands(codes, scale, lut, block_size)
+    ops = check_operands(codes, scale, lut, block_size, bits=bits, in_features=x.shape[-1])
     if x.shape[-1] != ops.in_features:
         raise GGError(f"weight: input has {x.shape[-1]} features, codes expect {ops.in_features}")
     lead = x.shape[:-1]
