@@ -35,6 +35,7 @@ import torch
 
 from ggcompress import __version__
 from ggcompress.codec import coders
+from ggcompress.codec import lossless as lossless_codec
 from ggcompress.errors import GGError, check_patterns
 from ggcompress.io.checkpoint import (
     DTYPES,
@@ -56,6 +57,9 @@ SCHEMA = "ggcompress.pack/1"
 UNPACK_SCHEMA = "ggcompress.unpack/1"
 MAGIC = b"\x89GGZ\r\n\x1a\n"
 FORMAT_VERSION = 1
+#: Version of containers holding a ``lossless`` tensor (docs/format.md); the newest this module reads.
+LOSSLESS_VERSION = 2
+READ_VERSION = LOSSLESS_VERSION
 #: magic, format version, CRC-32 of the header, header length, data length (little-endian).
 PREAMBLE = struct.Struct("<8sIIQQ")
 ALIGN = 8
@@ -75,16 +79,21 @@ Progress = Callable[[str, int, int], None]
 class PackOptions:
     """What to quantize and how to code it; defaults match the CLI."""
 
-    quant: str | None = None  # "step:S" | "rf8"; None: step:8 for dense inputs, the stored codes otherwise
+    quant: str | None = None  # "step:S" | "rf8" | "none" (bit-exact); None: step:8, or the stored codes
     coder: str = "eg"  # "eg" (exp-Golomb, the papers' measure) | "rans" (near-entropy)
     eg_k: int | None = 0  # exp-Golomb order; None picks the best order per tensor
     granularity: str = "channel"  # RF8 scales (--quant rf8 on a dense input)
     include: str | None = None  # regex: only matching eligible tensors are quantized (the rest: lossless)
     exclude: str | None = None
     gates: tuple[Gate, ...] = field(default_factory=tuple)
+    workers: int = 0  # threads coding chunks of lossless tensors; 0: lossless.default_workers()
 
     def checked(self) -> PackOptions:
-        parse_quant(self.quant)
+        mode, _ = parse_quant(self.quant)
+        if mode == "none" and (self.include is not None or self.exclude is not None):
+            raise GGError("--quant none stores every tensor bit-exactly; --include/--exclude do not apply")
+        if not (isinstance(self.workers, int) and 0 <= self.workers <= 256):
+            raise GGError(f"workers {self.workers!r}: must be an integer in 0..256 (0: automatic)")
         if self.coder not in ("eg", "rans"):
             raise GGError(f"coder {self.coder!r}: choose eg or rans")
         if self.eg_k is not None and not (isinstance(self.eg_k, int) and 0 <= self.eg_k <= rate.MAX_K):
@@ -94,15 +103,19 @@ class PackOptions:
 
 
 def parse_quant(text: str | None) -> tuple[str, float | None]:
-    """'step:S' (S as rate.parse_step reads it: 8, 2^-8, 0.004) -> ('step', step); 'rf8' -> ('rf8', None)."""
+    """'step:S' (S as rate.parse_step reads it: 8, 2^-8, 0.004) -> ('step', step); 'rf8' -> ('rf8', None);
+    'none' (or 'lossless') -> ('none', None)."""
     if text is None:
         return "auto", None
     t = str(text).strip().lower()
     if t == "rf8":
         return "rf8", None
+    if t in ("none", "lossless"):
+        return "none", None
     if t.startswith("step:"):
         return "step", rate.parse_step(t[5:])
-    raise GGError(f"--quant {text!r}: expected step:S (e.g. step:8 = step 2^-8, step:2^-10) or rf8")
+    raise GGError(f"--quant {text!r}: expected step:S (e.g. step:8 = step 2^-8, step:2^-10), rf8 "
+                  "or none (lossless)")
 
 
 # ------------------------------------------------------------------------------------- symbol coding
@@ -115,7 +128,8 @@ class _Coded:
     entry: dict[str, Any]
     blob: bytes
     restored: np.ndarray  # the restored tensor's bits (flat, integer view)
-    costs: dict[str, float]
+    costs: dict[str, Any]
+    sections: dict[str, int] | None = None  # lossless: sections per kind
 
 
 def _code_symbols(hist: rate.SymbolHistogram, symbols: torch.Tensor, values: np.ndarray,
@@ -245,7 +259,7 @@ class _Container:
         """Write the container atomically; returns its size in bytes."""
         text = json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
         text += b" " * (-len(text) % ALIGN)
-        preamble = PREAMBLE.pack(MAGIC, FORMAT_VERSION, zlib.crc32(text), len(text), self.size)
+        preamble = PREAMBLE.pack(MAGIC, header["format_version"], zlib.crc32(text), len(text), self.size)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -345,7 +359,9 @@ def _pack_one(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progres
     started = time.perf_counter()
     mode, step = parse_quant(opts.quant)
     scheme = _scheme(ck)
-    if scheme is not None:
+    if mode == "none":
+        report = _pack_checkpoint(ck, ck, out, opts, force, progress, lossless=True)
+    elif scheme is not None:
         if mode == "step" or (mode == "rf8" and scheme.format != "rf8"):
             hint = " or use --quant rf8" if scheme.format == "rf8" else ""
             raise GGError(f"{ck.source}: already quantized ({scheme.format} codes); pack stores its codes as "
@@ -398,8 +414,8 @@ def _eligible_step(info: TensorInfo, opts: PackOptions) -> bool:
 
 
 def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOptions, force: bool,
-                     progress: Progress | None, *, step: float | None = None, scheme: Any = None
-                     ) -> dict[str, Any]:
+                     progress: Progress | None, *, step: float | None = None, scheme: Any = None,
+                     lossless: bool = False) -> dict[str, Any]:
     """Write ``ck`` as a container; ``origin`` is what sizes are compared with (the dense source)."""
     from ggcompress.io.qlayout import weight_name
 
@@ -416,7 +432,9 @@ def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOp
             container.files.append({"path": rel, "offset": offset, "length": length, "crc32": crc})
         notify(ck.source, 0, total)
         for info, x in ck.iter_tensors():
-            if scheme is not None and info.name in code_tensors:
+            if lossless:
+                coded = _code_lossless(info, x, opts)
+            elif scheme is not None and info.name in code_tensors:
                 coded = _code_codes(info, x, opts)
             elif step is not None and _eligible_step(info, opts):
                 coded, sig, err = _code_step(info, x, step, opts)
@@ -435,17 +453,19 @@ def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOp
                 offset, length, crc = container.add(coded.blob)
                 entry = {"name": info.name, "shape": list(info.shape), **coded.entry, "offset": offset,
                          "length": length, "crc32": crc, "decoded_crc32": zlib.crc32(coded.restored)}
-                rows.append(_row(info, entry, coded.costs, length))
+                rows.append(_row(info, entry, coded.costs, length) if not lossless
+                            else _lossless_row(info, coded, length))
             container.tensors.append(entry)
             done += info.numel
             notify(ck.source, done, total)
             del x, coded
         header = {
             "format": "ggcompress.ggz",
-            "format_version": FORMAT_VERSION,
-            "quantization": _quant_header(step, scheme),
-            "coder": {"name": opts.coder, **({"k": opts.eg_k} if opts.coder == "eg" else {}),
-                      **({"precision": coders.RANS_PRECISION} if opts.coder == "rans" else {})},
+            "format_version": LOSSLESS_VERSION if lossless else FORMAT_VERSION,
+            "quantization": {"method": "none"} if lossless else _quant_header(step, scheme),
+            "coder": ({"name": "lossless", "chunk": lossless_codec.CHUNK} if lossless else
+                      {"name": opts.coder, **({"k": opts.eg_k} if opts.coder == "eg" else {}),
+                       **({"precision": coders.RANS_PRECISION} if opts.coder == "rans" else {})}),
             "metadata": dict(ck.metadata),
             "files": container.files,
             "tensors": container.tensors,
@@ -497,6 +517,29 @@ def _energies(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     return sig, err
 
 
+def _code_lossless(info: TensorInfo, x: torch.Tensor, opts: PackOptions) -> _Coded:
+    """Code one tensor bit-exactly (byte planes, chunked rANS: codec/lossless.py)."""
+    raw = _int_view(x).view(np.uint8) if x.numel() else np.zeros(0, dtype=np.uint8)
+    enc = lossless_codec.encode_tensor(raw, info.dtype, opts.workers or lossless_codec.default_workers())
+    costs = {"payload_bits": enc.payload_bits, "table_bits": enc.table_bits, "entropy_bits": enc.entropy_bits,
+             "eg_bits": None}
+    return _Coded(enc.entry, enc.blob, raw, costs, enc.kinds)
+
+
+def _lossless_row(info: TensorInfo, coded: _Coded, length: int) -> dict[str, Any]:
+    n = info.numel
+    c = coded.costs
+    return {
+        "name": info.name, "encoding": "lossless", "shape": list(info.shape), "dtype": info.dtype,
+        "restored_dtype": info.dtype, "numel": n, "coder": "lossless", "distinct": None, "k": None,
+        "sections": coded.sections, "stored_bytes": length,
+        **{k: c[k] for k in COST_KEYS},
+        "bits_per_param": (c["payload_bits"] + c["table_bits"]) / n if n else None,
+        "entropy_bits_per_param": c["entropy_bits"] / n if n else None,
+        "eg_bits_per_param": None,
+    }
+
+
 def _code_codes(info: TensorInfo, x: torch.Tensor, opts: PackOptions) -> _Coded:
     """Entropy-code one tensor of 8-bit codes (symbols 0..255, ranked by frequency)."""
     if x.dtype != torch.uint8:
@@ -530,7 +573,8 @@ def _summary(rows: list[dict[str, Any]], origin: Checkpoint, size: int, files: l
     raw = [r for r in rows if r["encoding"] == "raw"]
     params = origin.numel
     coded_params = sum(r["numel"] for r in coded)
-    sums = {k: sum(r[k] for r in coded) for k in COST_KEYS}
+    sums = {k: sum(r[k] or 0.0 for r in coded) for k in COST_KEYS}
+    has_eg = any(r["eg_bits"] is not None for r in coded)
     source_bytes = origin.nbytes
     coded_bits = sums["payload_bits"] + sums["table_bits"]
     out: dict[str, Any] = {
@@ -551,7 +595,7 @@ def _summary(rows: list[dict[str, Any]], origin: Checkpoint, size: int, files: l
         "payload_bits_per_param": sums["payload_bits"] / coded_params if coded_params else None,
         "table_bits_per_param": sums["table_bits"] / coded_params if coded_params else None,
         "entropy_bits_per_param": sums["entropy_bits"] / coded_params if coded_params else None,
-        "eg_bits_per_param": sums["eg_bits"] / coded_params if coded_params else None,
+        "eg_bits_per_param": sums["eg_bits"] / coded_params if coded_params and has_eg else None,
         "overhead_vs_entropy": coded_bits / sums["entropy_bits"] - 1 if sums["entropy_bits"] else None,
     }
     if stepped:
@@ -600,9 +644,9 @@ def open_packed(path: str | os.PathLike[str]) -> PackedFile:
             if len(head) < PREAMBLE.size or head[:8] != MAGIC:
                 raise GGError(f"{p}: not a ggcompress container (.ggz): bad magic bytes")
             magic, version, crc, hlen, dlen = PREAMBLE.unpack(head)
-            if version > FORMAT_VERSION:
+            if version > READ_VERSION:
                 raise GGError(f"{p}: container format version {version} is newer than this ggcompress "
-                              f"{__version__} reads (up to {FORMAT_VERSION}); upgrade ggcompress")
+                              f"{__version__} reads (up to {READ_VERSION}); upgrade ggcompress")
             if version < 1:
                 raise GGError(f"{p}: container format version {version} is invalid")
             if PREAMBLE.size + hlen > size:
@@ -700,6 +744,16 @@ def _decode_entry(packed: PackedFile, f: IO[bytes], entry: dict[str, Any]) -> to
         if n == 0:
             return torch.empty(shape, dtype=dtype)
         return torch.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
+    if encoding == "lossless":
+        try:
+            raw = lossless_codec.decode_tensor(data, entry, n, lossless_codec.default_workers())
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise GGError(f"{packed.path}: {what}: corrupt or malformed lossless data ({exc})") from None
+        if zlib.crc32(raw) != entry.get("decoded_crc32"):
+            raise GGError(f"{packed.path}: {what}: decoded values fail their checksum — corrupt container")
+        if n == 0:
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(bytearray(raw), dtype=dtype).reshape(shape)
     try:
         flat = _decode_symbols(packed, entry, data, n, dtype)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
