@@ -52,7 +52,13 @@ def plane_count(layout: str, itemsize: int) -> int:
 
 
 def default_workers() -> int:
-    """Threads for chunk coding: the CPUs this process may use, at most 4."""
+    """Threads for chunk coding: $GGCOMPRESS_WORKERS if set, else the CPUs this process may use, at most 4."""
+    env = os.environ.get("GGCOMPRESS_WORKERS", "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise GGError(f"GGCOMPRESS_WORKERS={env!r}: expected a positive integer") from None
     try:
         n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -74,15 +80,27 @@ def split_planes(raw: np.ndarray, layout: str, itemsize: int) -> list[np.ndarray
     if layout == "f32":
         b2, b3 = b[:, 2], b[:, 3]
         return [(b3 << 1) | (b2 >> 7), (b3 & 0x80) | (b2 & 0x7F), b[:, 1].copy(), b[:, 0].copy()]
-    if layout == "f16":
-        lo, hi = b[:, 0], b[:, 1]
-        return [(hi << 1) | (lo >> 7), (hi & 0x80) | (lo & 0x7F)]
+    if layout == "f16":  # on 16-bit words: ~1.5x faster than strided byte columns
+        u = raw.view("<u2")
+        s = (u >> 8).astype(np.uint8)
+        s &= 0x80
+        s |= u.astype(np.uint8) & 0x7F
+        return [(u >> 7).astype(np.uint8), s]
     return [b[:, i].copy() for i in range(itemsize)]
 
 
 def merge_planes(planes: Sequence[np.ndarray], layout: str, itemsize: int) -> np.ndarray:
     """Inverse of split_planes: the element bytes (uint8, n·itemsize)."""
     n = planes[0].size if planes else 0
+    if layout == "f16":
+        e, s = planes
+        word = e.astype("<u2")
+        word <<= 7
+        word |= s & 0x7F
+        sign = (s & 0x80).astype("<u2")
+        sign <<= 8
+        word |= sign
+        return word.view(np.uint8)
     out = np.empty((n, itemsize), dtype=np.uint8)
     if layout == "f32":
         e, s = planes[0], planes[1]
@@ -90,10 +108,6 @@ def merge_planes(planes: Sequence[np.ndarray], layout: str, itemsize: int) -> np
         out[:, 2] = (e << 7) | (s & 0x7F)
         out[:, 1] = planes[2]
         out[:, 0] = planes[3]
-    elif layout == "f16":
-        e, s = planes[0], planes[1]
-        out[:, 1] = (s & 0x80) | (e >> 1)
-        out[:, 0] = (e << 7) | (s & 0x7F)
     else:
         for i in range(itemsize):
             out[:, i] = planes[i]
