@@ -41,6 +41,12 @@ class _EgOrder(click.ParamType):
                    "rf8 stores RF8 codes (quantize-rf8's); none stores every tensor bit-exactly "
                    "(byte planes, rANS). [default: step:8; the codes of an already quantized input]")
 @click.option("--lossless", is_flag=True, help="Same as --quant none: every tensor restored bit for bit.")
+@click.option("--target-sqnr", "target_sqnr", type=float, metavar="DB",
+              help="Choose a power-of-two step per weight tensor (rate-distortion allocation) for the fewest "
+                   "coded bits at this SQNR over the quantized tensors.")
+@click.option("--bits-per-param", "bits_per_param", type=float, metavar="B",
+              help="Rate-distortion allocation for the highest SQNR within B coded bits per quantized "
+                   "parameter.")
 @click.option("--workers", type=click.IntRange(0, 256), default=0, show_default=True,
               help="Threads coding lossless chunks (0: the usable CPUs, at most 4).")
 @click.option("--coder", type=click.Choice(["eg", "rans"]), default="eg", show_default=True,
@@ -60,7 +66,8 @@ class _EgOrder(click.ParamType):
 @click.option("--tensors", "per_tensor", is_flag=True, help="Also show one row per coded tensor.")
 @click.option("--json", "as_json", is_flag=True, help="Print one versioned JSON document on stdout.")
 @click.option("--force", is_flag=True, help="Replace existing containers.")
-def pack_cmd(checkpoints: tuple[str, ...], output: str, quant: str | None, lossless: bool, workers: int,
+def pack_cmd(checkpoints: tuple[str, ...], output: str, quant: str | None, lossless: bool,
+             target_sqnr: float | None, bits_per_param: float | None, workers: int,
              coder: str, eg_k: int | None, granularity: str, include: str | None, exclude: str | None,
              fail_if: tuple[str, ...], per_tensor: bool, as_json: bool, force: bool) -> None:
     """Quantize and entropy-code checkpoints into self-describing .ggz containers.
@@ -77,7 +84,8 @@ def pack_cmd(checkpoints: tuple[str, ...], output: str, quant: str | None, lossl
             raise click.UsageError(f"--lossless and --quant {quant} contradict each other; give one")
         quant = "none"
     options = PackOptions(quant=quant, coder=coder, eg_k=eg_k, granularity=granularity, include=include,
-                          exclude=exclude, gates=gates, workers=workers).checked()
+                          exclude=exclude, gates=gates, workers=workers, target_sqnr_db=target_sqnr,
+                          bits_per_param=bits_per_param).checked()
     sources = expand_inputs(checkpoints)
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), console=console,
@@ -145,6 +153,10 @@ def render_pack(doc: dict[str, Any], out: Console, *, per_tensor: bool = False) 
 def _quant_label(q: dict[str, Any]) -> str:
     if q["method"] == "none":
         return "lossless"
+    if q["method"] == "steps":
+        goal = (f"SQNR {q['target_sqnr_db']:g} dB" if "target_sqnr_db" in q
+                else f"{q['bits_per_param']:g} bits/param")
+        return f"per-tensor steps for {goal}"
     if q["method"] == "step":
         return f"step {q['step_label']}"
     scheme = q["scheme"]
@@ -154,7 +166,8 @@ def _quant_label(q: dict[str, Any]) -> str:
 
 def _tensor_table(ck: dict[str, Any], head: str) -> Table:
     table = Table(title=escape(f"{head} — per coded tensor (bits/param)"), title_justify="left")
-    for col in ("tensor", "shape", "dtype", "coder", "distinct"):
+    stepped = any("step" in t for t in ck["tensors"])
+    for col in ("tensor", "shape", "dtype", "coder", "distinct") + (("step",) if stepped else ()):
         table.add_column(col, overflow="fold")
     for col in ("stored", "payload", "tables", "entropy", "eg ref", "bytes"):
         table.add_column(col, justify="right")
@@ -163,7 +176,8 @@ def _tensor_table(ck: dict[str, Any], head: str) -> Table:
             continue
         n = t["numel"]
         table.add_row(escape(t["name"]), "×".join(map(str, t["shape"])), t["dtype"], t["coder"],
-                      _num(t["distinct"], "d"), _num(t["bits_per_param"], ".3f"),
+                      _num(t["distinct"], "d"), *((t.get("step", ""),) if stepped else ()),
+                      _num(t["bits_per_param"], ".3f"),
                       _num(t["payload_bits"] / n if n else None, ".3f"),
                       _num(t["table_bits"] / n if n else None, ".4f"),
                       _num(t["entropy_bits_per_param"], ".3f"),

@@ -193,16 +193,19 @@ def encode_chunk(sym: np.ndarray, min_gain: float = 0.0) -> Section:
     return Section(RANS, blob, h, 8.0 * head)
 
 
-def decode_chunk(kind: int, blob: memoryview, n: int, name: str) -> np.ndarray:
-    """Inverse of encode_chunk: n uint8 symbols (GGError on a malformed section)."""
+def decode_chunk(kind: int, blob: memoryview, out: np.ndarray, name: str) -> None:
+    """Inverse of encode_chunk: fills ``out`` (uint8, the chunk's symbols); GGError on a bad section."""
+    n = out.size
     if kind == RAW:
         if len(blob) != n:
             raise GGError(f"{name}: raw section of {len(blob)} bytes for {n} values")
-        return np.frombuffer(blob, dtype=np.uint8)
+        out[:] = np.frombuffer(blob, dtype=np.uint8)
+        return
     if kind == CONST:
         if len(blob) != 1:
             raise GGError(f"{name}: constant section of {len(blob)} bytes")
-        return np.full(n, blob[0], dtype=np.uint8)
+        out.fill(blob[0])
+        return
     if kind != RANS or len(blob) < 8:
         raise GGError(f"{name}: unknown or short section (kind {kind}, {len(blob)} bytes)")
     width = blob[0]
@@ -219,7 +222,7 @@ def decode_chunk(kind: int, blob: memoryview, n: int, name: str) -> np.ndarray:
     ranks = coders.rans_decode(blob[start:], n, coders.rans_weights(q[order]), name)
     if ranks.size and int(ranks.max()) >= order.size:
         raise GGError(f"{name}: a decoded rank is outside the chunk table")
-    return order.astype(np.uint8)[ranks]
+    np.take(order.astype(np.uint8), ranks, out=out)
 
 
 # ------------------------------------------------------------------------------------------ tensors
@@ -295,12 +298,13 @@ def decode_tensor(data: memoryview | bytes, entry: dict, n: int, workers: int = 
     if int(starts[-1] + padded[-1]) != len(view):
         raise GGError(f"{name}: lossless sections do not fill the tensor's bytes")
 
-    def one(i: int) -> np.ndarray:
-        c = i % chunks
-        size = min(chunk, n - c * chunk)
-        return decode_chunk(int(directory[i, 0]), view[starts[i]:starts[i] + directory[i, 1]], size, name)
+    planes = np.empty((nplanes, n), dtype=np.uint8)
 
-    parts = _map(one, list(range(count)), workers)
-    planes = [np.concatenate(parts[p * chunks:(p + 1) * chunks]) for p in range(nplanes)]
-    return merge_planes(planes, layout, itemsize)
+    def one(i: int) -> None:
+        p, c = divmod(i, chunks)
+        decode_chunk(int(directory[i, 0]), view[starts[i]:starts[i] + directory[i, 1]],
+                     planes[p, c * chunk:(c + 1) * chunk], name)
+
+    _map(one, list(range(count)), workers)
+    return merge_planes(list(planes), layout, itemsize)
 

@@ -87,11 +87,22 @@ class PackOptions:
     exclude: str | None = None
     gates: tuple[Gate, ...] = field(default_factory=tuple)
     workers: int = 0  # threads coding chunks of lossless tensors; 0: lossless.default_workers()
+    target_sqnr_db: float | None = None  # RD allocation of per-tensor steps (codec/rdalloc.py) to this SQNR
+    bits_per_param: float | None = None  # ... or to this many coded bits per quantized parameter
 
     def checked(self) -> PackOptions:
         mode, _ = parse_quant(self.quant)
         if mode == "none" and (self.include is not None or self.exclude is not None):
             raise GGError("--quant none stores every tensor bit-exactly; --include/--exclude do not apply")
+        if self.target_sqnr_db is not None or self.bits_per_param is not None:
+            if self.target_sqnr_db is not None and self.bits_per_param is not None:
+                raise GGError("--target-sqnr and --bits-per-param are alternative targets; give one")
+            if mode != "auto":
+                raise GGError(f"--quant {self.quant}: a quality target chooses per-tensor steps itself; "
+                              "omit --quant")
+            target = self.target_sqnr_db if self.target_sqnr_db is not None else self.bits_per_param
+            if not (isinstance(target, int | float) and math.isfinite(target) and target > 0):
+                raise GGError(f"target {target!r}: must be a positive number")
         if not (isinstance(self.workers, int) and 0 <= self.workers <= 256):
             raise GGError(f"workers {self.workers!r}: must be an integer in 0..256 (0: automatic)")
         if self.coder not in ("eg", "rans"):
@@ -361,6 +372,11 @@ def _pack_one(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progres
     scheme = _scheme(ck)
     if mode == "none":
         report = _pack_checkpoint(ck, ck, out, opts, force, progress, lossless=True)
+    elif opts.target_sqnr_db is not None or opts.bits_per_param is not None:
+        if scheme is not None:
+            raise GGError(f"{ck.source}: already quantized ({scheme.format} codes); a quality target needs a "
+                          "dense checkpoint")
+        report = _pack_rd(ck, out, opts, force, progress)
     elif scheme is not None:
         if mode == "step" or (mode == "rf8" and scheme.format != "rf8"):
             hint = " or use --quant rf8" if scheme.format == "rf8" else ""
@@ -379,6 +395,30 @@ def _pack_one(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progres
     s = report["summary"]
     s["seconds"] = seconds
     s["mb_per_s"] = s["source_bytes"] / seconds / 1e6 if seconds > 0 else None
+    return report
+
+
+def _pack_rd(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progress: Progress | None
+             ) -> dict[str, Any]:
+    """Measure each eligible tensor's rate/error curve, allocate steps (codec/rdalloc.py), then pack."""
+    from ggcompress.codec import rdalloc
+
+    notify = progress or (lambda desc, d, t: None)
+    curves = []
+    done = 0
+    for info, x in ck.iter_tensors():
+        if _eligible_step(info, opts):
+            curves.append(rdalloc.measure_curve(x, info.name))
+        done += info.numel
+        notify(f"{ck.source} (curves)", done, ck.numel)
+    alloc = rdalloc.allocate(curves, target_sqnr_db=opts.target_sqnr_db, bits_per_param=opts.bits_per_param)
+    steps = {name: 2.0 ** -s for name, s in alloc.steps.items()}
+    report = _pack_checkpoint(ck, ck, out, opts, force, progress, steps=steps, target=alloc.target)
+    report["allocation"] = {
+        **alloc.target, "lambda": alloc.lam, "predicted_sqnr_db": alloc.sqnr_db,
+        "predicted_coded_bits_per_param": alloc.bits_per_param,
+        "steps": {name: rate.format_step(st) for name, st in steps.items()},
+    }
     return report
 
 
@@ -415,7 +455,8 @@ def _eligible_step(info: TensorInfo, opts: PackOptions) -> bool:
 
 def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOptions, force: bool,
                      progress: Progress | None, *, step: float | None = None, scheme: Any = None,
-                     lossless: bool = False) -> dict[str, Any]:
+                     lossless: bool = False, steps: dict[str, float] | None = None,
+                     target: dict[str, float] | None = None) -> dict[str, Any]:
     """Write ``ck`` as a container; ``origin`` is what sizes are compared with (the dense source)."""
     from ggcompress.io.qlayout import weight_name
 
@@ -436,6 +477,11 @@ def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOp
                 coded = _code_lossless(info, x, opts)
             elif scheme is not None and info.name in code_tensors:
                 coded = _code_codes(info, x, opts)
+            elif steps is not None and info.name in steps:
+                coded, sig, err = _code_step(info, x, steps[info.name], opts)
+                coded.entry["step"] = steps[info.name]
+                signal += sig
+                noise += err
             elif step is not None and _eligible_step(info, opts):
                 coded, sig, err = _code_step(info, x, step, opts)
                 signal += sig
@@ -455,14 +501,17 @@ def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOp
                          "length": length, "crc32": crc, "decoded_crc32": zlib.crc32(coded.restored)}
                 rows.append(_row(info, entry, coded.costs, length) if not lossless
                             else _lossless_row(info, coded, length))
+                if "step" in entry:
+                    rows[-1]["step"] = rate.format_step(entry["step"])
             container.tensors.append(entry)
             done += info.numel
             notify(ck.source, done, total)
             del x, coded
         header = {
             "format": "ggcompress.ggz",
-            "format_version": LOSSLESS_VERSION if lossless else FORMAT_VERSION,
-            "quantization": {"method": "none"} if lossless else _quant_header(step, scheme),
+            "format_version": LOSSLESS_VERSION if lossless or steps is not None else FORMAT_VERSION,
+            "quantization": ({"method": "none"} if lossless else {"method": "steps", **(target or {})}
+                             if steps is not None else _quant_header(step, scheme)),
             "coder": ({"name": "lossless", "chunk": lossless_codec.CHUNK} if lossless else
                       {"name": opts.coder, **({"k": opts.eg_k} if opts.coder == "eg" else {}),
                        **({"precision": coders.RANS_PRECISION} if opts.coder == "rans" else {})}),
@@ -477,7 +526,8 @@ def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOp
     return {
         "source": ck.source,
         "output": str(out),
-        "summary": _summary(rows, origin, size, container.files, signal, noise, step is not None),
+        "summary": _summary(rows, origin, size, container.files, signal, noise,
+                            step is not None or steps is not None),
         "quantization": header["quantization"],
         "tensors": rows,
     }
@@ -753,7 +803,7 @@ def _decode_entry(packed: PackedFile, f: IO[bytes], entry: dict[str, Any]) -> to
             raise GGError(f"{packed.path}: {what}: decoded values fail their checksum — corrupt container")
         if n == 0:
             return torch.empty(shape, dtype=dtype)
-        return torch.frombuffer(bytearray(raw), dtype=dtype).reshape(shape)
+        return torch.from_numpy(raw).view(dtype).reshape(shape)  # raw is a fresh array: no copy
     try:
         flat = _decode_symbols(packed, entry, data, n, dtype)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -779,9 +829,15 @@ def _decode_symbols(packed: PackedFile, entry: dict[str, Any], data: bytes, n: i
     by_rank = torch.from_numpy(offsets.astype(np.int64)) + lo
     if entry["encoding"] == "step":
         q = packed.header["quantization"]
-        if q.get("method") != "step":
+        if q.get("method") == "step":
+            step = float(q["step"])
+        elif q.get("method") == "steps":  # per-tensor steps (format version 2)
+            step = float(entry["step"])
+        else:
             raise ValueError("step-coded tensor in a container without a step")
-        values = _int_view((by_rank.to(torch.float64) * float(q["step"])).to(dtype))
+        if not (math.isfinite(step) and step > 0):
+            raise ValueError(f"step {step} is not a positive number")
+        values = _int_view((by_rank.to(torch.float64) * step).to(dtype))
     elif entry["encoding"] == "codes":
         if dtype != torch.uint8 or (d and (int(by_rank.min()) < 0 or int(by_rank.max()) > 255)):
             raise ValueError("codes must be U8 symbols 0..255")
