@@ -47,6 +47,9 @@ class _EgOrder(click.ParamType):
 @click.option("--bits-per-param", "bits_per_param", type=float, metavar="B",
               help="Rate-distortion allocation for the highest SQNR within B coded bits per quantized "
                    "parameter.")
+@click.option("--rdoq", is_flag=True,
+              help="Rate-distortion-optimized rounding of step symbols: a weight moves one step toward zero "
+                   "when the bits saved outweigh the added error (decoding unchanged).")
 @click.option("--workers", type=click.IntRange(0, 256), default=0, show_default=True,
               help="Threads coding lossless chunks (0: the usable CPUs, at most 4).")
 @click.option("--coder", type=click.Choice(["eg", "rans"]), default="eg", show_default=True,
@@ -67,7 +70,7 @@ class _EgOrder(click.ParamType):
 @click.option("--json", "as_json", is_flag=True, help="Print one versioned JSON document on stdout.")
 @click.option("--force", is_flag=True, help="Replace existing containers.")
 def pack_cmd(checkpoints: tuple[str, ...], output: str, quant: str | None, lossless: bool,
-             target_sqnr: float | None, bits_per_param: float | None, workers: int,
+             target_sqnr: float | None, bits_per_param: float | None, rdoq: bool, workers: int,
              coder: str, eg_k: int | None, granularity: str, include: str | None, exclude: str | None,
              fail_if: tuple[str, ...], per_tensor: bool, as_json: bool, force: bool) -> None:
     """Quantize and entropy-code checkpoints into self-describing .ggz containers.
@@ -85,7 +88,7 @@ def pack_cmd(checkpoints: tuple[str, ...], output: str, quant: str | None, lossl
         quant = "none"
     options = PackOptions(quant=quant, coder=coder, eg_k=eg_k, granularity=granularity, include=include,
                           exclude=exclude, gates=gates, workers=workers, target_sqnr_db=target_sqnr,
-                          bits_per_param=bits_per_param).checked()
+                          bits_per_param=bits_per_param, rdoq=rdoq).checked()
     sources = expand_inputs(checkpoints)
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), console=console,

@@ -89,11 +89,14 @@ class PackOptions:
     workers: int = 0  # threads coding chunks of lossless tensors; 0: lossless.default_workers()
     target_sqnr_db: float | None = None  # RD allocation of per-tensor steps (codec/rdalloc.py) to this SQNR
     bits_per_param: float | None = None  # ... or to this many coded bits per quantized parameter
+    rdoq: bool = False  # step symbols by rate-distortion-optimized rounding (codec/rdoq.py)
 
     def checked(self) -> PackOptions:
         mode, _ = parse_quant(self.quant)
         if mode == "none" and (self.include is not None or self.exclude is not None):
             raise GGError("--quant none stores every tensor bit-exactly; --include/--exclude do not apply")
+        if self.rdoq and mode in ("rf8", "none"):
+            raise GGError(f"--rdoq rounds step symbols; it does not apply to --quant {self.quant}")
         if self.target_sqnr_db is not None or self.bits_per_param is not None:
             if self.target_sqnr_db is not None and self.bits_per_param is not None:
                 raise GGError("--target-sqnr and --bits-per-param are alternative targets; give one")
@@ -542,8 +545,14 @@ def _quant_header(step: float | None, scheme: Any) -> dict[str, Any]:
 def _code_step(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOptions
                ) -> tuple[_Coded, float, float]:
     """Step-quantize one tensor and code it; also (signal, noise) energies for the SQNR."""
-    hist = rate.SymbolHistogram(step).update(x, info.name)
-    q = rate.quantize(x, step, info.name)
+    if opts.rdoq:
+        from ggcompress.codec.rdoq import rdoq_symbols
+
+        q = rdoq_symbols(x, step, name=info.name).reshape(x.shape)
+        hist = rate.SymbolHistogram(1.0).update(q.to(torch.float64), info.name)  # counts of the symbols
+    else:
+        hist = rate.SymbolHistogram(step).update(x, info.name)
+        q = rate.quantize(x, step, info.name)
     by_rank = hist.symbols_by_rank()
     dtype = _restored_dtype(by_rank, step, x.dtype)
     values = _int_view((by_rank.to(torch.float64) * step).to(dtype))
