@@ -14,7 +14,7 @@ KL / perplexity are not measured here (`--max-kl` is not built). SmolLM2 is dequ
 GGUF: its weights sit on a 4-bit lattice, so its figures say little about natural weights.
 
 Run: /work/main/.venv/bin/python benchmarks/bench_pack_rd.py [--models minilm smollm2]
-     [--steps 6 8 10] [--peer-python /tmp/benchvenv-h6/bin/python]
+     [--steps 6 7 8 9 10] [--peer-python /tmp/benchvenv-h6/bin/python]
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def nncodec_row(python: str) -> dict | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS))
-    ap.add_argument("--steps", nargs="+", type=int, default=[6, 8, 10])
+    ap.add_argument("--steps", nargs="+", type=int, default=[6, 7, 8, 9, 10])
     ap.add_argument("--peer-python", default="/tmp/benchvenv-h6/bin/python")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -109,8 +109,9 @@ def main() -> None:
             for s in args.steps:
                 r = run_pack(src, out, PackOptions(quant=f"step:{s}", coder="rans"))
                 rows.append({"method": "uniform step", "setting": f"step:{s}", **r})
-            mids = {round((a["sqnr"] + b["sqnr"]) / 2, 1) for a, b in zip(rows, rows[1:], strict=False)}
-            targets = sorted({round(r["sqnr"], 1) for r in rows} | mids)
+            # targets: each uniform row's SQNR (rounded down, so that step meets it) and the midpoints
+            mids = {round((a["sqnr"] + b["sqnr"]) / 2, 2) for a, b in zip(rows, rows[1:], strict=False)}
+            targets = sorted({math.floor(r["sqnr"] * 100) / 100 for r in rows} | mids)
             for t in targets:
                 r = run_pack(src, out, PackOptions(target_sqnr_db=t, coder="rans"))
                 rows.append({"method": "RD allocation", "setting": f"--target-sqnr {t}", **r})

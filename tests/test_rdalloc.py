@@ -119,3 +119,22 @@ def test_errors(mixed: Path, tmp_path: Path) -> None:
                                        + text + data)
     with pytest.raises(GGError, match="a.weight"):
         list(P.read_packed(tmp_path / "bad.ggz"))
+
+
+def test_one_large_tensor_does_not_force_a_whole_step() -> None:
+    """All tensors share one slope (the textbook high-rate curve: +1 bit per S, error step²/12), so the
+    Lagrangian alone flips them all — or the large one — at the same λ; the refinement must land the
+    target within a small tensor's share instead of jumping ~6 dB."""
+    s = np.arange(rdalloc.S_MIN, rdalloc.S_MAX + 1)
+
+    def curve(name: str, n: int) -> rdalloc.Curve:
+        return rdalloc.Curve(name, n, n * 4e-4, s, n * (s + 2.0), n * 4.0 ** -s.astype(float) / 12)
+
+    curves = [curve("big", 1_000_000)] + [curve(f"small{i}", 10_000) for i in range(20)]
+    total = sum(c.numel for c in curves)
+    at10 = 10 * np.log10(total * 4e-4 / (total * 4.0**-10 / 12))
+    a = rdalloc.allocate(curves, target_sqnr_db=at10 + 0.01)
+    assert at10 + 0.01 <= a.sqnr_db < at10 + 0.2  # 0.2 dB: a few small tensors' worth, not 6 dB
+    assert a.steps["big"] == 10
+    b = rdalloc.allocate(curves, bits_per_param=12.0 + 0.05)  # all at S=10 cost 12.0 bits/param
+    assert 12.0 < b.bits_per_param <= 12.05 and b.steps["big"] == 10

@@ -156,6 +156,74 @@ def allocate(curves: Sequence[Curve], *, target_sqnr_db: float | None = None,
         else:
             lo = mid
     lam = 2.0 ** (hi if target_sqnr_db is not None else lo)
-    idx, bits, noise = _choose(curves, w, lam)
+    if target_sqnr_db is not None:
+        idx = _refine(curves, _choose(curves, w, 2.0 ** lo)[0], _choose(curves, w, 2.0 ** hi)[0],
+                      lambda b, e: e <= budget, w)
+    else:
+        idx = _refine(curves, _choose(curves, w, 2.0 ** lo)[0], _choose(curves, w, 2.0 ** hi)[0],
+                      lambda b, e: b <= budget_bits, w, stop_when_true=False)
+    bits = sum(float(c.bits[i]) for c, i in zip(curves, idx, strict=True))
+    noise = sum(float(c.noise[i]) for c, i in zip(curves, idx, strict=True))
     steps = {c.name: int(c.s[i]) for c, i in zip(curves, idx, strict=True)}
     return Allocation(steps, bits, noise, signal, params, lam, target)
+
+
+def _finer_moves(curves: Sequence[Curve], idx: list[int], w: np.ndarray
+                 ) -> list[tuple[float, int, int, float, float]]:
+    """(weighted error removed per bit, tensor, new index, Δbits, Δerror) of each tensor's next finer step."""
+    out = []
+    for t, (c, i) in enumerate(zip(curves, idx, strict=True)):
+        if i + 1 < c.s.size:
+            db = float(c.bits[i + 1] - c.bits[i])
+            dn = float(c.noise[i + 1] - c.noise[i])
+            out.append((-dn * w[t] / max(db, 1e-9), t, i + 1, db, dn))
+    return out
+
+
+def _refine(curves: Sequence[Curve], low: list[int], high: list[int], ok, w: np.ndarray,
+            stop_when_true: bool = True) -> list[int]:
+    """Fill the gap between the allocations on both sides of the target λ: many tensors switch at nearly
+    the same λ (or one large tensor does), so the Lagrangian alone can overshoot by a whole step.
+    Starting from ``low`` (fewer bits): for an SQNR target, refine one tensor by one step at a time —
+    the cheapest move that meets the target, else the most weighted error removed per bit — until it
+    is met; for a bit budget, move tensors to their ``high`` choice, best error-per-bit first, while
+    the budget holds."""
+    idx = list(low)
+    bits = sum(float(c.bits[i]) for c, i in zip(curves, idx, strict=True))
+    noise = sum(float(c.noise[i]) for c, i in zip(curves, idx, strict=True))
+    moves = []
+    for t, (c, a, b) in enumerate(zip(curves, low, high, strict=True)):
+        if a != b:
+            db = float(c.bits[b] - c.bits[a])
+            de = float(c.noise[a] - c.noise[b]) * w[t]
+            moves.append((de / db if db > 0 else math.inf, t, b, db, float(c.noise[b] - c.noise[a])))
+    moves.sort(key=lambda m: -m[0])
+    if stop_when_true:  # SQNR target: refine tensors one step at a time until it is met
+        for _ in range(10 * len(curves)):
+            if ok(bits, noise):
+                break
+            # each tensor's next finer step (the λ_hi choice need not be the only useful move)
+            cand = _finer_moves(curves, idx, w)
+            if not cand:
+                break
+            closing = [m for m in cand if ok(bits + m[3], noise + m[4])]
+            # the cheapest single move that meets the target, else the best error-per-bit move
+            _, t, b, db, dn = min(closing, key=lambda m: m[3]) if closing else max(cand, key=lambda m: m[0])
+            idx[t] = b
+            bits += db
+            noise += dn
+        return idx if ok(bits, noise) else list(high)
+    for _, t, b, db, dn in moves:  # bit budget: take each move that still fits
+        if ok(bits + db, noise + dn):
+            idx[t] = b
+            bits += db
+            noise += dn
+    for _ in range(10 * len(curves)):  # then single finer steps that still fit, best error-per-bit first
+        cand = [m for m in _finer_moves(curves, idx, w) if ok(bits + m[3], 0.0)]
+        if not cand:
+            break
+        _, t, b, db, dn = max(cand, key=lambda m: m[0])
+        idx[t] = b
+        bits += db
+        noise += dn
+    return idx
