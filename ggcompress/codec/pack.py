@@ -411,7 +411,9 @@ def _pack_rd(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progress
     done = 0
     for info, x in ck.iter_tensors():
         if _eligible_step(info, opts):
-            curves.append(rdalloc.measure_curve(x, info.name))
+            # fractional octaves only where the restored values stay in the source dtype (fp32/fp64)
+            curves.append(rdalloc.measure_curve(x, info.name,
+                                                per_octave=4 if info.dtype in ("F32", "F64") else 1))
         done += info.numel
         notify(f"{ck.source} (curves)", done, ck.numel)
     alloc = rdalloc.allocate(curves, target_sqnr_db=opts.target_sqnr_db, bits_per_param=opts.bits_per_param)

@@ -3,13 +3,14 @@
 Why: one uniform step 2^-S for every tensor (``--quant step:S``) can only hit quality targets in whole
 steps of ~6 dB / ~1 bit per parameter, and it cannot trade rate between tensors whose rate and error
 respond differently to the step (heavy- vs light-tailed, bf16-exhausted, small tables). Here each
-tensor gets a *curve*: for every candidate power-of-two step 2^-S (S in S_MIN..S_MAX) its coded bits
+tensor gets a *curve*: for every candidate step 2^-S (S in S_MIN..S_MAX: whole S for bf16/fp16 tensors,
+quarter steps of S for fp32, whose restores stay exact in their own dtype either way) its coded bits
 (empirical entropy of the symbols + the rANS table) and its squared error, measured from one histogram
 at the finest step (coarser symbols are re-rounded from it, so a curve costs one pass over the tensor).
 A Lagrange multiplier λ then picks, per tensor, the S minimizing bits + λ·weight·error, and λ is found
 by bisection so that the total meets the target: ``target_sqnr_db`` (total signal / total error
 energy over the quantized tensors) or ``bits_per_param`` (coded bits per quantized parameter).
-Power-of-two steps keep bf16/fp16/fp32 restores exact in the source dtype (see pack._restored_dtype).
+Power-of-two steps keep bf16/fp16 restores exact in the source dtype (see pack._restored_dtype).
 
 The curves are estimates (re-rounding from the fine symbols differs from direct rounding only for
 values within half a fine step of a coarse boundary); pack reports the measured SQNR and bits next to
@@ -41,13 +42,18 @@ class Curve:
     name: str
     numel: int
     signal: float  # Σ w²
-    s: np.ndarray  # candidate S values (int)
+    s: np.ndarray  # candidate S values (step 2^-S), ascending
     bits: np.ndarray  # estimated coded bits (payload + table) at each S
     noise: np.ndarray  # estimated Σ (w − ŵ)² at each S
 
 
-def measure_curve(x: torch.Tensor, name: str, s_min: int = S_MIN, s_max: int = S_MAX) -> Curve:
-    """The tensor's curve from one histogram at step 2^-s_max (cheap: work on distinct values only)."""
+def measure_curve(x: torch.Tensor, name: str, s_min: int = S_MIN, s_max: int = S_MAX,
+                  per_octave: int = 1) -> Curve:
+    """The tensor's curve from one histogram at step 2^-s_max (cheap: work on distinct values only).
+
+    ``per_octave`` candidate steps per factor of two: 1 gives powers of two only (exact restores in
+    bf16/fp16); 4 adds 2^-(S + 1/4), ... which fp32 tensors restore exactly in their own dtype too.
+    """
     if s_min > s_max:
         raise GGError(f"{name}: step range S {s_min}..{s_max} is empty")
     fine = 2.0 ** -s_max
@@ -62,12 +68,11 @@ def measure_curve(x: torch.Tensor, name: str, s_min: int = S_MIN, s_max: int = S
         signal += float(torch.dot(xf, xf))
         e = xf - torch.round(xf / fine) * fine
         fine_err += float(torch.dot(e, e))
-    ss = np.arange(s_min, s_max + 1)
+    ss = np.arange(s_min * per_octave, s_max * per_octave + 1) / per_octave
     bits = np.empty(ss.size)
     noise = np.empty(ss.size)
     for i, s in enumerate(ss):
-        shift = s_max - s
-        q = np.round(v / float(1 << shift)) if shift else v.astype(np.float64)  # half to even, like rate
+        q = np.round(v * 2.0 ** (s - s_max))  # half to even, like rate (exact for whole octaves)
         uq, inv = np.unique(q, return_inverse=True)
         cq = np.bincount(inv, weights=c)
         p = cq / n
@@ -85,7 +90,7 @@ def measure_curve(x: torch.Tensor, name: str, s_min: int = S_MIN, s_max: int = S
 class Allocation:
     """Chosen S per tensor and what the curves predict for it."""
 
-    steps: dict[str, int]
+    steps: dict[str, float]  # tensor -> S (step 2^-S)
     bits: float  # predicted coded bits, all tensors
     noise: float
     signal: float
@@ -143,12 +148,12 @@ def allocate(curves: Sequence[Curve], *, target_sqnr_db: float | None = None,
     lo, hi = -60.0, 80.0  # log2 λ
     if target_sqnr_db is not None and not ok(2.0 ** hi):
         best = 10 * math.log10(signal / _choose(curves, w, 2.0 ** hi)[2])
-        raise GGError(f"SQNR {target_sqnr_db} dB is out of reach with steps down to 2^-{curves[0].s[-1]} "
+        raise GGError(f"SQNR {target_sqnr_db} dB is out of reach with steps down to 2^-{curves[0].s[-1]:g} "
                       f"(at most {best:.1f} dB)")
     if bits_per_param is not None and ok(2.0 ** lo):
         least = _choose(curves, w, 2.0 ** lo)[1] / params
         raise GGError(f"{bits_per_param} bits/param is below the coarsest allocation "
-                      f"({least:.3f} bits/param at steps up to 2^{-curves[0].s[0]})")
+                      f"({least:.3f} bits/param at steps up to 2^-{curves[0].s[0]:g})")
     for _ in range(70):
         mid = (lo + hi) / 2
         if ok(2.0 ** mid):
@@ -164,7 +169,7 @@ def allocate(curves: Sequence[Curve], *, target_sqnr_db: float | None = None,
                       lambda b, e: b <= budget_bits, w, stop_when_true=False)
     bits = sum(float(c.bits[i]) for c, i in zip(curves, idx, strict=True))
     noise = sum(float(c.noise[i]) for c, i in zip(curves, idx, strict=True))
-    steps = {c.name: int(c.s[i]) for c, i in zip(curves, idx, strict=True)}
+    steps = {c.name: float(c.s[i]) for c, i in zip(curves, idx, strict=True)}
     return Allocation(steps, bits, noise, signal, params, lam, target)
 
 
