@@ -419,10 +419,13 @@ def _pack_rd(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progress
     alloc = rdalloc.allocate(curves, target_sqnr_db=opts.target_sqnr_db, bits_per_param=opts.bits_per_param)
     steps = {name: 2.0 ** -s for name, s in alloc.steps.items()}
     report = _pack_checkpoint(ck, ck, out, opts, force, progress, steps=steps, target=alloc.target)
+    labels = {name: f"2^-{s:g}" for name, s in alloc.steps.items()}
+    for row in report["tensors"]:
+        if row["name"] in labels:
+            row["step"] = labels[row["name"]]
     report["allocation"] = {
         **alloc.target, "lambda": alloc.lam, "predicted_sqnr_db": alloc.sqnr_db,
-        "predicted_coded_bits_per_param": alloc.bits_per_param,
-        "steps": {name: rate.format_step(st) for name, st in steps.items()},
+        "predicted_coded_bits_per_param": alloc.bits_per_param, "steps": labels,
     }
     return report
 
