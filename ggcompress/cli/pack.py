@@ -42,8 +42,8 @@ class _EgOrder(click.ParamType):
                    "(byte planes, rANS). [default: step:8; the codes of an already quantized input]")
 @click.option("--lossless", is_flag=True, help="Same as --quant none: every tensor restored bit for bit.")
 @click.option("--target-sqnr", "target_sqnr", type=float, metavar="DB",
-              help="Choose a power-of-two step per weight tensor (rate-distortion allocation) for the fewest "
-                   "coded bits at this SQNR over the quantized tensors.")
+              help="Choose a step 2^-S per weight tensor (rate-distortion allocation; whole S for bf16/fp16, "
+                   "quarter S for fp32) for the fewest coded bits at this SQNR over the quantized tensors.")
 @click.option("--bits-per-param", "bits_per_param", type=float, metavar="B",
               help="Rate-distortion allocation for the highest SQNR within B coded bits per quantized "
                    "parameter.")
@@ -78,6 +78,9 @@ def pack_cmd(checkpoints: tuple[str, ...], output: str, quant: str | None, lossl
     Weights (float tensors of 2+ dims) are quantized to a uniform step (or RF8 codes), ranked by
     frequency and coded; norms, biases, scales, integer buffers, config and tokenizer files are stored
     as they are. `ggcompress unpack` restores the HF folder; `ggcompress eval` reads .ggz directly.
+
+    `--lossless` stores every tensor bit-exactly instead; `--target-sqnr` / `--bits-per-param` choose a
+    step per tensor for a quality or size target.
 
     Example: `ggcompress pack model/ -o model.ggz --quant step:10 --coder rans --fail-if 'ratio<3'`.
     """
