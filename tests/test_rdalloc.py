@@ -140,3 +140,19 @@ def test_one_large_tensor_does_not_force_a_whole_step() -> None:
     assert a.steps["big"] == 10
     b = rdalloc.allocate(curves, bits_per_param=12.0 + 0.05)  # all at S=10 cost 12.0 bits/param
     assert 12.0 < b.bits_per_param <= 12.05 and b.steps["big"] == 10
+
+
+def test_target_between_steps_is_not_overshot() -> None:
+    """A quarter of the parameters in one tensor, the rest in 30 small ones, all on the same slope; a
+    target halfway between two whole steps needs about half of the error share refined: the result
+    must land near it (within 0.5 dB: a few small tensors' worth), not a whole step above."""
+    s = np.arange(rdalloc.S_MIN, rdalloc.S_MAX + 1)
+
+    def curve(name: str, n: int) -> rdalloc.Curve:
+        return rdalloc.Curve(name, n, n * 4e-4, s, n * (s + 2.0), n * 4.0 ** -s.astype(float) / 12)
+
+    curves = [curve("embed", 300_000)] + [curve(f"layer{i}", 30_000) for i in range(30)]
+    total = sum(c.numel for c in curves)
+    at9 = 10 * np.log10(total * 4e-4 / (total * 4.0**-9 / 12))
+    a = rdalloc.allocate(curves, target_sqnr_db=at9 + 3.0)
+    assert at9 + 3.0 <= a.sqnr_db < at9 + 3.5

@@ -217,7 +217,21 @@ def _refine(curves: Sequence[Curve], low: list[int], high: list[int], ok, w: np.
             idx[t] = b
             bits += db
             noise += dn
-        return idx if ok(bits, noise) else list(high)
+        if not ok(bits, noise):
+            return list(high)
+        # prune: the last moves may have overshot; step back the costliest refinements that are not needed
+        spent = [float(c.bits[i] - c.bits[j]) for c, i, j in zip(curves, idx, low, strict=True)]
+        for t in sorted(range(len(curves)), key=lambda t: -spent[t]):
+            c = curves[t]
+            while idx[t] > low[t]:
+                db = float(c.bits[idx[t] - 1] - c.bits[idx[t]])
+                dn = float(c.noise[idx[t] - 1] - c.noise[idx[t]])
+                if not ok(bits + db, noise + dn):
+                    break
+                idx[t] -= 1
+                bits += db
+                noise += dn
+        return idx
     for _, t, b, db, dn in moves:  # bit budget: take each move that still fits
         if ok(bits + db, noise + dn):
             idx[t] = b
