@@ -183,7 +183,9 @@ def work(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Work:
     P.pack(folder, root / "eg.ggz")
     P.pack(folder, root / "rans.ggz", P.PackOptions(coder="rans", quant="step:6"))
     P.pack(folder, root / "rf8.ggz", P.PackOptions(quant="rf8"))
-    for name in ("eg", "rans", "rf8"):
+    P.pack(folder, root / "lossless.ggz", P.PackOptions(quant="none"))  # format version 2
+    P.pack(folder, root / "steps.ggz", P.PackOptions(coder="rans", target_sqnr_db=30.0))  # per-tensor steps
+    for name in ("eg", "rans", "rf8", "lossless", "steps"):
         blob = (root / f"{name}.ggz").read_bytes()
         containers[name] = (blob, by_offset(root / f"{name}.ggz"))
     out["ggz"] = containers
@@ -327,7 +329,7 @@ def check_ggz(path: Path, original: dict[int, bytes]) -> None:
         assert original.get(entry["offset"]) == blob, entry
 
 
-@pytest.mark.parametrize("kind", ["eg", "rans", "rf8"])
+@pytest.mark.parametrize("kind", ["eg", "rans", "rf8", "lossless", "steps"])
 @given(data=st.data())
 @fuzz_settings(120)
 def test_fuzz_ggz_header_fields(work: dict[str, Any], kind: str, data: st.DataObject) -> None:
@@ -339,7 +341,7 @@ def test_fuzz_ggz_header_fields(work: dict[str, Any], kind: str, data: st.DataOb
     check_ggz(path, original)
 
 
-@pytest.mark.parametrize("kind", ["eg", "rans"])
+@pytest.mark.parametrize("kind", ["eg", "rans", "lossless"])
 @given(data=st.data())
 @fuzz_settings(100)
 def test_fuzz_ggz_bytes(work: dict[str, Any], kind: str, data: st.DataObject) -> None:

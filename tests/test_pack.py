@@ -300,8 +300,8 @@ def test_header_truncation_version_and_magic_errors(tiny: Path, tmp_path: Path) 
     bad.write_bytes(good + b"\0")
     with pytest.raises(GGError, match="unexpected bytes"):
         P.open_packed(bad)
-    bad.write_bytes(good[:8] + struct.pack("<I", 2) + good[12:])
-    with pytest.raises(GGError, match="format version 2 is newer"):
+    bad.write_bytes(good[:8] + struct.pack("<I", P.READ_VERSION + 1) + good[12:])
+    with pytest.raises(GGError, match=f"format version {P.READ_VERSION + 1} is newer"):
         P.open_packed(bad)
     bad.write_bytes(b"PK\x03\x04" + good[4:])
     with pytest.raises(GGError, match="not a ggcompress container"):

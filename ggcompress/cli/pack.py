@@ -36,11 +36,23 @@ class _EgOrder(click.ParamType):
 @click.argument("checkpoints", nargs=-1, required=True, metavar="CHECKPOINT... | -")
 @click.option("-o", "--output", "output", required=True, metavar="OUT",
               help="The .ggz file; with several inputs a folder receiving <name>.ggz per input.")
-@click.option("--quant", metavar="step:S|rf8|gfK",
+@click.option("--quant", metavar="step:S|rf8|gfK|none",
               help="step:S quantizes weights to multiples of 2^-S (S: 8, 2^-10, or a number such as 0.004); "
-                   "rf8 / gf3..gf8 store quantize-rf8's codes (GF-k: packed, give --granularity "
-                   "block:32). [default: step:8; the codes of an already "
-                   "quantized input]")
+                   "rf8 / gf3..gf8 store quantize-rf8's codes (GF-k: packed, give --granularity block:32); "
+                   "none stores every tensor bit-exactly (byte planes, rANS). [default: step:8; the codes "
+                   "of an already quantized input]")
+@click.option("--lossless", is_flag=True, help="Same as --quant none: every tensor restored bit for bit.")
+@click.option("--target-sqnr", "target_sqnr", type=float, metavar="DB",
+              help="Choose a step 2^-S per weight tensor (rate-distortion allocation; whole S for bf16/fp16, "
+                   "quarter S for fp32) for the fewest coded bits at this SQNR over the quantized tensors.")
+@click.option("--bits-per-param", "bits_per_param", type=float, metavar="B",
+              help="Rate-distortion allocation for the highest SQNR within B coded bits per quantized "
+                   "parameter.")
+@click.option("--rdoq", is_flag=True,
+              help="Rate-distortion-optimized rounding of step symbols: a weight moves one step toward zero "
+                   "when the bits saved outweigh the added error (decoding unchanged).")
+@click.option("--workers", type=click.IntRange(0, 256), default=0, show_default=True,
+              help="Threads coding lossless chunks (0: the usable CPUs, at most 4).")
 @click.option("--coder", type=click.Choice(["eg", "rans"]), default="eg", show_default=True,
               help="eg: exp-Golomb on frequency ranks (the papers' measure, = analyze's eg_bits); "
                    "rans: near-entropy rANS (constriction).")
@@ -58,20 +70,29 @@ class _EgOrder(click.ParamType):
 @click.option("--tensors", "per_tensor", is_flag=True, help="Also show one row per coded tensor.")
 @click.option("--json", "as_json", is_flag=True, help="Print one versioned JSON document on stdout.")
 @click.option("--force", is_flag=True, help="Replace existing containers.")
-def pack_cmd(checkpoints: tuple[str, ...], output: str, quant: str | None, coder: str, eg_k: int | None,
-             granularity: str, include: str | None, exclude: str | None, fail_if: tuple[str, ...],
-             per_tensor: bool, as_json: bool, force: bool) -> None:
+def pack_cmd(checkpoints: tuple[str, ...], output: str, quant: str | None, lossless: bool,
+             target_sqnr: float | None, bits_per_param: float | None, rdoq: bool, workers: int,
+             coder: str, eg_k: int | None, granularity: str, include: str | None, exclude: str | None,
+             fail_if: tuple[str, ...], per_tensor: bool, as_json: bool, force: bool) -> None:
     """Quantize and entropy-code checkpoints into self-describing .ggz containers.
 
     Weights (float tensors of 2+ dims) are quantized to a uniform step (or RF8 codes), ranked by
     frequency and coded; norms, biases, scales, integer buffers, config and tokenizer files are stored
     as they are. `ggcompress unpack` restores the HF folder; `ggcompress eval` reads .ggz directly.
 
+    `--lossless` stores every tensor bit-exactly instead; `--target-sqnr` / `--bits-per-param` choose a
+    step per tensor for a quality or size target.
+
     Example: `ggcompress pack model/ -o model.ggz --quant step:10 --coder rans --fail-if 'ratio<3'`.
     """
     gates = tuple(parse_gate(e) for e in fail_if)
+    if lossless:
+        if quant is not None and quant.strip().lower() not in ("none", "lossless"):
+            raise click.UsageError(f"--lossless and --quant {quant} contradict each other; give one")
+        quant = "none"
     options = PackOptions(quant=quant, coder=coder, eg_k=eg_k, granularity=granularity, include=include,
-                          exclude=exclude, gates=gates).checked()
+                          exclude=exclude, gates=gates, workers=workers, target_sqnr_db=target_sqnr,
+                          bits_per_param=bits_per_param, rdoq=rdoq).checked()
     sources = expand_inputs(checkpoints)
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), console=console,
@@ -128,7 +149,8 @@ def unpack_cmd(container: str, output: str, as_json: bool, force: bool) -> None:
 def render_pack(doc: dict[str, Any], out: Console, *, per_tensor: bool = False) -> None:
     """People's view of a ``ggcompress.pack/1`` document."""
     for ck in doc["checkpoints"]:
-        how = f"{_quant_label(ck['quantization'])}, {doc['settings']['coder']}"
+        coder = "byte planes + rANS" if ck["quantization"]["method"] == "none" else doc["settings"]["coder"]
+        how = f"{_quant_label(ck['quantization'])}, {coder}"
         head = f"{ck['source']} → {ck['output']} ({how})"
         if per_tensor:
             out.print(_tensor_table(ck, head))
@@ -136,6 +158,12 @@ def render_pack(doc: dict[str, Any], out: Console, *, per_tensor: bool = False) 
 
 
 def _quant_label(q: dict[str, Any]) -> str:
+    if q["method"] == "none":
+        return "lossless"
+    if q["method"] == "steps":
+        goal = (f"SQNR {q['target_sqnr_db']:g} dB" if "target_sqnr_db" in q
+                else f"{q['bits_per_param']:g} bits/param")
+        return f"per-tensor steps for {goal}"
     if q["method"] == "step":
         return f"step {q['step_label']}"
     scheme = q["scheme"]
@@ -145,7 +173,8 @@ def _quant_label(q: dict[str, Any]) -> str:
 
 def _tensor_table(ck: dict[str, Any], head: str) -> Table:
     table = Table(title=escape(f"{head} — per coded tensor (bits/param)"), title_justify="left")
-    for col in ("tensor", "shape", "dtype", "coder", "distinct"):
+    stepped = any("step" in t for t in ck["tensors"])
+    for col in ("tensor", "shape", "dtype", "coder", "distinct") + (("step",) if stepped else ()):
         table.add_column(col, overflow="fold")
     for col in ("stored", "payload", "tables", "entropy", "eg ref", "bytes"):
         table.add_column(col, justify="right")
@@ -154,9 +183,12 @@ def _tensor_table(ck: dict[str, Any], head: str) -> Table:
             continue
         n = t["numel"]
         table.add_row(escape(t["name"]), "×".join(map(str, t["shape"])), t["dtype"], t["coder"],
-                      str(t["distinct"]), f"{t['bits_per_param']:.3f}", f"{t['payload_bits'] / n:.3f}",
-                      f"{t['table_bits'] / n:.4f}", f"{t['entropy_bits_per_param']:.3f}",
-                      f"{t['eg_bits_per_param']:.3f}", _size(t["stored_bytes"]))
+                      _num(t["distinct"], "d"), *((t.get("step", ""),) if stepped else ()),
+                      _num(t["bits_per_param"], ".3f"),
+                      _num(t["payload_bits"] / n if n else None, ".3f"),
+                      _num(t["table_bits"] / n if n else None, ".4f"),
+                      _num(t["entropy_bits_per_param"], ".3f"),
+                      _num(t["eg_bits_per_param"], ".3f"), _size(t["stored_bytes"]))
     return table
 
 

@@ -20,7 +20,7 @@ from ggcompress.io.limits import check_alloc, format_bytes, is_int, valid_shape
 from ggcompress.stats.rate import MAX_K
 
 #: Encodings and coders this reader decodes (docs/format.md §4-§5).
-ENCODINGS = ("raw", "step", "codes")
+ENCODINGS = ("raw", "step", "codes", "lossless")
 CODERS = ("const", "eg", "rans")
 #: Largest exp-Golomb lane the writer makes is 4096 symbols; anything past this is not a lane size.
 MAX_LANE = 1 << 16
@@ -120,15 +120,20 @@ def _tensor(path: Path, header: dict[str, Any], entry: dict[str, Any], what: str
                           f"({nbytes} needed)")
         check_alloc(nbytes, f"{path}: {what}")
         return
+    if encoding == "lossless":
+        _lossless(path, entry, what, n, dtype, length)
+        check_alloc(2 * nbytes, f"{path}: {what} (shape {shape} {dtype})")  # byte planes + merged output
+        return
     if encoding == "step":
         if dtype not in FLOAT_DTYPES:
             raise GGError(f"{path}: {what}: a step-coded tensor must restore to a float dtype, not {dtype}")
         q = header.get("quantization")
-        step = q.get("step") if isinstance(q, dict) and q.get("method") == "step" else None
+        method = q.get("method") if isinstance(q, dict) else None
+        step = q.get("step") if method == "step" else entry.get("step") if method == "steps" else None
         number = isinstance(step, int | float) and not isinstance(step, bool)
         if not number or not (math.isfinite(step) and step > 0):
-            raise GGError(f"{path}: {what} is step-coded but the header's quantization has no positive "
-                          f"finite step ({_clip(q)}) — malformed header")
+            raise GGError(f"{path}: {what} is step-coded but has no positive finite step (quantization "
+                          f"{_clip(q)}, tensor step {_clip(entry.get('step'))}) — malformed header")
     elif dtype != "U8":
         raise GGError(f"{path}: {what}: codes must restore to U8, not {dtype}")
     _uint(path, entry, "decoded_crc32", what, _U32)
@@ -201,3 +206,22 @@ def _plausible(path: Path, what: str, nbytes: int, stored: int) -> None:
     if nbytes > bound:
         raise GGError(f"{path}: {what} claims {format_bytes(nbytes)} from {stored} stored bytes (at most "
                       f"{format_bytes(bound)} is plausible) — corrupt or crafted container")
+
+
+def _lossless(path: Path, entry: dict[str, Any], what: str, n: int, dtype: str, length: int) -> None:
+    """A lossless entry's layout (codec/lossless.py): planes and chunks that fit the dtype, and a section
+    directory that fits in the tensor's bytes; the sections themselves are checked while decoding."""
+    from ggcompress.codec import lossless
+
+    spec = _obj(path, entry, "lossless", what)
+    chunk = _uint(path, spec, "chunk", what, 1 << 30)
+    planes = _uint(path, spec, "planes", what, 64)
+    layout = spec.get("layout")
+    itemsize = DTYPES[dtype].itemsize
+    if layout != lossless.layout_of(dtype) or chunk < 1 or planes != (
+            lossless.plane_count(layout, itemsize) if n else 0):
+        raise GGError(f"{path}: {what}: lossless layout {_clip(layout)} / {planes} planes / chunk {chunk} "
+                      f"do not fit dtype {dtype} — malformed header")
+    if n and 8 * planes * -(-n // chunk) > length:
+        raise GGError(f"{path}: {what}: its {length} bytes cannot hold the section directory of "
+                      f"{n} values — corrupt or crafted container")

@@ -35,6 +35,7 @@ import torch
 
 from ggcompress import __version__
 from ggcompress.codec import coders
+from ggcompress.codec import lossless as lossless_codec
 from ggcompress.codec.header import validate_header
 from ggcompress.errors import GGError, check_patterns
 from ggcompress.io.checkpoint import (
@@ -63,6 +64,9 @@ SCHEMA = "ggcompress.pack/1"
 UNPACK_SCHEMA = "ggcompress.unpack/1"
 MAGIC = b"\x89GGZ\r\n\x1a\n"
 FORMAT_VERSION = 1
+#: Version of containers holding a ``lossless`` tensor (docs/format.md); the newest this module reads.
+LOSSLESS_VERSION = 2
+READ_VERSION = LOSSLESS_VERSION
 #: magic, format version, CRC-32 of the header, header length, data length (little-endian).
 PREAMBLE = struct.Struct("<8sIIQQ")
 ALIGN = 8
@@ -84,16 +88,35 @@ Progress = Callable[[str, int, int], None]
 class PackOptions:
     """What to quantize and how to code it; defaults match the CLI."""
 
-    quant: str | None = None  # "step:S" | "rf8"; None: step:8 for dense inputs, the stored codes otherwise
+    quant: str | None = None  # "step:S" | "rf8" | "none" (bit-exact); None: step:8, or the stored codes
     coder: str = "eg"  # "eg" (exp-Golomb, the papers' measure) | "rans" (near-entropy)
     eg_k: int | None = 0  # exp-Golomb order; None picks the best order per tensor
     granularity: str = "channel"  # RF8 scales (--quant rf8 on a dense input)
     include: str | None = None  # regex: only matching eligible tensors are quantized (the rest: lossless)
     exclude: str | None = None
     gates: tuple[Gate, ...] = field(default_factory=tuple)
+    workers: int = 0  # threads coding chunks of lossless tensors; 0: lossless.default_workers()
+    target_sqnr_db: float | None = None  # RD allocation of per-tensor steps (codec/rdalloc.py) to this SQNR
+    bits_per_param: float | None = None  # ... or to this many coded bits per quantized parameter
+    rdoq: bool = False  # step symbols by rate-distortion-optimized rounding (codec/rdoq.py)
 
     def checked(self) -> PackOptions:
-        parse_quant(self.quant)
+        mode, _ = parse_quant(self.quant)
+        if mode == "none" and (self.include is not None or self.exclude is not None):
+            raise GGError("--quant none stores every tensor bit-exactly; --include/--exclude do not apply")
+        if self.rdoq and mode in ("rf8", "none"):
+            raise GGError(f"--rdoq rounds step symbols; it does not apply to --quant {self.quant}")
+        if self.target_sqnr_db is not None or self.bits_per_param is not None:
+            if self.target_sqnr_db is not None and self.bits_per_param is not None:
+                raise GGError("--target-sqnr and --bits-per-param are alternative targets; give one")
+            if mode != "auto":
+                raise GGError(f"--quant {self.quant}: a quality target chooses per-tensor steps itself; "
+                              "omit --quant")
+            target = self.target_sqnr_db if self.target_sqnr_db is not None else self.bits_per_param
+            if not (isinstance(target, int | float) and math.isfinite(target) and target > 0):
+                raise GGError(f"target {target!r}: must be a positive number")
+        if not (isinstance(self.workers, int) and 0 <= self.workers <= 256):
+            raise GGError(f"workers {self.workers!r}: must be an integer in 0..256 (0: automatic)")
         if self.coder not in ("eg", "rans"):
             raise GGError(f"coder {self.coder!r}: choose eg or rans")
         if self.eg_k is not None and not (isinstance(self.eg_k, int) and 0 <= self.eg_k <= rate.MAX_K):
@@ -107,15 +130,19 @@ CODE_FORMATS = ("rf8", "gf3", "gf4", "gf5", "gf6", "gf8")
 
 
 def parse_quant(text: str | None) -> tuple[str, float | None]:
-    """'step:S' (S as rate.parse_step reads it: 8, 2^-8, 0.004) -> ('step', step); 'rf8' -> ('rf8', None)."""
+    """'step:S' (S as rate.parse_step reads it: 8, 2^-8, 0.004) -> ('step', step); 'rf8' -> ('rf8', None);
+    'none' (or 'lossless') -> ('none', None)."""
     if text is None:
         return "auto", None
     t = str(text).strip().lower()
     if t in CODE_FORMATS:
         return t, None
+    if t in ("none", "lossless"):
+        return "none", None
     if t.startswith("step:"):
         return "step", rate.parse_step(t[5:])
-    raise GGError(f"--quant {text!r}: expected step:S (e.g. step:8 = step 2^-8, step:2^-10), rf8 or gf3..gf8")
+    raise GGError(f"--quant {text!r}: expected step:S (e.g. step:8 = step 2^-8, step:2^-10), rf8, gf3..gf8 "
+                  "or none (lossless)")
 
 
 # ------------------------------------------------------------------------------------- symbol coding
@@ -128,7 +155,8 @@ class _Coded:
     entry: dict[str, Any]
     blob: bytes
     restored: np.ndarray  # the restored tensor's bits (flat, integer view)
-    costs: dict[str, float]
+    costs: dict[str, Any]
+    sections: dict[str, int] | None = None  # lossless: sections per kind
 
 
 def _code_symbols(hist: rate.SymbolHistogram, symbols: torch.Tensor, values: np.ndarray,
@@ -265,7 +293,7 @@ class _Container:
         """Write the container atomically; returns its size in bytes."""
         text = json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
         text += b" " * (-len(text) % ALIGN)
-        preamble = PREAMBLE.pack(MAGIC, FORMAT_VERSION, zlib.crc32(text), len(text), self.size)
+        preamble = PREAMBLE.pack(MAGIC, header["format_version"], zlib.crc32(text), len(text), self.size)
         tmp = None
         try:
             fd, tmp = tempfile.mkstemp(prefix=temp_prefix(self.out, "tmp"), dir=self.out.parent)
@@ -375,7 +403,14 @@ def _pack_one(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progres
     started = time.perf_counter()
     mode, step = parse_quant(opts.quant)
     scheme = _scheme(ck)
-    if scheme is not None:
+    if mode == "none":
+        report = _pack_checkpoint(ck, ck, out, opts, force, progress, lossless=True)
+    elif opts.target_sqnr_db is not None or opts.bits_per_param is not None:
+        if scheme is not None:
+            raise GGError(f"{ck.source}: already quantized ({scheme.format} codes); a quality target needs a "
+                          "dense checkpoint")
+        report = _pack_rd(ck, out, opts, force, progress)
+    elif scheme is not None:
         if mode == "step" or (mode in CODE_FORMATS and scheme.format != mode):
             hint = f" or use --quant {scheme.format}" if scheme.format in CODE_FORMATS else ""
             raise GGError(f"{ck.source}: already quantized ({scheme.format} codes); pack stores its codes as "
@@ -393,6 +428,35 @@ def _pack_one(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progres
     s = report["summary"]
     s["seconds"] = seconds
     s["mb_per_s"] = s["source_bytes"] / seconds / 1e6 if seconds > 0 else None
+    return report
+
+
+def _pack_rd(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progress: Progress | None
+             ) -> dict[str, Any]:
+    """Measure each eligible tensor's rate/error curve, allocate steps (codec/rdalloc.py), then pack."""
+    from ggcompress.codec import rdalloc
+
+    notify = progress or (lambda desc, d, t: None)
+    curves = []
+    done = 0
+    for info, x in ck.iter_tensors():
+        if _eligible_step(info, opts):
+            # fractional octaves only where the restored values stay in the source dtype (fp32/fp64)
+            curves.append(rdalloc.measure_curve(x, info.name,
+                                                per_octave=4 if info.dtype in ("F32", "F64") else 1))
+        done += info.numel
+        notify(f"{ck.source} (curves)", done, ck.numel)
+    alloc = rdalloc.allocate(curves, target_sqnr_db=opts.target_sqnr_db, bits_per_param=opts.bits_per_param)
+    steps = {name: 2.0 ** -s for name, s in alloc.steps.items()}
+    report = _pack_checkpoint(ck, ck, out, opts, force, progress, steps=steps, target=alloc.target)
+    labels = {name: f"2^-{s:g}" for name, s in alloc.steps.items()}
+    for row in report["tensors"]:
+        if row["name"] in labels:
+            row["step"] = labels[row["name"]]
+    report["allocation"] = {
+        **alloc.target, "lambda": alloc.lam, "predicted_sqnr_db": alloc.sqnr_db,
+        "predicted_coded_bits_per_param": alloc.bits_per_param, "steps": labels,
+    }
     return report
 
 
@@ -437,8 +501,9 @@ def _eligible_step(info: TensorInfo, opts: PackOptions) -> bool:
 
 
 def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOptions, force: bool,
-                     progress: Progress | None, *, step: float | None = None, scheme: Any = None
-                     ) -> dict[str, Any]:
+                     progress: Progress | None, *, step: float | None = None, scheme: Any = None,
+                     lossless: bool = False, steps: dict[str, float] | None = None,
+                     target: dict[str, float] | None = None) -> dict[str, Any]:
     """Write ``ck`` as a container; ``origin`` is what sizes are compared with (the dense source)."""
     from ggcompress.io.qlayout import weight_name
 
@@ -455,8 +520,15 @@ def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOp
             container.files.append({"path": rel, "offset": offset, "length": length, "crc32": crc})
         notify(ck.source, 0, total)
         for info, x in ck.iter_tensors():
-            if scheme is not None and info.name in code_tensors:
+            if lossless:
+                coded = _code_lossless(info, x, opts)
+            elif scheme is not None and info.name in code_tensors:
                 coded = _code_codes(info, x, opts)
+            elif steps is not None and info.name in steps:
+                coded, sig, err = _code_step(info, x, steps[info.name], opts)
+                coded.entry["step"] = steps[info.name]
+                signal += sig
+                noise += err
             elif step is not None and _eligible_step(info, opts):
                 coded, sig, err = _code_step(info, x, step, opts)
                 signal += sig
@@ -474,17 +546,22 @@ def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOp
                 offset, length, crc = container.add(coded.blob)
                 entry = {"name": info.name, "shape": list(info.shape), **coded.entry, "offset": offset,
                          "length": length, "crc32": crc, "decoded_crc32": zlib.crc32(coded.restored)}
-                rows.append(_row(info, entry, coded.costs, length))
+                rows.append(_row(info, entry, coded.costs, length) if not lossless
+                            else _lossless_row(info, coded, length))
+                if "step" in entry:
+                    rows[-1]["step"] = rate.format_step(entry["step"])
             container.tensors.append(entry)
             done += info.numel
             notify(ck.source, done, total)
             del x, coded
         header = {
             "format": "ggcompress.ggz",
-            "format_version": FORMAT_VERSION,
-            "quantization": _quant_header(step, scheme),
-            "coder": {"name": opts.coder, **({"k": opts.eg_k} if opts.coder == "eg" else {}),
-                      **({"precision": coders.RANS_PRECISION} if opts.coder == "rans" else {})},
+            "format_version": LOSSLESS_VERSION if lossless or steps is not None else FORMAT_VERSION,
+            "quantization": ({"method": "none"} if lossless else {"method": "steps", **(target or {})}
+                             if steps is not None else _quant_header(step, scheme)),
+            "coder": ({"name": "lossless", "chunk": lossless_codec.CHUNK} if lossless else
+                      {"name": opts.coder, **({"k": opts.eg_k} if opts.coder == "eg" else {}),
+                       **({"precision": coders.RANS_PRECISION} if opts.coder == "rans" else {})}),
             "metadata": dict(ck.metadata),
             "files": container.files,
             "tensors": container.tensors,
@@ -496,7 +573,8 @@ def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOp
     return {
         "source": ck.source,
         "output": str(out),
-        "summary": _summary(rows, origin, size, container.files, signal, noise, step is not None),
+        "summary": _summary(rows, origin, size, container.files, signal, noise,
+                            step is not None or steps is not None),
         "quantization": header["quantization"],
         "tensors": rows,
     }
@@ -511,8 +589,14 @@ def _quant_header(step: float | None, scheme: Any) -> dict[str, Any]:
 def _code_step(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOptions
                ) -> tuple[_Coded, float, float]:
     """Step-quantize one tensor and code it; also (signal, noise) energies for the SQNR."""
-    hist = rate.SymbolHistogram(step).update(x, info.name)
-    q = rate.quantize(x, step, info.name)
+    if opts.rdoq:
+        from ggcompress.codec.rdoq import rdoq_symbols
+
+        q = rdoq_symbols(x, step, name=info.name).reshape(x.shape)
+        hist = rate.SymbolHistogram(1.0).update(q.to(torch.float64), info.name)  # counts of the symbols
+    else:
+        hist = rate.SymbolHistogram(step).update(x, info.name)
+        q = rate.quantize(x, step, info.name)
     by_rank = hist.symbols_by_rank()
     dtype = _restored_dtype(by_rank, step, x.dtype)
     values = _int_view((by_rank.to(torch.float64) * step).to(dtype))
@@ -534,6 +618,29 @@ def _energies(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         d = a - b
         err += float(torch.dot(d, d))
     return sig, err
+
+
+def _code_lossless(info: TensorInfo, x: torch.Tensor, opts: PackOptions) -> _Coded:
+    """Code one tensor bit-exactly (byte planes, chunked rANS: codec/lossless.py)."""
+    raw = _int_view(x).view(np.uint8) if x.numel() else np.zeros(0, dtype=np.uint8)
+    enc = lossless_codec.encode_tensor(raw, info.dtype, opts.workers or lossless_codec.default_workers())
+    costs = {"payload_bits": enc.payload_bits, "table_bits": enc.table_bits, "entropy_bits": enc.entropy_bits,
+             "eg_bits": None}
+    return _Coded(enc.entry, enc.blob, raw, costs, enc.kinds)
+
+
+def _lossless_row(info: TensorInfo, coded: _Coded, length: int) -> dict[str, Any]:
+    n = info.numel
+    c = coded.costs
+    return {
+        "name": info.name, "encoding": "lossless", "shape": list(info.shape), "dtype": info.dtype,
+        "restored_dtype": info.dtype, "numel": n, "coder": "lossless", "distinct": None, "k": None,
+        "sections": coded.sections, "stored_bytes": length,
+        **{k: c[k] for k in COST_KEYS},
+        "bits_per_param": (c["payload_bits"] + c["table_bits"]) / n if n else None,
+        "entropy_bits_per_param": c["entropy_bits"] / n if n else None,
+        "eg_bits_per_param": None,
+    }
 
 
 def _code_codes(info: TensorInfo, x: torch.Tensor, opts: PackOptions) -> _Coded:
@@ -569,7 +676,8 @@ def _summary(rows: list[dict[str, Any]], origin: Checkpoint, size: int, files: l
     raw = [r for r in rows if r["encoding"] == "raw"]
     params = origin.numel
     coded_params = sum(r["numel"] for r in coded)
-    sums = {k: sum(r[k] for r in coded) for k in COST_KEYS}
+    sums = {k: sum(r[k] or 0.0 for r in coded) for k in COST_KEYS}
+    has_eg = any(r["eg_bits"] is not None for r in coded)
     source_bytes = origin.nbytes
     coded_bits = sums["payload_bits"] + sums["table_bits"]
     out: dict[str, Any] = {
@@ -590,7 +698,7 @@ def _summary(rows: list[dict[str, Any]], origin: Checkpoint, size: int, files: l
         "payload_bits_per_param": sums["payload_bits"] / coded_params if coded_params else None,
         "table_bits_per_param": sums["table_bits"] / coded_params if coded_params else None,
         "entropy_bits_per_param": sums["entropy_bits"] / coded_params if coded_params else None,
-        "eg_bits_per_param": sums["eg_bits"] / coded_params if coded_params else None,
+        "eg_bits_per_param": sums["eg_bits"] / coded_params if coded_params and has_eg else None,
         "overhead_vs_entropy": coded_bits / sums["entropy_bits"] - 1 if sums["entropy_bits"] else None,
     }
     if stepped:
@@ -639,9 +747,9 @@ def open_packed(path: str | os.PathLike[str]) -> PackedFile:
             if len(head) < PREAMBLE.size or head[:8] != MAGIC:
                 raise GGError(f"{p}: not a ggcompress container (.ggz): bad magic bytes")
             magic, version, crc, hlen, dlen = PREAMBLE.unpack(head)
-            if version > FORMAT_VERSION:
+            if version > READ_VERSION:
                 raise GGError(f"{p}: container format version {version} is newer than this ggcompress "
-                              f"{__version__} reads (up to {FORMAT_VERSION}); upgrade ggcompress")
+                              f"{__version__} reads (up to {READ_VERSION}); upgrade ggcompress")
             if version < 1:
                 raise GGError(f"{p}: container format version {version} is invalid")
             if PREAMBLE.size + hlen > size:
@@ -732,6 +840,16 @@ def _decode_entry(packed: PackedFile, f: IO[bytes], entry: dict[str, Any]) -> to
         if n == 0:
             return torch.empty(shape, dtype=dtype)
         return torch.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
+    if encoding == "lossless":
+        try:
+            raw = lossless_codec.decode_tensor(data, entry, n, lossless_codec.default_workers())
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise GGError(f"{packed.path}: {what}: corrupt or malformed lossless data ({exc})") from None
+        if zlib.crc32(raw) != entry.get("decoded_crc32"):
+            raise GGError(f"{packed.path}: {what}: decoded values fail their checksum — corrupt container")
+        if n == 0:
+            return torch.empty(shape, dtype=dtype)
+        return torch.from_numpy(raw).view(dtype).reshape(shape)  # raw is a fresh array: no copy
     try:
         flat = _decode_symbols(packed, entry, data, n, dtype)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -757,9 +875,15 @@ def _decode_symbols(packed: PackedFile, entry: dict[str, Any], data: bytes, n: i
     by_rank = torch.from_numpy(offsets.astype(np.int64)) + lo
     if entry["encoding"] == "step":
         q = packed.header["quantization"]
-        if q.get("method") != "step":
+        if q.get("method") == "step":
+            step = float(q["step"])
+        elif q.get("method") == "steps":  # per-tensor steps (format version 2)
+            step = float(entry["step"])
+        else:
             raise ValueError("step-coded tensor in a container without a step")
-        values = _int_view((by_rank.to(torch.float64) * float(q["step"])).to(dtype))
+        if not (math.isfinite(step) and step > 0):
+            raise ValueError(f"step {step} is not a positive number")
+        values = _int_view((by_rank.to(torch.float64) * step).to(dtype))
     elif entry["encoding"] == "codes":
         if dtype != torch.uint8 or (d and (int(by_rank.min()) < 0 or int(by_rank.max()) > 255)):
             raise ValueError("codes must be U8 symbols 0..255")

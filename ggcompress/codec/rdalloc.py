@@ -1,0 +1,248 @@
+"""Rate–distortion allocation of per-tensor steps: the fewest coded bits at a named quality.
+
+Why: one uniform step 2^-S for every tensor (``--quant step:S``) can only hit quality targets in whole
+steps of ~6 dB / ~1 bit per parameter, and it cannot trade rate between tensors whose rate and error
+respond differently to the step (heavy- vs light-tailed, bf16-exhausted, small tables). Here each
+tensor gets a *curve*: for every candidate step 2^-S (S in S_MIN..S_MAX: whole S for bf16/fp16 tensors,
+quarter steps of S for fp32, whose restores stay exact in their own dtype either way) its coded bits
+(empirical entropy of the symbols + the rANS table) and its squared error, measured from one histogram
+at the finest step (coarser symbols are re-rounded from it, so a curve costs one pass over the tensor).
+A Lagrange multiplier λ then picks, per tensor, the S minimizing bits + λ·weight·error, and λ is found
+by bisection so that the total meets the target: ``target_sqnr_db`` (total signal / total error
+energy over the quantized tensors) or ``bits_per_param`` (coded bits per quantized parameter).
+Power-of-two steps keep bf16/fp16 restores exact in the source dtype (see pack._restored_dtype).
+
+The curves are estimates (re-rounding from the fine symbols differs from direct rounding only for
+values within half a fine step of a coarse boundary); pack reports the measured SQNR and bits next to
+the predicted ones. ``weights`` (e.g. a sensitivity per tensor) multiply each tensor's error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ggcompress.errors import GGError
+from ggcompress.stats import rate
+
+S_MIN = 0
+S_MAX = 16
+#: rANS table cost estimate per distinct symbol (symbol field + exp-Golomb-coded 24-bit weight), bits.
+TABLE_BITS_PER_SYMBOL = 24.0
+
+
+@dataclass
+class Curve:
+    """One tensor's estimated coded bits and error energy at each candidate step 2^-S."""
+
+    name: str
+    numel: int
+    signal: float  # Σ w²
+    s: np.ndarray  # candidate S values (step 2^-S), ascending
+    bits: np.ndarray  # estimated coded bits (payload + table) at each S
+    noise: np.ndarray  # estimated Σ (w − ŵ)² at each S
+
+
+def measure_curve(x: torch.Tensor, name: str, s_min: int = S_MIN, s_max: int = S_MAX,
+                  per_octave: int = 1) -> Curve:
+    """The tensor's curve from one histogram at step 2^-s_max (cheap: work on distinct values only).
+
+    ``per_octave`` candidate steps per factor of two: 1 gives powers of two only (exact restores in
+    bf16/fp16); 4 adds 2^-(S + 1/4), ... which fp32 tensors restore exactly in their own dtype too.
+    """
+    if s_min > s_max:
+        raise GGError(f"{name}: step range S {s_min}..{s_max} is empty")
+    fine = 2.0 ** -s_max
+    hist = rate.SymbolHistogram(fine).update(x, name)
+    v = hist.symbols.numpy().astype(np.int64)
+    c = hist.counts.numpy().astype(np.float64)
+    n = int(c.sum())
+    signal = fine_err = 0.0  # fine_err: error of the fine rounding itself, measured: Σ (w − v·fine)²
+    flat = x.reshape(-1)
+    for i in range(0, flat.numel(), rate.CHUNK):
+        xf = flat[i:i + rate.CHUNK].to(torch.float64)
+        signal += float(torch.dot(xf, xf))
+        e = xf - torch.round(xf / fine) * fine
+        fine_err += float(torch.dot(e, e))
+    ss = np.arange(s_min * per_octave, s_max * per_octave + 1) / per_octave
+    bits = np.empty(ss.size)
+    noise = np.empty(ss.size)
+    for i, s in enumerate(ss):
+        q = np.round(v * 2.0 ** (s - s_max))  # half to even, like rate (exact for whole octaves)
+        uq, inv = np.unique(q, return_inverse=True)
+        cq = np.bincount(inv, weights=c)
+        p = cq / n
+        h = float(-(cq * np.log2(p)).sum()) if uq.size > 1 else 0.0
+        width = max(int(uq.max() - uq.min()).bit_length(), 1)
+        bits[i] = h + uq.size * (width + TABLE_BITS_PER_SYMBOL)
+        # fine value v·fine restored as q·2^-s: the shift adds (v·fine − q·2^-s) to the fine error
+        # (the two errors are nearly uncorrelated: the fine error is within ±fine/2)
+        d = v * fine - q * 2.0 ** -float(s)
+        noise[i] = float((c * d * d).sum()) + fine_err
+    return Curve(name, n, signal, ss, bits, noise)
+
+
+@dataclass
+class Allocation:
+    """Chosen S per tensor and what the curves predict for it."""
+
+    steps: dict[str, float]  # tensor -> S (step 2^-S)
+    bits: float  # predicted coded bits, all tensors
+    noise: float
+    signal: float
+    params: int
+    lam: float  # the multiplier that gave it (bits per unit of weighted error energy)
+    target: dict[str, float]
+
+    @property
+    def sqnr_db(self) -> float:
+        return 10 * math.log10(self.signal / self.noise) if self.noise > 0 and self.signal > 0 else math.inf
+
+    @property
+    def bits_per_param(self) -> float:
+        return self.bits / self.params if self.params else math.nan
+
+
+def _choose(curves: Sequence[Curve], w: np.ndarray, lam: float) -> tuple[list[int], float, float]:
+    idx, bits, noise = [], 0.0, 0.0
+    for c, wi in zip(curves, w, strict=True):
+        i = int(np.argmin(c.bits + lam * wi * c.noise))
+        idx.append(i)
+        bits += float(c.bits[i])
+        noise += float(c.noise[i])
+    return idx, bits, noise
+
+
+def allocate(curves: Sequence[Curve], *, target_sqnr_db: float | None = None,
+             bits_per_param: float | None = None, weights: Mapping[str, float] | None = None
+             ) -> Allocation:
+    """Per-tensor S minimizing total bits subject to the SQNR target, or error subject to the bit budget.
+
+    Bisection on log λ: larger λ buys less error with more bits. The SQNR target is met (when the finest
+    step can meet it) at the smallest λ that does; the bit budget at the largest λ that stays within it.
+    """
+    if (target_sqnr_db is None) == (bits_per_param is None):
+        raise GGError("give exactly one of target_sqnr_db and bits_per_param")
+    if not curves:
+        raise GGError("no tensors to allocate steps to (nothing is eligible for quantization)")
+    w = np.array([float((weights or {}).get(c.name, 1.0)) for c in curves])
+    signal = sum(c.signal for c in curves)
+    params = sum(c.numel for c in curves)
+    if target_sqnr_db is not None:
+        budget = signal / 10 ** (target_sqnr_db / 10)
+
+        def ok(lam: float) -> bool:
+            return _choose(curves, w, lam)[2] <= budget
+        target = {"target_sqnr_db": float(target_sqnr_db)}
+    else:
+        assert bits_per_param is not None
+        budget_bits = bits_per_param * params
+
+        def ok(lam: float) -> bool:  # "ok" = within budget; we want the largest such λ
+            return _choose(curves, w, lam)[1] > budget_bits
+        target = {"bits_per_param": float(bits_per_param)}
+    lo, hi = -60.0, 80.0  # log2 λ
+    if target_sqnr_db is not None and not ok(2.0 ** hi):
+        best = 10 * math.log10(signal / _choose(curves, w, 2.0 ** hi)[2])
+        raise GGError(f"SQNR {target_sqnr_db} dB is out of reach with steps down to 2^-{curves[0].s[-1]:g} "
+                      f"(at most {best:.1f} dB)")
+    if bits_per_param is not None and ok(2.0 ** lo):
+        least = _choose(curves, w, 2.0 ** lo)[1] / params
+        raise GGError(f"{bits_per_param} bits/param is below the coarsest allocation "
+                      f"({least:.3f} bits/param at steps up to 2^-{curves[0].s[0]:g})")
+    for _ in range(70):
+        mid = (lo + hi) / 2
+        if ok(2.0 ** mid):
+            hi = mid
+        else:
+            lo = mid
+    lam = 2.0 ** (hi if target_sqnr_db is not None else lo)
+    if target_sqnr_db is not None:
+        idx = _refine(curves, _choose(curves, w, 2.0 ** lo)[0], _choose(curves, w, 2.0 ** hi)[0],
+                      lambda b, e: e <= budget, w)
+    else:
+        idx = _refine(curves, _choose(curves, w, 2.0 ** lo)[0], _choose(curves, w, 2.0 ** hi)[0],
+                      lambda b, e: b <= budget_bits, w, stop_when_true=False)
+    bits = sum(float(c.bits[i]) for c, i in zip(curves, idx, strict=True))
+    noise = sum(float(c.noise[i]) for c, i in zip(curves, idx, strict=True))
+    steps = {c.name: float(c.s[i]) for c, i in zip(curves, idx, strict=True)}
+    return Allocation(steps, bits, noise, signal, params, lam, target)
+
+
+def _finer_moves(curves: Sequence[Curve], idx: list[int], w: np.ndarray
+                 ) -> list[tuple[float, int, int, float, float]]:
+    """(weighted error removed per bit, tensor, new index, Δbits, Δerror) of each tensor's next finer step."""
+    out = []
+    for t, (c, i) in enumerate(zip(curves, idx, strict=True)):
+        if i + 1 < c.s.size:
+            db = float(c.bits[i + 1] - c.bits[i])
+            dn = float(c.noise[i + 1] - c.noise[i])
+            out.append((-dn * w[t] / max(db, 1e-9), t, i + 1, db, dn))
+    return out
+
+
+def _refine(curves: Sequence[Curve], low: list[int], high: list[int], ok, w: np.ndarray,
+            stop_when_true: bool = True) -> list[int]:
+    """Fill the gap between the allocations on both sides of the target λ: many tensors switch at nearly
+    the same λ (or one large tensor does), so the Lagrangian alone can overshoot by a whole step.
+    Starting from ``low`` (fewer bits): for an SQNR target, refine one tensor by one step at a time —
+    the cheapest move that meets the target, else the most weighted error removed per bit — until it
+    is met; for a bit budget, move tensors to their ``high`` choice, best error-per-bit first, while
+    the budget holds."""
+    idx = list(low)
+    bits = sum(float(c.bits[i]) for c, i in zip(curves, idx, strict=True))
+    noise = sum(float(c.noise[i]) for c, i in zip(curves, idx, strict=True))
+    moves = []
+    for t, (c, a, b) in enumerate(zip(curves, low, high, strict=True)):
+        if a != b:
+            db = float(c.bits[b] - c.bits[a])
+            de = float(c.noise[a] - c.noise[b]) * w[t]
+            moves.append((de / db if db > 0 else math.inf, t, b, db, float(c.noise[b] - c.noise[a])))
+    moves.sort(key=lambda m: -m[0])
+    if stop_when_true:  # SQNR target: refine tensors one step at a time until it is met
+        for _ in range(10 * len(curves)):
+            if ok(bits, noise):
+                break
+            # each tensor's next finer step (the λ_hi choice need not be the only useful move)
+            cand = _finer_moves(curves, idx, w)
+            if not cand:
+                break
+            closing = [m for m in cand if ok(bits + m[3], noise + m[4])]
+            # the cheapest single move that meets the target, else the best error-per-bit move
+            _, t, b, db, dn = min(closing, key=lambda m: m[3]) if closing else max(cand, key=lambda m: m[0])
+            idx[t] = b
+            bits += db
+            noise += dn
+        if not ok(bits, noise):
+            return list(high)
+        # prune: the last moves may have overshot; step back the costliest refinements that are not needed
+        spent = [float(c.bits[i] - c.bits[j]) for c, i, j in zip(curves, idx, low, strict=True)]
+        for t in sorted(range(len(curves)), key=lambda t: -spent[t]):
+            c = curves[t]
+            while idx[t] > low[t]:
+                db = float(c.bits[idx[t] - 1] - c.bits[idx[t]])
+                dn = float(c.noise[idx[t] - 1] - c.noise[idx[t]])
+                if not ok(bits + db, noise + dn):
+                    break
+                idx[t] -= 1
+                bits += db
+                noise += dn
+        return idx
+    for _, t, b, db, dn in moves:  # bit budget: take each move that still fits
+        if ok(bits + db, noise + dn):
+            idx[t] = b
+            bits += db
+            noise += dn
+    for _ in range(10 * len(curves)):  # then single finer steps that still fit, best error-per-bit first
+        cand = [m for m in _finer_moves(curves, idx, w) if ok(bits + m[3], 0.0)]
+        if not cand:
+            break
+        _, t, b, db, dn = max(cand, key=lambda m: m[0])
+        idx[t] = b
+        bits += db
+        noise += dn
+    return idx
