@@ -147,6 +147,10 @@ def test_shorten_middle_keeps_both_ends() -> None:
     short = shorten_middle(name, 24)
     assert len(short) == 24 and short.startswith("model.") and short.endswith("q_proj.weight")
     assert shorten_middle("short", 20) == "short"
+    # the layer index survives: it is what tells the rows of a table apart
+    long = "encoder.layer.0.attention.output.LayerNorm.weight"
+    assert shorten_middle(long, 24) == "…layer.0.…yerNorm.weight"
+    assert shorten_middle("model.embed_tokens.weight", 20) == "model.em…kens.weight"
 
 
 def _cells(line: str) -> list[str]:
@@ -184,8 +188,8 @@ def test_quantize_and_pack_tables_fit_80_columns(minilm_dir, tmp_path) -> None:
 def test_outputs_follow_the_umask(mask, minilm_dir, tmp_path) -> None:
     old = os.umask(mask)
     try:
-        assert run("pack", str(minilm_dir), "-o", str(tmp_path / "m.ggz"), "--include", ONE).exit_code == 0
-        assert run("quantize-rf8", str(minilm_dir), "-o", str(tmp_path / "q"), "--include", ONE).exit_code == 0
+        for args in (["pack", "-o", str(tmp_path / "m.ggz")], ["quantize-rf8", "-o", str(tmp_path / "q")]):
+            assert run(args[0], str(minilm_dir), *args[1:], "--include", ONE).exit_code == 0
     finally:
         os.umask(old)
     assert (tmp_path / "m.ggz").stat().st_mode & 0o777 == 0o666 & ~mask

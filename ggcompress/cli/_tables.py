@@ -43,11 +43,25 @@ MIN_NAME = 14
 
 
 def shorten_middle(text: str, width: int) -> str:
-    """`model.layers.11.self_attn.q_proj.weight` -> `model.lay…q_proj.weight`: both ends stay readable."""
+    """Shorten a tensor name from the middle, keeping what tells tensors apart: the layer index and the
+    end. `encoder.layer.0.attention.output.LayerNorm.weight` -> `…layer.0.…LayerNorm.weight`; names
+    without a numeric part lose their middle characters (`model.emb…tokens.weight`)."""
     if len(text) <= width:
         return text
     if width <= 1:
         return "…"[:width]
+    parts = text.split(".")
+    index = next((i for i, p in enumerate(parts) if p.isdigit() and i < len(parts) - 1), None)
+    if index is not None:
+        rest = ".".join(parts[index + 1:])
+        whole = ".".join(parts[:index + 1]) + "."
+        near = "…" + ".".join(parts[max(index - 1, 0):index + 1]) + "."  # `layer.0.` without its prefix
+        for head in (whole, near):
+            room = width - len(head)
+            if room >= len(rest):
+                return head + rest
+            if room - 1 >= min(8, len(rest)):
+                return head + "…" + rest[len(rest) - (room - 1):]
     tail = (width - 1) * 3 // 5  # the end (layer kind) tells more than the prefix
     head = width - 1 - tail
     return text[:head] + "…" + text[len(text) - tail:]
