@@ -14,21 +14,37 @@ import threading
 import traceback
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ggcompress.cli._tables import FittingConsole
 from ggcompress.errors import GGError, Terminated, as_os_error, describe_os_error
 
-#: People's output (tables, progress, notes) goes to stderr so stdout stays clean for --json / --csv.
-#: Tables printed through it are fitted to its width (docs/cli.md).
-console = FittingConsole(stderr=True)
+if TYPE_CHECKING:
+    from ggcompress.cli._tables import FittingConsole
+
+    #: People's output (tables, progress, notes) goes to stderr so stdout stays clean for --json / --csv.
+    #: Tables printed through it are fitted to its width (docs/cli.md). Made on first use (module
+    #: __getattr__): rich costs ~0.2 s to import, which `ggcompress --help` does not pay.
+    console: FittingConsole
+
+_console: FittingConsole | None = None
 
 
 def table_console() -> FittingConsole:
     """The console tables go to: stderr, fitted to the terminal (or $COLUMNS; wide in logs)."""
-    return console
+    global _console
+    if _console is None:
+        from ggcompress.cli._tables import FittingConsole
+
+        _console = FittingConsole(stderr=True)
+    return _console
+
+
+def __getattr__(name: str) -> Any:
+    if name == "console":
+        return table_console()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 #: Old name: tables used to go to stdout in `analyze`; every table now goes to stderr (docs/cli.md).
@@ -272,6 +288,7 @@ def _run_checked(callback: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
     apply_threads(ctx.meta.get(_META + "threads") or default_threads())
     _quiet_libraries()
     quiet = bool(ctx.meta.get(_META + "quiet"))
+    console = table_console()
     before = console.quiet
     console.quiet = console.quiet or quiet
     try:
