@@ -57,11 +57,13 @@ def shorten_middle(text: str, width: int) -> str:
         whole = ".".join(parts[:index + 1]) + "."
         near = "…" + ".".join(parts[max(index - 1, 0):index + 1]) + "."  # `layer.0.` without its prefix
         for head in (whole, near):
-            room = width - len(head)
-            if room >= len(rest):
+            if width - len(head) >= len(rest):
                 return head + rest
-            if room - 1 >= min(8, len(rest)):
-                return head + "…" + rest[len(rest) - (room - 1):]
+        for need in (16, 8):  # the whole prefix if it leaves a readable end, else just `…layer.0.`
+            for head in (whole, near):
+                room = width - len(head) - 1
+                if room >= min(need, len(rest)):
+                    return head + "…" + rest[len(rest) - room:]
     tail = (width - 1) * 3 // 5  # the end (layer kind) tells more than the prefix
     head = width - 1 - tail
     return text[:head] + "…" + text[len(text) - tail:]
@@ -106,7 +108,13 @@ def fit_table(table: Table, width: int, console: Console) -> Table:
         for col in list(table.columns[1:]):
             if str(col.header) == header:
                 table.columns.remove(col)
-    # 3. names down to the minimum
+    # 3. names back up into what dropping columns freed, or down to the minimum
+    while limit < longest:
+        shorten(limit + 1)
+        if natural_width(table, console) > width:
+            shorten(limit)
+            break
+        limit += 1
     while limit > MIN_NAME and natural_width(table, console) > width:
         limit -= 1
         shorten(limit)
@@ -121,6 +129,10 @@ class FittingConsole(Console):
 
     Width: the terminal's; when not a terminal, $COLUMNS (read at each print) or LOG_WIDTH.
     """
+
+    def __init__(self, *args: Any, width: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, width=width, **kwargs)
+        self._width = width  # rich freezes $COLUMNS at construction; we read it at each print
 
     @property
     def size(self) -> ConsoleDimensions:  # type: ignore[override]
