@@ -154,6 +154,27 @@ def test_shorten_middle_keeps_both_ends() -> None:
     assert shorten_middle("model.embed_tokens.weight", 20) == "model.em…kens.weight"
 
 
+def test_fit_table_drops_optional_columns_and_keeps_numbers_whole() -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ggcompress.cli._tables import fit_table
+
+    table = Table()
+    for col in ("tensors", "SQNR dB", "quantized before → after", "ratio", "checkpoint before → after",
+                "ratio"):
+        table.add_column(col)
+    table.add_row("210/272", "28.44", "256.6 MiB → 128.9 MiB", "1.99×", "256.6 MiB → 155.9 MiB", "1.65×")
+    console = Console(width=60, file=open(os.devnull, "w"))  # noqa: SIM115 - closed with the process
+    fit_table(table, 60, console)
+    headers = [str(c.header) for c in table.columns]
+    # the quantized pair went together, so the one `ratio` left is the checkpoint's
+    assert headers == ["tensors", "SQNR dB", "checkpoint before → after", "ratio"]
+    with console.capture() as cap:
+        console.print(table)
+    assert "1.65×" in cap.get() and "1.99×" not in cap.get()
+
+
 def _cells(line: str) -> list[str]:
     return [c.strip() for c in line.replace("┃", "│").split("│")[1:-1]]
 

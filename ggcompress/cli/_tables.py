@@ -107,7 +107,11 @@ def fit_table(table: Table, width: int, console: Console) -> Table:
             break
         for col in list(table.columns[1:]):
             if str(col.header) == header:
+                at = table.columns.index(col)
+                follower = table.columns[at + 1] if at + 1 < len(table.columns) else None
                 table.columns.remove(col)
+                if "→" in header and follower is not None and str(follower.header) == "ratio":
+                    table.columns.remove(follower)  # `before → after` and its ratio go together
     # 3. names back up into what dropping columns freed, or down to the minimum
     while limit < longest:
         shorten(limit + 1)
