@@ -190,7 +190,8 @@ def test_force_replaces_and_dry_run_writes_nothing(minilm_dir, tmp_path):
     target = tmp_path / "out"
     target.mkdir()
     (target / "old.txt").write_text("old")
-    res = run("quantize-rf8", str(minilm_dir), "-o", str(target), "--force", "--include", "layer\\.0\\.query")
+    res = run("quantize-rf8", str(minilm_dir), "-o", str(target), "--force",
+              "--include", r"layer\.0\.attention\.self\.query")  # a pattern that selects something
     assert res.exit_code == 0, res.output
     assert not (target / "old.txt").exists() and (target / "model.safetensors").is_file()
     dry = tmp_path / "dry"
