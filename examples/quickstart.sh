@@ -31,8 +31,9 @@ echo "== 2. quantize SmolLM2's linear weights to RF8 (1-byte codes + scales, an 
 echo "== 3. pack SmolLM2 into one entropy-coded .ggz (uniform step 2^-10, rANS)"
 "$gg" pack "$smollm2" -o "$out/smollm2.ggz" --quant step:10 --coder rans --force
 
-echo "== 4. evaluate both against the original: perplexity on one validation article and next-token KL"
-"$gg" eval "$smollm2" "$out/smollm2-rf8" "$out/smollm2.ggz" --text "$text" --tasks ggc_perplexity \
-  --limit 1 --max-length 512 --max-tokens 1024 --window 256
+echo "== 4. evaluate both against the original: next-token KL, same top-1 and perplexity ratio on 1,024"
+echo "   tokens of held-out Wikipedia text (add --tasks ggc_perplexity,ggc_cloze for lm-eval tasks)"
+"$gg" eval "$smollm2" "$out/smollm2-rf8" "$out/smollm2.ggz" --text "$text" --tasks none \
+  --max-tokens 1024 --window 256
 
 echo "== next: docs/cli.md (conventions), docs/benchmarks.md (what the methods achieved here)"
