@@ -175,6 +175,25 @@ def test_fit_table_drops_optional_columns_and_keeps_numbers_whole() -> None:
     assert "1.65×" in cap.get() and "1.99×" not in cap.get()
 
 
+def test_fit_table_keeps_short_labels_whole() -> None:
+    """eval's metric labels (first column, <= 20 chars) are not cut; the wide model column folds."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ggcompress.cli._tables import fit_table
+
+    table = Table()
+    table.add_column("metric", no_wrap=True)
+    table.add_column("smollm2-135m-instruct-bf16-0.1.2-r1 (baseline)", justify="right")
+    table.add_row("perplexity (text) ↓", "12.25")
+    console = Console(width=40, file=open(os.devnull, "w"))  # noqa: SIM115 - closed with the process
+    fit_table(table, 40, console)
+    with console.capture() as cap:
+        console.print(table)
+    assert "perplexity (text) ↓" in cap.get() and "12.25" in cap.get()
+    assert max(len(line) for line in cap.get().splitlines()) <= 40
+
+
 def _cells(line: str) -> list[str]:
     return [c.strip() for c in line.replace("┃", "│").split("│")[1:-1]]
 

@@ -38,8 +38,12 @@ OPTIONAL_COLUMNS = (
     "shape",
 )
 
-#: The name column never gets narrower than this many characters.
-MIN_NAME = 14
+#: The name column is never shortened below this many characters (short labels such as eval's metric
+#: names stay whole; a wider table folds its other cells instead).
+MIN_NAME = 20
+
+#: Names are shortened to this many characters before any column is dropped.
+NAME_BEFORE_DROPPING = 28
 
 
 def shorten_middle(text: str, width: int) -> str:
@@ -98,7 +102,7 @@ def fit_table(table: Table, width: int, console: Console) -> Table:
 
     # 1. names down to a reasonable width
     limit = longest
-    while limit > max(MIN_NAME * 2, 1) and natural_width(table, console) > width:
+    while limit > NAME_BEFORE_DROPPING and natural_width(table, console) > width:
         limit -= 2
         shorten(limit)
     # 2. optional columns, least useful first
