@@ -126,6 +126,8 @@ class _NoteHandler(logging.Handler):
     """The library's notes (stale temp files removed, ...) as `note: ...` lines on stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        if _console is not None and _console.quiet:  # --quiet
+            return
         click.echo(f"note: {record.getMessage()}", err=True)
 
 
