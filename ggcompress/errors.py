@@ -81,3 +81,15 @@ def check_patterns(include: str | None, exclude: str | None) -> None:
                 re.compile(pattern)
             except re.error as e:
                 raise GGError(f"{flag} {pattern!r}: not a valid regular expression ({e})") from None
+
+
+def nothing_selected(source: object, names: list[str], include: str | None, exclude: str | None,
+                     what: str = "tensor") -> GGError:
+    """The error for an --include/--exclude pair that selects nothing: an empty report would look like
+    success. Names a few of the candidates so the pattern can be fixed."""
+    given = (("--include", include), ("--exclude", exclude))
+    flags = " ".join(f"{flag} {pattern!r}" for flag, pattern in given if pattern is not None)
+    sample = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return GGError(f"{source}: {flags} selects none of its {len(names)} eligible {what}s"
+                   + (f" (e.g. {sample})" if names else "")
+                   + " — patterns match names with re.search; check them against those names")

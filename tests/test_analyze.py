@@ -134,7 +134,7 @@ def test_csv_and_table_outputs(minilm_dir: Path) -> None:
     res = run(
         "analyze", str(minilm_dir), "--include", "layer\\.0\\.attention.self.query", "--exclude", "bias"
     )
-    assert res.exit_code == 0 and "attn_q" in res.stdout and "by layer role" in res.stdout
+    assert res.exit_code == 0 and "attn_q" in res.stderr and "by layer role" in res.stderr  # tables: stderr
 
 
 def test_odd_tensors_are_reported_not_fatal(tmp_path: Path) -> None:

@@ -371,7 +371,6 @@ def test_cli_errors(models, eval_text, tmp_path) -> None:
         ((str(models["base"]), "--tasks", "ggc_perplexity"), "needs --text FILE"),
         ((str(models["base"]), "--tasks", "none", "--fail-if", "kl_mean>0.1"), "nothing to do"),
         ((str(models["base"]), "--fail-if", "kl_mean>0.1"), "gate kl_mean>0.1 needs --text"),
-        ((str(models["base"]), "--fail-if", "kl_mean=0.1"), "bad gate"),
         ((str(models["base"]), "--text", str(tmp_path / "nope.txt"), "--tasks", "none"), "no such text file"),
     ]
     for args, message in cases:
@@ -382,6 +381,8 @@ def test_cli_errors(models, eval_text, tmp_path) -> None:
         assert r.stderr.splitlines()[-1].startswith("error: ") and "Traceback" not in r.stderr
         if "needs_hub" in args:
             assert "needs a download while offline" in r.stderr
+    r = _invoke(str(models["base"]), "--fail-if", "kl_mean=0.1")  # a usage error, before loading anything
+    assert r.exit_code == 2 and "bad gate" in r.stderr
 
 
 def test_cli_unknown_task(models) -> None:

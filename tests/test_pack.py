@@ -327,11 +327,11 @@ def test_cli_gates_json_force_and_several_inputs(tiny: Path, tmp_path: Path) -> 
     assert res.exit_code == 1 and "FAIL" in res.stderr and "breaks ratio<100" in res.stderr
     doc = json.loads(res.stdout)
     assert doc["passed"] is False and doc["checkpoints"][0]["failed_gates"][0]["metric"] == "ratio"
+    # usage errors (exit 2) before packing: pack knows its metric names up front (docs/cli.md)
     res = run("pack", str(tiny), "-o", str(out), "--force", "--fail-if", "no_such_metric>1")
-    assert res.exit_code == 1 and "no_such_metric is not reported" in res.stderr
-    assert "metrics available to gates" in res.stderr
+    assert res.exit_code == 2 and "unknown metric 'no_such_metric'" in res.stderr and "ratio" in res.stderr
     res = run("pack", str(tiny), "-o", str(out), "--force", "--fail-if", "ratio=3")
-    assert res.exit_code == 1 and "bad gate" in res.stderr
+    assert res.exit_code == 2 and "bad gate" in res.stderr
     other = tiny_folder(tmp_path / "other", {"w.weight": torch.ones(4, 4)})
     res = run("pack", str(tiny), str(other), "-o", str(tmp_path / "many"))
     assert res.exit_code == 0, res.output
@@ -346,7 +346,7 @@ def test_cli_gates_json_force_and_several_inputs(tiny: Path, tmp_path: Path) -> 
     (["--quant", "int4"], 1, "expected step:S"),
     (["--coder", "huffman"], 2, "huffman"),
     (["--eg-k", "40"], 2, "0..16"),
-    (["--include", "("], 1, "not a valid regular expression"),
+    (["--include", "("], 2, "not a valid regular expression"),
 ])
 def test_cli_usage_errors(tiny: Path, tmp_path: Path, args: list[str], code: int, needle: str) -> None:
     res = run("pack", str(tiny), "-o", str(tmp_path / "x.ggz"), *args)

@@ -82,8 +82,8 @@ def test_analyze_calib_end_to_end(tiny, minilm_dir: Path) -> None:
     assert ck["roles"]["attn_q"]["fisher_share"] > 0
     res = CliRunner().invoke(cli, ["analyze", str(folder), "--calib", str(calib), "--calib-windows", "1",
                                    "--include", "layers.0.mlp"], catch_exceptions=False)  # fmt: skip
-    assert res.exit_code == 0 and "Fisher" in res.stdout
-    assert "clamped from 512 to the context 128" in res.stdout
+    assert res.exit_code == 0 and "Fisher" in res.stderr  # tables go to stderr (docs/cli.md)
+    assert "clamped from 512 to the context 128" in res.stderr
     # An encoder has no next-token loss: one clear line, exit 1.
     res = CliRunner().invoke(cli, ["analyze", str(minilm_dir), "--calib", str(calib)])
     assert res.exit_code == 1 and "not a causal language model" in res.stderr

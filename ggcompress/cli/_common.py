@@ -1,32 +1,54 @@
-"""Shared CLI plumbing: the error boundary (error lines, exit codes, signals, --debug), stdin path lists,
-machine/human output."""
+"""Shared CLI plumbing: the error boundary (error lines, exit codes, signals, --debug), the options every
+subcommand accepts (--quiet, --threads, --summary, --debug, checked up front), stdin path lists,
+machine/human output. The contract is written down in docs/cli.md."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
 import traceback
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
 
 from ggcompress.errors import GGError, Terminated, as_os_error, describe_os_error
 
-#: People's output goes to stderr so stdout stays clean for --json / --csv pipelines.
-console = Console(stderr=True)
+if TYPE_CHECKING:
+    from ggcompress.cli._tables import FittingConsole
+
+    #: People's output (tables, progress, notes) goes to stderr so stdout stays clean for --json / --csv.
+    #: Tables printed through it are fitted to its width (docs/cli.md). Made on first use (module
+    #: __getattr__): rich costs ~0.2 s to import, which `ggcompress --help` does not pay.
+    console: FittingConsole
+
+_console: FittingConsole | None = None
 
 
-def stdout_console() -> Console:
-    """Console for tables on stdout; wide when redirected so reports in files are not folded."""
-    c = Console()
-    return c if c.is_terminal else Console(width=200)
+def table_console() -> FittingConsole:
+    """The console tables go to: stderr, fitted to the terminal (or $COLUMNS; wide in logs)."""
+    global _console
+    if _console is None:
+        from ggcompress.cli._tables import FittingConsole
+
+        _console = FittingConsole(stderr=True)
+    return _console
+
+
+def __getattr__(name: str) -> Any:
+    if name == "console":
+        return table_console()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+#: Old name: tables used to go to stdout in `analyze`; every table now goes to stderr (docs/cli.md).
+stdout_console = table_console
 
 
 class UserError(click.ClickException):
@@ -104,6 +126,8 @@ class _NoteHandler(logging.Handler):
     """The library's notes (stale temp files removed, ...) as `note: ...` lines on stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        if _console is not None and _console.quiet:  # --quiet
+            return
         click.echo(f"note: {record.getMessage()}", err=True)
 
 
@@ -125,14 +149,16 @@ class Group(click.Group):
     """
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
-        if not any(p.name == "debug" for p in cmd.params):
-            cmd.params.append(debug_option())
-        super().add_command(cmd, name)
+        super().add_command(with_common_options(cmd), name)
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         _install_notes()
         with _Boundary():
             return super().main(*args, **kwargs)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        _threads_env(args)  # before the subcommand's module imports torch
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -191,3 +217,159 @@ def expand_inputs(inputs: Iterable[str]) -> list[str]:
 def emit_json(doc: Any) -> None:
     """Write one JSON document to stdout (NaN/Inf are not JSON: callers map them to null)."""
     click.echo(json.dumps(doc, indent=2, allow_nan=False))
+
+
+# ------------------------------------------------------------------------------ the common options
+# Injected into every subcommand in one place (Group.add_command / the lazy group's get_command), so a
+# command module only declares its own options. Each stores its value in ctx.meta; `_run_checked`
+# applies them after parsing and before the command's own code runs.
+
+#: Threads when neither --threads nor OMP_NUM_THREADS says: 1 was fastest for pack, quantize-rf8 and
+#: eval on the shared 2-core machine (benchmarks/bench_threads.py, docs/benchmarks.md).
+DEFAULT_THREADS = 1
+THREADS_ENV = "OMP_NUM_THREADS"
+
+_META = "ggcompress."
+
+
+def default_threads() -> int:
+    """OMP_NUM_THREADS when set to a positive integer, else DEFAULT_THREADS."""
+    value = os.environ.get(THREADS_ENV, "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_THREADS
+
+
+def _store(key: str) -> Any:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is not None and value is not False:
+            ctx.meta[_META + key] = value
+        return value
+
+    return callback
+
+
+def _common_options(cmd: click.Command) -> list[click.Option]:
+    names = {p.name for p in cmd.params}
+    opts = []
+    if "quiet" not in names:
+        opts.append(click.Option(
+            ["--quiet", "-q"], is_flag=True, expose_value=False, callback=_store("quiet"),
+            help="Print no progress, notes or tables on stderr (errors, and --json/--csv data on stdout, "
+                 "still appear)."))
+    if "threads" not in names:
+        opts.append(click.Option(["--threads"], type=click.IntRange(min=1), metavar="N",
+                                 expose_value=False, callback=_store("threads"),
+                                 help=f"torch intra-op and inter-op threads. [default: $OMP_NUM_THREADS, "
+                                      f"else {DEFAULT_THREADS}: fastest on a shared machine, docs/cli.md]"))
+    if "summary_only" not in names and "summary" not in names:
+        opts.append(click.Option(["--summary"], is_flag=True, expose_value=False, callback=_store("summary"),
+                                 help="Only the summary (this command's table is already one; no effect)."))
+    if "debug" not in names:
+        opts.append(debug_option())
+    return opts
+
+
+def with_common_options(cmd: click.Command) -> click.Command:
+    """Give `cmd` --quiet, --threads, --summary and --debug, and the up-front checks (idempotent)."""
+    if getattr(cmd, "_ggcompress_common", False):
+        return cmd
+    cmd.params.extend(_common_options(cmd))
+    callback = cmd.callback
+    if callback is not None:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            return _run_checked(callback, args, kwargs)
+
+        run.__doc__, run.__name__ = callback.__doc__, callback.__name__
+        cmd.callback = run
+    cmd._ggcompress_common = True  # type: ignore[attr-defined]
+    return cmd
+
+
+def _run_checked(callback: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+    ctx = click.get_current_context()
+    check_usage(ctx)
+    apply_threads(ctx.meta.get(_META + "threads") or default_threads())
+    _quiet_libraries()
+    quiet = bool(ctx.meta.get(_META + "quiet"))
+    console = table_console()
+    before = console.quiet
+    console.quiet = console.quiet or quiet
+    try:
+        return callback(*args, **kwargs)
+    finally:
+        console.quiet = before
+
+
+def summary_requested(ctx: click.Context | None = None) -> bool:
+    """--summary given to a command that did not declare its own."""
+    ctx = ctx or click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.meta.get(_META + "summary"))
+
+
+#: Parameters holding regular expressions, by parameter name, checked before any work.
+REGEX_PARAMS = ("include", "exclude", "metrics")
+
+#: Metric names a command's --fail-if may use, where the command knows them before it runs.
+GATE_METRICS: dict[str, Any] = {}
+
+
+def check_usage(ctx: click.Context) -> None:
+    """Usage errors (exit 2) before any work: malformed regexes, malformed or unknown --fail-if metrics."""
+    from ggcompress.reports.gates import gate_from_bound, parse_gate
+
+    for name in REGEX_PARAMS:
+        value = ctx.params.get(name)
+        for pattern in value if isinstance(value, tuple | list) else [value]:
+            if isinstance(pattern, str):
+                try:
+                    re.compile(pattern)
+                except re.error as e:
+                    raise click.BadParameter(f"{pattern!r} is not a valid regular expression ({e})",
+                                             ctx=ctx, param=_param(ctx, name)) from None
+    known = GATE_METRICS.get(ctx.command.name or "")
+    for name, parse in (("fail_if", parse_gate), ("fail_under", lambda s: gate_from_bound(s, "under")),
+                        ("fail_over", lambda s: gate_from_bound(s, "over"))):
+        for expr in ctx.params.get(name) or ():
+            try:
+                gate = parse(expr)
+            except GGError as e:
+                raise click.BadParameter(str(e), ctx=ctx, param=_param(ctx, name)) from None
+            if known is not None and gate.metric not in known():
+                raise click.BadParameter(
+                    f"unknown metric {gate.metric!r} in {expr!r}; known: {', '.join(sorted(known()))}",
+                    ctx=ctx, param=_param(ctx, name))
+
+
+def _param(ctx: click.Context, name: str) -> click.Parameter | None:
+    return next((p for p in ctx.command.params if p.name == name), None)
+
+
+def _threads_env(args: list[str]) -> None:
+    """--threads N anywhere on the command line sets OMP_NUM_THREADS for the OpenMP pool that torch
+    creates on import (later calls to torch.set_num_threads cannot shrink some pools)."""
+    for i, arg in enumerate(args):
+        value = arg.split("=", 1)[1] if arg.startswith("--threads=") else (
+            args[i + 1] if arg == "--threads" and i + 1 < len(args) else None)
+        if value is not None and value.isdigit() and int(value) > 0 and "torch" not in sys.modules:
+            os.environ[THREADS_ENV] = value
+            os.environ["MKL_NUM_THREADS"] = value
+            return
+
+
+def apply_threads(n: int) -> None:
+    """torch intra-op and inter-op threads; inter-op can be set only once per process (first wins)."""
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(n)
+    except RuntimeError:  # already set, or inter-op work already ran (a second command in one process)
+        pass
+
+
+def _quiet_libraries() -> None:
+    """transformers' and datasets' tqdm bars ("Loading weights ...") would interleave with ours: off
+    through the environment for libraries not imported yet, through their own switch for the others."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for module in ("transformers.utils.logging", "datasets.utils.logging"):
+        if module in sys.modules:
+            sys.modules[module].disable_progress_bar()

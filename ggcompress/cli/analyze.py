@@ -8,7 +8,7 @@ import click
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ggcompress.cli._common import console, emit_json, expand_inputs, stdout_console
+from ggcompress.cli._common import console, emit_json, expand_inputs, table_console
 from ggcompress.errors import GGError
 from ggcompress.io.checkpoint import open_checkpoint
 from ggcompress.reports.gates import check_gates, parse_gate
@@ -212,7 +212,7 @@ def analyze(
     elif as_csv:
         click.echo(analyze_csv(doc), nl=False)
     else:
-        print_analyze(doc, stdout_console(), per_tensor=not summary_only)
+        print_analyze(doc, table_console(), per_tensor=not summary_only)
     failed = False
     for ck in doc["checkpoints"]:
         for f in check_gates(gate_values(ck["summary"]), gates):

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ggcompress.cli._common import console, emit_json
+from ggcompress.cli._common import emit_json, table_console
 from ggcompress.errors import GGError
 from ggcompress.reports.diff import check_metric_pattern, compare, load_report, parse_tolerance
 
@@ -49,7 +49,7 @@ def diff_cmd(old: str, new: str, tolerance: str, metrics: str | None, show_all: 
     if as_json:
         emit_json(doc)
     else:
-        out = console if console.is_terminal else Console(stderr=True, width=200)
+        out = table_console()
         render_diff(doc, out, show_all=show_all)
     if not doc["passed"]:
         raise SystemExit(1)

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ggcompress.cli._common import console, emit_json, expand_inputs
+from ggcompress.cli._common import console, emit_json, expand_inputs, table_console
 from ggcompress.codec.pack import PackOptions, pack, unpack
 from ggcompress.reports.gates import parse_gate
 
@@ -108,7 +108,7 @@ def pack_cmd(checkpoints: tuple[str, ...], output: str, quant: str | None, lossl
     if as_json:
         emit_json(doc)
     else:
-        out = console if console.is_terminal else Console(stderr=True, width=200)
+        out = table_console()
         render_pack(doc, out, per_tensor=per_tensor)
     _report_gates(doc)
 

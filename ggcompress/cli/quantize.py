@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ggcompress.cli._common import console, emit_json, expand_inputs
+from ggcompress.cli._common import console, emit_json, expand_inputs, table_console
 from ggcompress.formats.quantize import QuantizeConfig, quantize_checkpoint
 from ggcompress.reports.gates import check_gates, parse_gate
 
@@ -91,7 +91,7 @@ def quantize_rf8(checkpoints: tuple[str, ...], output: str | None, fmt: str, gra
         emit_json(doc)
     else:
         # Redirected stderr (a log file, CI) gets wide tables instead of folded 80-column ones.
-        out_console = console if console.is_terminal else Console(stderr=True, width=200)
+        out_console = table_console()
         render(doc, out_console, per_tensor=not summary_only)
     failed = False
     for ck in doc["checkpoints"]:

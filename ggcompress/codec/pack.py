@@ -26,7 +26,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,7 +37,7 @@ from ggcompress import __version__
 from ggcompress.codec import coders
 from ggcompress.codec import lossless as lossless_codec
 from ggcompress.codec.header import validate_header
-from ggcompress.errors import GGError, check_patterns
+from ggcompress.errors import GGError, check_patterns, nothing_selected
 from ggcompress.io.checkpoint import (
     DTYPES,
     TORCH_TO_ST,
@@ -387,6 +387,14 @@ def output_paths(sources: Sequence[str], out: str | os.PathLike[str]) -> list[Pa
     return paths
 
 
+#: Every numeric summary metric a pack report can carry: what --fail-if may name, checked before packing.
+GATE_METRICS = ("tensors", "params", "coded_tensors", "coded_params", "raw_tensors", "raw_bytes", "files",
+                "file_bytes", "source_bytes", "container_bytes", "ratio", "ratio_bf16", "bits_per_param",
+                "coded_bits_per_param", "payload_bits_per_param", "table_bits_per_param",
+                "entropy_bits_per_param", "eg_bits_per_param", "overhead_vs_entropy", "sqnr_db", "seconds",
+                "mb_per_s", "mean_rel_err", "max_rel_err", "flushed_frac")
+
+
 def gate_values(summary: dict[str, Any]) -> dict[str, float | None]:
     """The numbers --fail-if can name: every numeric summary value."""
     return {k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}
@@ -508,6 +516,11 @@ def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOp
     from ggcompress.io.qlayout import weight_name
 
     code_tensors = {weight_name(m) for m in scheme.modules} if scheme is not None else set()
+    if step is not None and (opts.include or opts.exclude) and not any(_eligible_step(t, opts)
+                                                                       for t in ck.tensors):
+        unfiltered = replace(opts, include=None, exclude=None)
+        raise nothing_selected(ck.source, [t.name for t in ck.tensors if _eligible_step(t, unfiltered)],
+                               opts.include, opts.exclude)
     container = _Container(out, force)
     rows: list[dict[str, Any]] = []
     total = ck.numel

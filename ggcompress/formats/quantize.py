@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ggcompress import __version__
-from ggcompress.errors import GGError, check_patterns
+from ggcompress.errors import GGError, check_patterns, nothing_selected
 from ggcompress.formats import (
     QuantizedTensor,
     available_formats,
@@ -124,6 +124,10 @@ def plan(ck: Checkpoint, config: QuantizeConfig) -> list[Decision]:
             raise GGError(f"{ck.source}: tensor {info.name + SCALE_SUFFIX} already exists, so {info.name} "
                           "cannot get a scale tensor of that name")
         out.append(Decision(info, role, not reason, reason))
+    if (include or exclude) and not any(d.quantize for d in out):
+        filtered = ("not matched by --include", "matched by --exclude")
+        eligible = [d.info.name for d in out if d.reason in filtered]
+        raise nothing_selected(ck.source, eligible, config.include, config.exclude, "weight")
     return out
 
 

@@ -576,7 +576,7 @@ class CheckpointWriter:
                 continue
             dst = self.tmp / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
+            shutil.copyfile(src, dst)  # contents only: a new file's mode follows the umask, not the source's
 
     def write_json(self, rel: str, obj: Any) -> None:
         (self.tmp / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from typing import Any
 from ggcompress import __version__
 from ggcompress.errors import GGError, describe_os_error
 from ggcompress.io.checkpoint import (
+    _umask,
     check_output_path,
     log,
     make_parent,
@@ -111,7 +112,7 @@ class RunFolder:
             if self.mode == "staged":
                 self.work = Path(tempfile.mkdtemp(prefix=temp_prefix(self.out, "tmp"),
                                                   dir=make_parent(self.out)))
-                os.chmod(self.work, 0o755)
+                os.chmod(self.work, 0o777 & ~_umask())  # mkdtemp makes 0700; follow the umask
             else:
                 self.out.mkdir(parents=True)
                 self.work = self.out

@@ -341,7 +341,30 @@ def load_causal_lm(spec: str | os.PathLike[str], device: str = "cpu") -> tuple[A
     loaded = load_model(spec, device=device, dtype="float32")
     if getattr(loaded.tokenizer, "eos_token_id", None) is None:
         raise GGError(f"{spec}: its tokenizer has no EOS token to separate documents")
+    # Loading in float32 rewrites config.dtype to float32: keep what the files hold for save_dtype auto.
+    loaded.model.ggcompress_stored_dtype = stored_dtype(loaded.source)
     return loaded.model, loaded.tokenizer, loaded.source
+
+
+def stored_dtype(source: str | os.PathLike[str]) -> torch.dtype | None:
+    """The floating dtype holding most parameters in a checkpoint's files (read from headers only);
+    None when the files cannot tell (a .gguf, a .ggz)."""
+    from collections import Counter
+
+    from ggcompress.io.checkpoint import DTYPES, FLOAT_DTYPES, open_checkpoint
+
+    try:
+        ck = open_checkpoint(source)
+    except GGError:
+        return None
+    counts: Counter[str] = Counter()
+    for t in ck.tensors:
+        if t.dtype in FLOAT_DTYPES:
+            counts[t.dtype] += t.numel
+    if not counts:
+        return None
+    dtype = DTYPES.get(counts.most_common(1)[0][0])
+    return dtype if dtype in (torch.float32, torch.bfloat16, torch.float16) else None
 
 
 def fit_block_size(model: Any, config: TrainConfig) -> tuple[TrainConfig, str | None]:
@@ -370,7 +393,10 @@ def _check_context(model: Any, data: TextData) -> None:
 
 
 def source_dtype(model: Any) -> torch.dtype:
-    """The dtype the checkpoint was stored in (config.dtype / torch_dtype), else float32."""
+    """The dtype the checkpoint was stored in (its files, else config.dtype / torch_dtype), else float32."""
+    stored = getattr(model, "ggcompress_stored_dtype", None)
+    if isinstance(stored, torch.dtype):
+        return stored
     cfg = model.config
     d = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
     if isinstance(d, str):
@@ -397,6 +423,13 @@ def save_hf_model(model: Any, tokenizer: Any, folder: Path, dtype: torch.dtype) 
     out.config.use_cache = True
     out.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    # transformers writes the weights through a private (0600) temp file: give them the umask's mode
+    from ggcompress.io.checkpoint import _umask
+
+    mode = 0o666 & ~_umask()
+    for f in Path(folder).iterdir():
+        if f.is_file():
+            os.chmod(f, mode)
 
 
 def _param_dtype(model: Any) -> torch.dtype:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ggcompress import __version__
-from ggcompress.errors import GGError
+from ggcompress.errors import GGError, nothing_selected
 from ggcompress.io.checkpoint import DTYPES, Checkpoint, TensorInfo, open_checkpoint
 from ggcompress.reports.jsonsafe import json_safe
 from ggcompress.stats import gg, granularity, rate, sensitivity
@@ -204,6 +204,8 @@ def analyze_checkpoint(
     """Analyze every selected tensor of one checkpoint, reading one tensor at a time."""
     opts = opts or AnalyzeOptions()
     selected = select(ck.tensors, opts.include, opts.exclude)
+    if not selected and ck.tensors and (opts.include or opts.exclude):
+        raise nothing_selected(ck.source, [t.name for t in ck.tensors], opts.include, opts.exclude)
     sens = calibrate(ck, opts) if opts.calib else None
     reports = []
     for info, x in ck.iter_tensors(t.name for t in selected):
