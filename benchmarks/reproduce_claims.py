@@ -524,6 +524,25 @@ def verdicts(doc: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
+def betas_by_role(s: Setup) -> dict[str, dict[str, float]]:
+    """β per layer role (analyze's MLE) of the trained reference next to MiniLM and SmolLM2 (Q4_1)."""
+    from ggcompress.methods.init import shapes_from_checkpoint
+
+    out = {f"reference ({s.trained.name})": shapes_from_checkpoint(s.trained),
+           "minilm": shapes_from_checkpoint(fixtures.minilm())}
+    if s.trained != fixtures.smollm2():
+        out["smollm2 (Q4_1-dequantized)"] = shapes_from_checkpoint(fixtures.smollm2())
+    return out
+
+
+def render_betas(betas: dict[str, dict[str, float]]) -> list[str]:
+    roles = sorted({r for m in betas.values() for r in m})
+    lines = ["| role | " + " | ".join(betas) + " |", "|---|" + "---|" * len(betas)]
+    lines += [f"| {r} | " + " | ".join(f"{m[r]:.3f}" if r in m else "—" for m in betas.values()) + " |"
+              for r in roles]
+    return lines
+
+
 def render(doc: dict[str, Any]) -> str:
     """The docs/benchmarks.md section for one claims JSON."""
     lines = [BEGIN, "", f"### Training claims, budget `{doc['budget']}` ({doc['date']})", ""]
@@ -535,6 +554,9 @@ def render(doc: dict[str, Any]) -> str:
     lines += ["| claim | paper | ours | setup | verdict |", "|---|---|---|---|---|"]
     lines += [f"| {r['claim']} | {r['paper']} | {r['ours']} | {r['setup']} | {r['verdict']} |"
               for r in doc["verdicts"]]
+    if doc.get("betas_by_role"):
+        lines += ["", "GG shape β per layer role (MLE, `ggcompress analyze`):", ""]
+        lines += render_betas(doc["betas_by_role"])
     for p in doc.get("plots", []):
         lines += ["", f"![{p}]({p})"]
     lines += ["", END]
@@ -592,6 +614,8 @@ def main(argv: list[str] | None = None) -> int:
                            "machine": f"{platform.machine()} {os.cpu_count()} cores (shared, loaded), "
                                       f"torch {torch.__version__}, {args.threads} thread(s)",
                            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "plots": []}
+    doc["betas_by_role"] = betas_by_role(s)
+    log(f"β per role: {doc['betas_by_role']}")
     if "backslash" in only:
         doc["backslash"] = run_backslash(s, b, log)
         img = out / "img" / f"claims-{b.name}-backslash-rd.png"
