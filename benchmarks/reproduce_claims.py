@@ -549,8 +549,9 @@ def render(doc: dict[str, Any]) -> str:
     if doc["budget"] == "smoke":
         lines += ["**Smoke budget: a tiny model and a few steps. These rows prove that the pipeline runs; "
                   "they are not results.**", ""]
+    notes = " ".join(n[0].upper() + n[1:] + "." for n in doc["sizes"]["notes"])
     lines += [f"Command: `{doc['command']}`; {doc['machine']}; {doc['seconds']:.0f} s wall, "
-              f"{doc['cpu_seconds']:.0f} s CPU.", ""]
+              f"{doc['cpu_seconds']:.0f} s CPU. {notes}", ""]
     lines += ["| claim | paper | ours | setup | verdict |", "|---|---|---|---|---|"]
     lines += [f"| {r['claim']} | {r['paper']} | {r['ours']} | {r['setup']} | {r['verdict']} |"
               for r in doc["verdicts"]]
