@@ -633,10 +633,12 @@ def main(argv: list[str] | None = None) -> int:
     path = out / ("claims.json" if b.name != "smoke" else "claims-smoke.json")
     path.write_text(json.dumps(json_safe(doc), indent=1) + "\n")
     section = render(doc)
-    (out / f"claims-{b.name}.md").write_text(section + "\n")
     if args.docs or b.name != "smoke":
         write_section(md, section)
-    log(f"wrote {path} and {out / f'claims-{b.name}.md'}")
+        log(f"wrote {path} and the claims section of {md}")
+    else:
+        (out / f"claims-{b.name}.md").write_text(section + "\n")
+        log(f"wrote {path} and {out / f'claims-{b.name}.md'}")
     print(section)
     return 0
 
