@@ -556,7 +556,8 @@ def render(doc: dict[str, Any]) -> str:
                   "they are not results.**", ""]
     notes = " ".join(n[0].upper() + n[1:] + "." for n in doc["sizes"]["notes"])
     lines += [f"Command: `{doc['command']}`; {doc['machine']}; {doc['seconds']:.0f} s wall, "
-              f"{doc['cpu_seconds']:.0f} s CPU. {notes}", ""]
+              f"{doc['cpu_seconds']:.0f} s CPU. Experiments run: {', '.join(doc.get('only', EXPERIMENTS))}. "
+              f"{notes}", ""]
     lines += ["| claim | paper | ours | setup | verdict |", "|---|---|---|---|---|"]
     lines += [f"| {r['claim']} | {r['paper']} | {r['ours']} | {r['setup']} | {r['verdict']} |"
               for r in doc["verdicts"]]
