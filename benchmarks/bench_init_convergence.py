@@ -27,21 +27,7 @@ import torch
 from ggcompress import fixtures
 from ggcompress.methods.init import init_model, shapes_from_checkpoint
 from ggcompress.methods.train import TextData, TrainConfig, pack, perplexity, tokenize, train
-
-
-def build_tokenizer(text: str, vocab: int):
-    from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
-    from tokenizers import models as tok_models
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(tok_models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator([text], trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|endoftext|>"],
-                                                        show_progress=False,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    end = "<|endoftext|>"
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=end, eos_token=end, unk_token=end)
+from ggcompress.wikilm import train_bpe
 
 
 def make_model(args, init: str, seed: int, measured: dict[str, float]):
@@ -84,7 +70,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     train_txt, val_txt = fixtures.text()
     text = train_txt.read_text()[: args.chars]
-    tok = build_tokenizer(text, args.vocab)
+    tok = train_bpe(text, args.vocab)
     data = TextData(train=pack(tokenize([text], tok), args.block),
                     validation=pack(tokenize([val_txt.read_text()[: args.chars // 5]], tok), args.block),
                     source=str(train_txt), tokens=0)

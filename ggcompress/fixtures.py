@@ -23,7 +23,11 @@ holds ``fixture.json``) is what "done" means. A per-fixture lock file serialises
 temporary folders left by interrupted runs are removed by the next build. Once built, each call
 only stats ``fixture.json`` (well under a second, no torch import).
 
-``python -m ggcompress.fixtures [all|minilm|smollm2|text] [--json]`` builds what is missing and
+- ``wiki_lm()``: a small Llama (~5M params, fp32) trained here from a seed on the ``text()`` train
+  split (ggcompress.wikilm): naturally trained weights for the training-method benchmarks. It takes
+  tens of minutes to build, so ``all`` (what CI builds) leaves it out; ask for ``wiki-lm``.
+
+``python -m ggcompress.fixtures [all|minilm|smollm2|text|wiki-lm] [--json]`` builds what is missing and
 prints the paths.
 """
 
@@ -119,6 +123,20 @@ def smollm2() -> Path:
 def smollm2_gguf() -> Path:
     """Path of the SmolLM2-135M-Instruct Q4_1 GGUF file itself (91 MB), as shipped in the wheel."""
     return _ensure(SMOLLM2_GGUF_NAME, _build_smollm2_gguf) / SMOLLM2_GGUF
+
+
+def wiki_lm(recipe=None, progress: Callable[[dict], None] | None = None) -> Path:
+    """Path of the HF folder of the Llama trained on the Wikipedia text (`ggcompress.wikilm`).
+
+    `recipe` (a WikiLMRecipe) overrides the default one; tests pass a tiny recipe, cached under its
+    own name. `progress` receives the training engine's events while it builds.
+    """
+    from ggcompress import wikilm
+
+    recipe = recipe or wikilm.DEFAULT
+    train_txt, val_txt = text()
+    return _ensure(wikilm.fixture_name(recipe),
+                   lambda tmp: wikilm.build(tmp, recipe, train_txt, val_txt, progress=progress))
 
 
 def text() -> tuple[Path, Path]:
@@ -579,20 +597,32 @@ def ensure(names: list[str]) -> dict[str, dict]:
         elif name == "smollm2_gguf":
             path = smollm2_gguf()
             out[name] = {"path": str(path), "manifest": read_manifest(path.parent)}
+        elif name == "wiki-lm":
+            folder = wiki_lm(progress=_print_progress)
+            out[name] = {"path": str(folder), "manifest": read_manifest(folder)}
         elif name == "text":
             train, validation = text()
             out[name] = {"train": str(train), "validation": str(validation),
                          "manifest": read_manifest(train.parent)}
         else:
-            raise GGError(f"unknown fixture {name!r}: choose from minilm, smollm2, smollm2_gguf, text, all")
+            raise GGError(f"unknown fixture {name!r}: choose from minilm, smollm2, smollm2_gguf, text, "
+                          "wiki-lm, all")
     return out
+
+
+def _print_progress(event: dict) -> None:
+    """Training progress of a fixture build, on stderr (a wiki-lm build takes tens of minutes)."""
+    if event.get("event") == "eval" or (event.get("event") == "step" and "lr" in event
+                                        and event["step"] % 25 == 0):
+        print(f"fixtures: wiki-lm {event['event']} {event['step']}/{event['total']} "
+              f"loss {event['loss']:.4f}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ggcompress.fixtures",
                                      description="Build the cached test fixtures and print their paths.")
     parser.add_argument("which", nargs="?", default="all",
-                        choices=["all", "minilm", "smollm2", "smollm2_gguf", "text"])
+                        choices=["all", "minilm", "smollm2", "smollm2_gguf", "text", "wiki-lm"])
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     args = parser.parse_args(argv)
     names = ["minilm", "smollm2", "smollm2_gguf", "text"] if args.which == "all" else [args.which]
