@@ -1,6 +1,7 @@
 """Shape below the tensor on real checkpoints, and what it costs next to the plain analyze (issue 12).
 
-For each checkpoint (default: the MiniLM and SmolLM2 fixtures) it prints
+For each checkpoint (default: the MiniLM and SmolLM2 fixtures, and the trained wiki-lm fixture of
+issue 11 when it has been built — `python -m ggcompress.fixtures wiki-lm`, ~25 CPU minutes) it prints
   figures   median over weight matrices of the tensor β, the median per-row β and the pooled β after
             per-row normalization (MLE and moment estimates), all rows' β quantiles, the kurtosis
             split (scale / within / location), the share of the gap 2 − β that row normalization
@@ -74,6 +75,14 @@ def figures(rep) -> dict:
     }
 
 
+def _built_wiki_lm() -> Path | None:
+    """The trained causal-LM fixture's folder if it was built (never builds it here)."""
+    from ggcompress import wikilm
+
+    folder = fixtures.cache_dir() / wikilm.fixture_name(wikilm.DEFAULT)
+    return folder if (folder / "fixture.json").is_file() else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoints", nargs="*", help="default: the MiniLM and SmolLM2 fixtures")
@@ -86,7 +95,13 @@ def main() -> None:
     args = ap.parse_args()
     paths = args.checkpoints or [str(fixtures.minilm()), str(fixtures.smollm2())]
     print(f"torch threads: {torch.get_num_threads()}; CPU time = time.process_time(), best of {args.repeats}")
-    print("note: the trained causal LM fixture of issue 11 does not exist yet; not measured")
+    if not args.checkpoints:
+        trained = _built_wiki_lm()
+        if trained is None:
+            print("note: the trained wiki-lm fixture is not built (python -m ggcompress.fixtures wiki-lm); "
+                  "not measured")
+        else:
+            paths.append(str(trained))
     out = {}
     for path in paths:
         ck = open_checkpoint(path)
