@@ -15,9 +15,9 @@ How it plugs in (transformers has no plugin entry point, so it must be imported 
 - ``register()`` here does the same explicitly and is idempotent.
 
 Loading happens in two steps inside ``from_pretrained``: before the weights are read, each quantized
-module's ``weight`` becomes a uint8 placeholder of the codes' shape plus a float32 ``weight_scale`` of the
+module's ``weight`` becomes a uint8 stand-in tensor of the codes' shape plus a float32 ``weight_scale`` of the
 scale's shape, so transformers copies the file's tensors unchanged (no float cast of the codes); after
-loading, placeholders are replaced by QuantLinear layers (or decoded weights) and tied weights re-tied.
+loading, stand-in tensors are replaced by QuantLinear layers (or decoded weights) and tied weights re-tied.
 The format is read from the folder's scheme, so any format ``ggcompress.formats`` can decode loads.
 """
 
@@ -111,8 +111,8 @@ class GGCompressHfQuantizer(HfQuantizer):
             shape = tuple(weight.shape)[::-1] if transposed else tuple(weight.shape)
             rows, cols = matrix_shape(shape)
             linear = type(module) is nn.Linear or transposed
-            # Placeholders with the file's dtypes: transformers copies uint8 tensors without a float cast,
-            # and keeps a placeholder's own float32 dtype for the scales.
+            # Stand-in tensors with the file's dtypes: transformers copies uint8 tensors without a float cast,
+            # and keeps a stand-in tensor's own float32 dtype for the scales.
             # (Parameters, not buffers, so transformers can tie a quantized embedding to lm_head.)
             module.weight = _frozen(torch.empty(shape, dtype=torch.uint8, device="meta"))
             setattr(module, _SCALE, _frozen(torch.empty(gran.scale_shape(rows, cols), dtype=torch.float32,
