@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +55,7 @@ POOLED_SAMPLES = 2**16
 HIST_SHIFT = 13
 HIST_BASE = int(np.float32(2.0**-40).view(np.int32)) >> HIST_SHIFT
 HIST_BINS = (int(np.float32(2.0**10).view(np.int32)) >> HIST_SHIFT) - HIST_BASE
+HIST_LO, HIST_HI = 2.0**-40, float(np.nextafter(np.float32(2.0**10), np.float32(0)))  # first, last bin
 #: Quantiles reported for every per-group distribution.
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 #: Groups whose MLE lands within this of the β range's edges count as clamped.
@@ -327,11 +329,19 @@ class _Pooled:
         self.s4 += float((s4 * inv**4).sum())
         self.zmax = max(self.zmax, float((absmax * inv).max()))
         inv_t = torch.from_numpy(inv).to(d.dtype)
-        z = ad.mul_(inv_t[:, None]).to(torch.float32)  # |z|, in place; σ_r = 0 rows give 0 (removed below)
-        idx = z.view(torch.int32).bitwise_right_shift_(HIST_SHIFT).sub_(HIST_BASE).clamp_(0, HIST_BINS - 1)
-        counts = torch.bincount(idx.reshape(-1), minlength=HIST_BINS)
-        counts[0] -= int((~ok).sum()) * size
-        self.hist += counts
+        z = ad.mul_(inv_t[:, None]).to(torch.float32)  # |z|, in place
+        if not ok.all():
+            z = z[torch.from_numpy(ok)]
+        # Clamped in float32 to the histogram's range, whose bit patterns >> HIST_SHIFT are then the
+        # bins offset by HIST_BASE (cheaper than clamping the integers).
+        idx = z.clamp_(HIST_LO, HIST_HI).view(torch.int32).bitwise_right_shift_(HIST_SHIFT).reshape(-1)
+        lo = int(idx.min())
+        counts = torch.bincount(idx.sub_(lo))  # the chunk's bins only: no histogram-sized buffer
+        room = HIST_BASE + HIST_BINS - lo
+        if counts.numel() > room:  # NaN |z| (a row holding ±inf): into the last bin, as before
+            counts[room - 1] += counts[room:].sum()
+            counts = counts[:room]
+        self.hist[lo - HIST_BASE:lo - HIST_BASE + counts.numel()] += counts
         # A seeded sample of this chunk's z, in proportion to its size: for plots only.
         start, self.total = self.total, self.total + d.numel()
         k = round(self.samples * self.total / total) - round(self.samples * start / total)
@@ -385,6 +395,18 @@ def _col_chunks(x2: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
         yield c0, x2[:, c0:c0 + per].t().contiguous()
 
 
+_WORK = threading.local()
+
+
+def _work_buffers(n: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    """Three flat `dtype` buffers of ≥ n values, kept per thread and reused by every chunk of every
+    pass: touching fresh memory for each chunk cost about as much as the arithmetic on it."""
+    bufs = _WORK.__dict__.setdefault(dtype, [])
+    if not bufs or bufs[0].numel() < n:
+        bufs[:] = [torch.empty(max(n, GROUP_CHUNK), dtype=dtype) for _ in range(3)]
+    return bufs
+
+
 def _group_pass(
     kind: str,
     chunks: Iterable[tuple[int, torch.Tensor]],
@@ -403,14 +425,14 @@ def _group_pass(
     size = 0
     for g0, ch in chunks:
         size = ch.shape[1]
-        x = ch.to(work)
-        mean = x.mean(1)
-        # d = x − μ_g in place when x is already a private copy (16-bit input, or float32 → float64).
-        d = x.sub_(mean[:, None]) if x.dtype != ch.dtype else x - mean[:, None]
-        ad = d.abs()
-        d2 = d * d
-        sums = torch.stack([ad.sum(1), d2.sum(1), torch.linalg.vecdot(d2, d), torch.linalg.vecdot(d2, d2),
-                            ad.amax(1)]).to(torch.float64)
+        x, ad, p = (b[:ch.numel()].view(ch.shape) for b in _work_buffers(ch.numel(), work))
+        mean = x.copy_(ch).mean(1)
+        d = x.sub_(mean[:, None])
+        torch.abs(d, out=ad)
+        s2 = torch.mul(d, d, out=p).sum(1)
+        s3 = p.mul_(d).sum(1)
+        s4 = p.mul_(d).sum(1)
+        sums = torch.stack([ad.sum(1), s2, s3, s4, ad.amax(1)]).to(torch.float64)
         sabs, s2, s3, s4, absmax = sums.numpy()
         std = np.sqrt(s2 / size)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -439,7 +461,7 @@ def _group_pass(
     if fit == "mle":
         beta, alpha, clamped = acc.cat("beta"), acc.cat("alpha"), acc.cat("clamped").astype(bool)
     else:
-        beta, clamped = gg.beta_from_ratio(ratio)
+        beta, clamped = gg.beta_from_ratio(ratio, start=_beta_start(ratio))
         beta = np.asarray(beta, dtype=np.float64)
         clamped = np.asarray(clamped, dtype=bool) & np.isfinite(beta)
         alpha = np.asarray(gg.alpha_from_std(std, beta), dtype=np.float64)

@@ -72,28 +72,32 @@ class OutlierAccumulator:
         """x: a (rows, cols) chunk; rows: their row numbers; row_mean, row_std, absmax (max |x − μ_r|)
         per row; ad = |x − μ_r|."""
         self.n += x.numel()
-        row_std = row_std.to(torch.float64)
-        ok = row_std > 0
-        row_max = torch.where(ok, absmax / row_std.clamp_min(1e-300), torch.zeros_like(absmax))
-        self.row_max.append(row_max.numpy())
-        sel = torch.nonzero(ok & (absmax > self.k * row_std)).squeeze(1)
-        if sel.numel():
-            self.beyond_row += int((ad[sel].to(torch.float64) > self.k * row_std[sel, None]).sum())
-        ub = absmax + (row_mean.to(torch.float64) - self.mean).abs()  # ≥ max |x − μ| of the row
+        # Per-row bookkeeping in NumPy: small arrays, where torch's per-call overhead dominates.
+        sd = row_std.to(torch.float64).numpy()
+        am = absmax.to(torch.float64).numpy()
+        ok = sd > 0
+        self.row_max.append(np.where(ok, am / np.maximum(sd, 1e-300), 0.0))
+        sel = np.flatnonzero(ok & (am > self.k * sd))
+        if sel.size:  # compared in float64
+            thr_r = torch.from_numpy(self.k * sd[sel])
+            self.beyond_row += int((ad[torch.from_numpy(sel)] > thr_r[:, None]).sum())
+        ub = am + np.abs(row_mean.to(torch.float64).numpy() - self.mean)  # ≥ max |x − μ| of the row
         counts = np.zeros(x.shape[0], dtype=np.int64)
-        sel = torch.nonzero(ub > self.thr).squeeze(1)
-        if sel.numel():
-            mask = (x[sel].to(torch.float64) - self.mean).abs_() > self.thr
+        sel = np.flatnonzero(ub > self.thr)
+        if sel.size:
+            mask = (x[torch.from_numpy(sel)].to(torch.float64) - self.mean).abs_() > self.thr
             self.col_counts += mask.sum(0)
-            counts[sel.numpy()] = mask.sum(1).numpy()
+            counts[sel] = mask.sum(1).numpy()
         self.row_counts.append(counts)
         self.row_idx.append(rows)
-        self._top(x, rows, ub)
+        self._top(x, rows, torch.from_numpy(ub))
 
     def _top(self, x: torch.Tensor, rows: np.ndarray, ub: torch.Tensor) -> None:
         """Exact top values: visit rows by decreasing bound until the bound drops below the current
         N-th largest value (always at least the largest, so max_sigma is exact)."""
         n = max(self.top, 1)
+        if len(self.cand) >= n and float(ub.max()) < self.cand[-1][0]:
+            return  # no row of this chunk can reach the current top values
         order = torch.argsort(ub, descending=True)
         for i in range(0, order.numel(), n):
             part = order[i:i + n]
