@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ggcompress.errors import GGError, as_os_error, describe_os_error
-from ggcompress.io.limits import check_alloc, inside, is_int, loads_json, valid_shape
+from ggcompress.io.limits import check_alloc, inside, is_int, loads_json, read_json_object, valid_shape
 
 #: Notes for the user (stale temp files removed...); the CLI prints them on stderr as `note: ...`.
 log = logging.getLogger("ggcompress")
@@ -107,14 +107,7 @@ class Checkpoint:
             return None
         path = self.root / "config.json"
         inside(path, self.root, "config.json")
-        try:
-            text = path.read_bytes()
-        except OSError as e:
-            raise GGError(f"{path}: cannot read ({_short(e)})") from None
-        config = loads_json(text, str(path))
-        if not isinstance(config, dict):
-            raise GGError(f"{path}: expected a JSON object, found {_kind(config)}")
-        return config
+        return read_json_object(path)
 
     @property
     def numel(self) -> int:

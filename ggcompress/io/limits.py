@@ -81,6 +81,20 @@ def loads_json(text: str | bytes, where: str, what: str = "JSON") -> Any:
     return doc
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file that must hold one object (config.json and the like), read with bounded nesting."""
+    try:
+        text = path.read_bytes()
+    except OSError as e:
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise GGError(f"{path}: cannot read ({why})") from None
+    doc = loads_json(text, str(path))
+    if not isinstance(doc, dict):
+        kind = "a list" if isinstance(doc, list) else type(doc).__name__
+        raise GGError(f"{path}: expected a JSON object, found {kind}")
+    return doc
+
+
 def json_depth(doc: Any) -> int:
     """Nesting depth of a parsed JSON value (iterative: no recursion, whatever the input)."""
     deepest = 0

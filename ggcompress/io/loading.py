@@ -25,7 +25,7 @@ from typing import Any
 
 from ggcompress.errors import GGError
 from ggcompress.io.checkpoint import HUB_ID, _hub_snapshot
-from ggcompress.io.limits import inside, loads_json
+from ggcompress.io.limits import inside, read_json_object
 
 #: Files any transformers tokenizer is built from; a folder with none of them has no tokenizer.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
@@ -96,7 +96,7 @@ def detect_kind(local: Path) -> str:
         ggufs = sorted(local.glob("*.gguf"))
         hint = f" (to evaluate the GGUF inside, pass {ggufs[0]})" if ggufs else ""
         raise GGError(f"{local}: no config.json, so not an HF model folder{hint}")
-    config = _read_json(config_path)
+    config = read_json_object(config_path)
     qconfig = config.get("quantization_config") or {}
     if not isinstance(qconfig, dict):
         raise GGError(f"{config_path}: quantization_config must be an object")
@@ -181,7 +181,7 @@ def _require_causal_lm(config_path: Path) -> None:
     """Refuse encoders (BERT, sentence-transformers...) up front instead of loading a random LM head."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    config = _read_json(config_path)
+    config = read_json_object(config_path)
     causal_classes: set[str] = set()
     for names in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
         causal_classes.update([names] if isinstance(names, str) else names)
@@ -236,17 +236,6 @@ def _known_quant_methods() -> set[str]:
     except ImportError:  # pragma: no cover - moved in a future transformers
         return set()
     return set(AUTO_QUANTIZER_MAPPING)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        text = path.read_bytes()
-    except OSError as exc:
-        raise GGError(f"{path}: unreadable JSON ({_first_line(exc)})") from None
-    data = loads_json(text, str(path))
-    if not isinstance(data, dict):
-        raise GGError(f"{path}: expected a JSON object")
-    return data
 
 
 def _first_line(exc: BaseException) -> str:
