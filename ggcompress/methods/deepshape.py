@@ -38,6 +38,7 @@ import contextlib
 import copy
 import gc
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -362,6 +363,17 @@ def _summary(m: dict) -> dict:
     return {k: m.get(k) for k in keys}
 
 
+def _check_run(out: str | os.PathLike[str], model_spec: str, data_spec: str, validation: str | None,
+               tcfg: TrainConfig, force: bool) -> tuple[Path, list[str]]:
+    """Check the output and the launch before any work; returns (absolute output, input paths)."""
+    outp = Path(out).expanduser().absolute()
+    inputs = [model_spec, data_spec] + ([validation] if validation else [])
+    check_output_path(outp, inputs, force=force, kind="folder")
+    if tcfg.steps > 0:
+        check_launch(tcfg.shard, tcfg.grad_bits, dist_info().world)
+    return outp, inputs
+
+
 def _setup(model_spec: str, data_spec: str, cfg: DeepShapeConfig, tcfg: TrainConfig, validation: str | None,
            device: str, notify: Progress, data: TextData | None = None
            ) -> tuple[Any, Any, str, TextData, list, Any, TrainConfig, dict]:
@@ -403,11 +415,7 @@ def run_deepshape(
     saved model. Returns the report (schema ggcompress.deepshape/1), also written to out/REPORT_NAME.
     """
     notify = progress or (lambda event: None)
-    outp = Path(out).expanduser().absolute()
-    inputs = [model_spec, data_spec] + ([validation] if validation else [])
-    check_output_path(outp, inputs, force=force, kind="folder")
-    if tcfg.steps > 0:
-        check_launch(tcfg.shard, tcfg.grad_bits, dist_info().world)
+    outp, inputs = _check_run(out, model_spec, data_spec, validation, tcfg, force)
     t0 = time.perf_counter()
     notify({"event": "phase", "phase": "load", "model": model_spec})
     model, tokenizer, source, data, params, teacher, tcfg, context = _setup(
@@ -498,11 +506,7 @@ def run_sweep(
     """Reshape + fine-tune from the original weights once per (shape_scale, scale_scale); writes the
     trade-off curve (out/SWEEP_NAME) and its plot (out/SWEEP_PLOT). No model is saved."""
     notify = progress or (lambda event: None)
-    outp = Path(out).expanduser().absolute()
-    inputs = [model_spec, data_spec] + ([validation] if validation else [])
-    check_output_path(outp, inputs, force=force, kind="folder")
-    if tcfg.steps > 0:
-        check_launch(tcfg.shard, tcfg.grad_bits, dist_info().world)
+    outp, inputs = _check_run(out, model_spec, data_spec, validation, tcfg, force)
     t0 = time.perf_counter()
     model, _, source, data, params, teacher, tcfg, context = _setup(
         model_spec, data_spec, cfg, tcfg, validation, _device(tcfg.device), notify)
