@@ -17,8 +17,14 @@ Experiments (each skippable with --only):
   (perplexity); minilm: the same sweep on MiniLM with its own embeddings as the teacher and cosine
   similarity as quality (needs no trained fixture).
 - init: the fixture's architecture from GG inits, β ∈ {0.5, 1, 1.5, β per role measured on the
-  trained fixture, 2}, each at the transformers default std (0.02) and at Var = ξ/fan (ξ = 1), plus
-  the transformers default init; seeds; steps to a target loss and final loss.
+  trained fixture, 2}, each at the transformers default std (0.02; β = 2 there is the transformers
+  default init) and at Var = ξ/fan (ξ = 1); seeds; steps to a target loss and final loss.
+
+Every training run is a unit whose result is cached as one JSON under <out>/claims-runs-<budget>/
+(keyed by its name and the sizes that decide it): a rerun skips finished units, `--shard i/n` runs
+every n-th unit so that n processes (one thread each) share the cores, `--cached` assembles only
+what is cached (missing units are listed), and a run with --only merges into the budget's existing
+claims.json instead of replacing it.
 
 Budgets fix every size; the smoke budget trains a tiny wiki-lm recipe and is labelled "smoke" in the
 JSON and the rendered section: its numbers prove that the code runs, nothing else. One torch thread
@@ -91,6 +97,7 @@ class Budget:
     init_seeds: int = 3
     init_eval_every: int = 100
     init_eval_blocks: int = 64
+    init_block: int = 0  # tokens per training block for the init runs; 0: the reference's block size
     init_betas: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
     eval_blocks: int = 64
     device: str = "cpu"
@@ -103,15 +110,63 @@ BUDGETS: dict[str, Budget] = {
                     minilm_sentences=32, minilm_steps=4, init_steps=40, init_batch=8, init_lr=1e-2,
                     init_seeds=3, init_eval_every=10, init_eval_blocks=16, eval_blocks=16,
                     notes=["smoke budget: tiny model and step counts; numbers prove the pipeline only"]),
-    "cpu": Budget("cpu", wikilm.DEFAULT,
-                  notes=["the wiki-lm fixture's architecture (~5.5M params) on 1 CPU thread; from-scratch "
-                         "runs use 600 of the fixture's 1200 steps"]),
+    "cpu": Budget("cpu", wikilm.DEFAULT, bs_steps=250, init_block=64, init_eval_every=200,
+                  init_eval_blocks=32,
+                  notes=["the wiki-lm fixture's architecture (~5.5M params) on 1 CPU thread per process; "
+                         "from-scratch BackSlash runs use 250 of the fixture's 1200 steps (validation loss "
+                         "≈ 6.2 there, vs 5.6 at 1200 and the unigram floor 7.3) and the init runs 2000 "
+                         "steps of 4 × 64 tokens: sized so that the whole budget fits ≈ 4.5 CPU-hours"]),
     "gpu": Budget("gpu", None, bs_steps=3000, bs_batch=32, bs_lr=1e-3, bs_seeds=2, ft_steps=1000,
                   ft_lr=5e-5, ds_steps=500, ds_lr=5e-5, minilm_sentences=2048, minilm_steps=300,
                   init_steps=3000, init_batch=16, init_lr=1e-3, eval_blocks=0, device="auto",
                   notes=["SmolLM2-135M architecture and tokenizer from scratch; the trained reference is "
                          "the Q4_1-dequantized SmolLM2 fixture (not natural weights)"]),
 }
+
+
+class Runner:
+    """Runs training runs as cached units: each finished unit's result is one JSON in `cache`, keyed
+    by its name and the sizes that decide it, so a rerun resumes and `shard` processes split the work."""
+
+    def __init__(self, cache: Path, shard: tuple[int, int] | None = None, cached_only: bool = False) -> None:
+        self.cache, self.shard, self.cached_only = cache, shard, cached_only
+        self.index = 0
+        self.missing: list[str] = []
+        self.cpu_seconds = 0.0  # training CPU time of every unit returned (cached or run now)
+        cache.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def sizes(b: Budget, *prefixes: str) -> dict[str, Any]:
+        """The budget fields a unit depends on (plus the reference recipe)."""
+        d = {k: v for k, v in asdict(b).items() if k.startswith(prefixes) and k not in ("recipe", "notes")}
+        return {**d, "recipe": asdict(b.recipe) if b.recipe is not None else "smollm2", "device": b.device}
+
+    def path(self, name: str) -> Path:
+        slug = "".join(c if c.isalnum() or c in "-.=" else "_" for c in name.replace("β", "beta"))
+        return self.cache / f"{slug}.json"
+
+    def unit(self, name: str, decide: dict[str, Any], fn: Any) -> Any:
+        """`fn()`'s result, from the cache when it holds this unit with the same sizes; None when the
+        unit is another shard's or (with cached_only) not cached yet."""
+        i, self.index = self.index, self.index + 1
+        path, key = self.path(name), json.dumps(json_safe(decide), sort_keys=True)
+        if path.exists():
+            d = json.loads(path.read_text())
+            if d.get("decide") == key:
+                self.cpu_seconds += d.get("cpu_seconds", 0.0)
+                return d["result"]
+        if self.cached_only or (self.shard is not None and i % self.shard[1] != self.shard[0]):
+            self.missing.append(name)
+            return None
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = json.loads(json.dumps(json_safe(fn())))  # the same types as a cache hit
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        rec = {"name": name, "decide": key, "seconds": time.perf_counter() - t0,
+               "cpu_seconds": time.process_time() - c0, "result": result}
+        tmp.write_text(json.dumps(rec, indent=1) + "\n")
+        os.replace(tmp, path)
+        self.cpu_seconds += time.process_time() - c0
+        return result
 
 
 # ---------------------------------------------------------------------------------------------- setup
@@ -187,43 +242,54 @@ def evaluate(model: Any, s: Setup, b: Budget) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- BackSlash
 
 
-def run_backslash(s: Setup, b: Budget, log: Any) -> dict[str, Any]:
+def run_backslash(s: Setup, b: Budget, runner: Runner, log: Any) -> dict[str, Any]:
+    sizes = runner.sizes(b, "bs_", "eval_blocks")
     runs = []
     for seed in range(b.bs_seeds):
         plans = [("plain", None, 0.0)] + [(m, m, lam) for m in ("decoupled", "loss") for lam in b.bs_lams]
         for label, mode, lam_n in plans:
-            model = fresh_model(s, seed)
-            params = select_weights(model)
-            n = sum(p.numel() for _, p in params)
-            tcfg = TrainConfig(steps=b.bs_steps, lr=b.bs_lr, batch_size=b.bs_batch, block_size=s.block_size,
-                               weight_decay=0.1, adam_betas=(0.9, 0.95), seed=seed, save_every=0,
-                               log_every=max(1, b.bs_steps // 10), eval_blocks=b.eval_blocks, device=s.device)
-            hooks = [] if mode is None else [RateHook(params, BackSlashConfig(
-                lam=lam_n * n, mode=mode, rate_steps=b.bs_steps, recover_steps=0, shape_every=10))]
-            t0, c0 = time.perf_counter(), time.process_time()
-            train(model, s.data, tcfg, hooks=hooks)
-            m = evaluate(model, s, b)
-            runs.append({"label": label, "mode": mode, "lam_over_n": lam_n, "lam": lam_n * n, "seed": seed,
-                         "params_measured": n, **m, "seconds": time.perf_counter() - t0,
-                         "cpu_seconds": time.process_time() - c0})
-            log(f"backslash scratch {label} λ/N={lam_n:g} seed {seed}: ppl {m['val']['ppl']:.3f}, "
-                f"eg0@2^-8 {m['2^-8']['eg0']:.3f} b/p")
+            def one(label: str = label, mode: str | None = mode, lam_n: float = lam_n,
+                    seed: int = seed) -> dict[str, Any]:
+                model = fresh_model(s, seed)
+                params = select_weights(model)
+                n = sum(p.numel() for _, p in params)
+                tcfg = TrainConfig(steps=b.bs_steps, lr=b.bs_lr, batch_size=b.bs_batch,
+                                   block_size=s.block_size, weight_decay=0.1, adam_betas=(0.9, 0.95),
+                                   seed=seed, save_every=0,
+                                   log_every=max(1, b.bs_steps // 10), eval_blocks=b.eval_blocks,
+                                   device=s.device)
+                hooks = [] if mode is None else [RateHook(params, BackSlashConfig(
+                    lam=lam_n * n, mode=mode, rate_steps=b.bs_steps, recover_steps=0, shape_every=10))]
+                t0, c0 = time.perf_counter(), time.process_time()
+                train(model, s.data, tcfg, hooks=hooks)
+                m = evaluate(model, s, b)
+                return {"label": label, "mode": mode, "lam_over_n": lam_n, "lam": lam_n * n, "seed": seed,
+                        "params_measured": n, **m, "seconds": time.perf_counter() - t0,
+                        "cpu_seconds": time.process_time() - c0}
+            r = runner.unit(f"backslash-scratch-{label}-lam{lam_n:g}-seed{seed}", sizes, one)
+            if r is not None:
+                runs.append(r)
+                log(f"backslash scratch {label} λ/N={lam_n:g} seed {seed}: ppl {r['val']['ppl']:.3f}, "
+                    f"eg0@2^-8 {r['2^-8']['eg0']:.3f} b/p")
+    ft_sizes = runner.sizes(b, "ft_", "bs_batch", "eval_blocks")
+    trained = runner.unit("backslash-trained-reference", ft_sizes, lambda: evaluate(load_trained(s), s, b))
     ft = []
     for label, lam_n in [("plain fine-tune", 0.0)] + [("decoupled", lam) for lam in b.ft_lams]:
-        model = load_trained(s)
-        params = select_weights(model)
-        n = sum(p.numel() for _, p in params)
-        before = evaluate(model, s, b) if not ft else None
-        tcfg = TrainConfig(steps=b.ft_steps, lr=b.ft_lr, batch_size=b.bs_batch, block_size=s.block_size,
-                           seed=0, save_every=0, log_every=max(1, b.ft_steps // 10), device=s.device)
-        hooks = [] if lam_n == 0 else [RateHook(params, BackSlashConfig(
-            lam=lam_n * n, mode="decoupled", rate_steps=b.ft_steps, recover_steps=0))]
-        train(model, s.data, tcfg, hooks=hooks)
-        m = evaluate(model, s, b)
-        ft.append({"label": label, "lam_over_n": lam_n, "lam": lam_n * n, **m,
-                   **({"trained_model": before} if before else {})})
-        log(f"backslash fine-tune {label} λ/N={lam_n:g}: ppl {m['val']['ppl']:.3f}, "
-            f"eg0@2^-8 {m['2^-8']['eg0']:.3f} b/p")
+        def one_ft(label: str = label, lam_n: float = lam_n) -> dict[str, Any]:
+            model = load_trained(s)
+            params = select_weights(model)
+            n = sum(p.numel() for _, p in params)
+            tcfg = TrainConfig(steps=b.ft_steps, lr=b.ft_lr, batch_size=b.bs_batch, block_size=s.block_size,
+                               seed=0, save_every=0, log_every=max(1, b.ft_steps // 10), device=s.device)
+            hooks = [] if lam_n == 0 else [RateHook(params, BackSlashConfig(
+                lam=lam_n * n, mode="decoupled", rate_steps=b.ft_steps, recover_steps=0))]
+            train(model, s.data, tcfg, hooks=hooks)
+            return {"label": label, "lam_over_n": lam_n, "lam": lam_n * n, **evaluate(model, s, b)}
+        r = runner.unit(f"backslash-finetune-{label}-lam{lam_n:g}", ft_sizes, one_ft)
+        if r is not None:
+            ft.append({**r, **({"trained_model": trained} if not ft and trained else {})})
+            log(f"backslash fine-tune {label} λ/N={lam_n:g}: ppl {r['val']['ppl']:.3f}, "
+                f"eg0@2^-8 {r['2^-8']['eg0']:.3f} b/p")
     return {"scratch": runs, "finetune": ft}
 
 
@@ -233,7 +299,9 @@ def backslash_verdict(rows: list[dict], plain_key: str = "plain") -> dict[str, A
     for r in rows:
         if r["label"] == plain_key:
             continue
-        ref = next(p for p in rows if p["label"] == plain_key and p.get("seed") == r.get("seed"))
+        ref = next((p for p in rows if p["label"] == plain_key and p.get("seed") == r.get("seed")), None)
+        if ref is None:  # its seed's plain run is not done yet
+            continue
         d_ppl = r["val"]["ppl"] / ref["val"]["ppl"] - 1
         saving = 1 - r["2^-8"]["eg0"] / ref["2^-8"]["eg0"]
         if d_ppl <= 0.01 and (best is None or saving > best["saving"]):
@@ -245,26 +313,37 @@ def backslash_verdict(rows: list[dict], plain_key: str = "plain") -> dict[str, A
 # ---------------------------------------------------------------------------------------------- DeepShape
 
 
-def run_deepshape(s: Setup, b: Budget, out: Path, log: Any) -> dict[str, Any]:
-    from ggcompress.methods.deepshape import DeepShapeConfig, parse_sweep, run_sweep
+def run_deepshape(s: Setup, b: Budget, runner: Runner, out: Path, log: Any) -> dict[str, Any]:
+    from ggcompress.methods.deepshape import DeepShapeConfig, parse_sweep, plot_sweep, run_sweep
 
     train_txt, val_txt = fixtures.text()
-    tmp = Path(tempfile.mkdtemp(prefix="claims-ds-"))
-    text = train_txt.read_text()
-    if b.recipe is not None and b.recipe.train_chars:
-        text = text[: b.recipe.train_chars]
-    (tmp / "train.txt").write_text(text)
-    tcfg = TrainConfig(steps=b.ds_steps, lr=b.ds_lr, batch_size=b.bs_batch, block_size=s.block_size,
-                       eval_blocks=b.eval_blocks, save_every=0, log_every=max(1, b.ds_steps // 4),
-                       device=s.device)
-    doc = run_sweep(str(s.trained), str(tmp / "train.txt"), tmp / "sweep", DeepShapeConfig(), tcfg,
-                    parse_sweep(b.ds_sweep), validation=str(val_txt), force=True)
-    img = out / "img" / f"claims-{b.name}-deepshape.png"
-    img.parent.mkdir(parents=True, exist_ok=True)
-    img.write_bytes((tmp / "sweep" / "deepshape_sweep.png").read_bytes())
-    for p in doc["points"]:
-        log(f"deepshape {p['shape_scale']}:{p['scale_scale']}: {p['vs_original']}")
-    return {"original": doc["original"], "points": doc["points"], "plot": str(img.relative_to(out))}
+    sizes = runner.sizes(b, "ds_", "bs_batch", "eval_blocks")
+    original, points, settings = None, [], None
+    for sb, sa in parse_sweep(b.ds_sweep):
+        def one(sb: float = sb, sa: float = sa) -> dict[str, Any]:
+            tmp = Path(tempfile.mkdtemp(prefix="claims-ds-"))
+            text = train_txt.read_text()
+            if b.recipe is not None and b.recipe.train_chars:
+                text = text[: b.recipe.train_chars]
+            (tmp / "train.txt").write_text(text)
+            tcfg = TrainConfig(steps=b.ds_steps, lr=b.ds_lr, batch_size=b.bs_batch, block_size=s.block_size,
+                               eval_blocks=b.eval_blocks, save_every=0, log_every=max(1, b.ds_steps // 4),
+                               device=s.device)
+            doc = run_sweep(str(s.trained), str(tmp / "train.txt"), tmp / "sweep", DeepShapeConfig(), tcfg,
+                            [(sb, sa)], validation=str(val_txt), force=True)
+            return {"original": doc["original"], "point": doc["points"][0], "settings": doc["settings"]}
+        r = runner.unit(f"deepshape-{sb:g}-{sa:g}", sizes, one)
+        if r is not None:
+            original, settings = r["original"], r["settings"]
+            points.append(r["point"])
+            log(f"deepshape {sb:g}:{sa:g}: {r['point']['vs_original']}")
+    res: dict[str, Any] = {"original": original, "points": points, "settings": settings}
+    if points and not runner.shard:
+        img = out / "img" / f"claims-{b.name}-deepshape.png"
+        img.parent.mkdir(parents=True, exist_ok=True)
+        plot_sweep({**res, "model": str(s.trained)}, img)
+        res["plot"] = str(img.relative_to(out))
+    return res
 
 
 def _embed(model: Any, batch: dict) -> torch.Tensor:
@@ -274,9 +353,13 @@ def _embed(model: Any, batch: dict) -> torch.Tensor:
     return torch.nn.functional.normalize(e, dim=-1)
 
 
-def run_minilm(b: Budget, log: Any) -> dict[str, Any]:
+def run_minilm(b: Budget, runner: Runner, log: Any) -> dict[str, Any] | None:
     """DeepShape on MiniLM: quality = mean cosine of the mean-pooled embeddings to the original's;
     recovery distils the original embeddings (1 − cosine) on training sentences."""
+    return runner.unit("minilm-deepshape", runner.sizes(b, "minilm_", "ds_sweep"), lambda: _minilm(b, log))
+
+
+def _minilm(b: Budget, log: Any) -> dict[str, Any]:
     from transformers import AutoModel, AutoTokenizer
 
     from ggcompress.methods.deepshape import DeepShapeConfig, parse_sweep, reshape_
@@ -334,9 +417,10 @@ def run_minilm(b: Budget, log: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- GG init
 
 
-def init_variants(b: Budget, measured: dict[str, float]) -> list[tuple[str, float | None, dict | None, str]]:
-    """(label, β, β by role, variance rule); rule "std0.02" or "xi/fan"; β None: transformers default."""
-    out: list[tuple[str, float | None, dict | None, str]] = [("transformers default", None, None, "std0.02")]
+def init_variants(b: Budget, measured: dict[str, float]) -> list[tuple[str, float, dict | None, str]]:
+    """(label, β, β by role, variance rule); rule "std0.02" or "xi/fan". β = 2 at std 0.02 is the
+    transformers default init (normal, std = initializer_range 0.02), so it is not run twice."""
+    out: list[tuple[str, float, dict | None, str]] = []
     for rule in ("std0.02", "xi/fan"):
         for beta in b.init_betas:
             out.append((f"β={beta:g} {rule}", beta, None, rule))
@@ -358,38 +442,58 @@ def init_(model: Any, beta: float, by_role: dict | None, rule: str, seed: int) -
                     named[r.name].mul_(0.02 / r.std)
 
 
-def run_init(s: Setup, b: Budget, out: Path, log: Any) -> dict[str, Any]:
+def run_init(s: Setup, b: Budget, runner: Runner, out: Path, log: Any) -> dict[str, Any]:
     from ggcompress.methods.init import shapes_from_checkpoint
 
     measured = shapes_from_checkpoint(s.trained)
+    data = s.data
+    if b.init_block and b.init_block != s.block_size:  # shorter blocks: more steps per CPU-second
+        data = TextData(train=pack(s.data.train.reshape(-1), b.init_block), validation=s.data.validation,
+                        source=s.data.source, tokens=0)
+    sizes = runner.sizes(b, "init_", "eval_blocks")
     runs: dict[str, list[dict]] = {}
-    for label, beta, by_role, rule in init_variants(b, measured):
-        for seed in range(b.init_seeds):
-            model = fresh_model(s, seed)
-            if beta is not None:
+    variants = init_variants(b, measured)
+    for seed in range(b.init_seeds):  # seed-major: an interrupted run still has every variant's first seeds
+        for label, beta, by_role, rule in variants:
+            def one(label: str = label, beta: float = beta, by_role: dict | None = by_role, rule: str = rule,
+                    seed: int = seed) -> dict[str, Any]:
+                model = fresh_model(s, seed)
                 init_(model, beta, by_role, rule, seed)
-            first = perplexity(model, s.data.validation, max_blocks=b.init_eval_blocks)
-            res = train(model, s.data, TrainConfig(
-                steps=b.init_steps, lr=b.init_lr, batch_size=b.init_batch, block_size=s.block_size,
-                weight_decay=0.1, adam_betas=(0.9, 0.95), seed=seed, save_every=0,
-                log_every=b.init_eval_every, eval_every=b.init_eval_every, eval_blocks=b.init_eval_blocks,
-                device=s.device))
-            last = perplexity(model, s.data.validation, max_blocks=b.init_eval_blocks)
-            curve = [(0, first["loss"]), *[(e["step"], e["loss"]) for e in res.evals],
-                     (b.init_steps, last["loss"])]
-            runs.setdefault(label, []).append({"seed": seed, "curve": curve})
-            log(f"init {label} seed {seed}: {first['loss']:.3f} -> {last['loss']:.3f}")
+                first = perplexity(model, s.data.validation, max_blocks=b.init_eval_blocks)
+                res = train(model, data, TrainConfig(
+                    steps=b.init_steps, lr=b.init_lr, batch_size=b.init_batch, block_size=data.block_size,
+                    weight_decay=0.1, adam_betas=(0.9, 0.95), seed=seed, save_every=0,
+                    log_every=b.init_eval_every, eval_every=b.init_eval_every, eval_blocks=b.init_eval_blocks,
+                    device=s.device))
+                last = perplexity(model, s.data.validation, max_blocks=b.init_eval_blocks)
+                curve = [(0, first["loss"]), *[(e["step"], e["loss"]) for e in res.evals],
+                         (b.init_steps, last["loss"])]
+                return {"seed": seed, "curve": curve}
+            r = runner.unit(f"init-{label}-seed{seed}", sizes, one)
+            if r is not None:
+                runs.setdefault(label, []).append(r)
+                log(f"init {label} seed {seed}: {r['curve'][0][1]:.3f} -> {r['curve'][-1][1]:.3f}")
+    res: dict[str, Any] = {"measured_betas": measured, "runs": runs}
+    if not runs or runner.shard:
+        return res
+    res.update(summarize_init(runs))
+    img = out / "img" / f"claims-{b.name}-init.png"
+    plot_init(runs, res["target_loss"], img, b.name)
+    res["plot"] = str(img.relative_to(out))
+    return res
+
+
+def summarize_init(runs: dict[str, list[dict]]) -> dict[str, Any]:
+    """Target = the worst variant's median final loss (every variant's median reaches it); per variant:
+    final loss median / min / max and each seed's first evaluated step at or below the target."""
     target = max(statistics.median(r["curve"][-1][1] for r in rs) for rs in runs.values())
     summary = {}
     for label, rs in runs.items():
         reach = [next((st for st, v in r["curve"] if v <= target), None) for r in rs]
         finals = [r["curve"][-1][1] for r in rs]
         summary[label] = {"final_median": statistics.median(finals), "final_min": min(finals),
-                          "final_max": max(finals), "steps_to_target": reach}
-    img = out / "img" / f"claims-{b.name}-init.png"
-    plot_init(runs, target, img, b.name)
-    return {"measured_betas": measured, "target_loss": target, "summary": summary, "runs": runs,
-            "plot": str(img.relative_to(out))}
+                          "final_max": max(finals), "steps_to_target": reach, "seeds": len(rs)}
+    return {"target_loss": target, "summary": summary}
 
 
 def plot_init(runs: dict[str, list[dict]], target: float, path: Path, budget: str) -> None:
@@ -400,7 +504,7 @@ def plot_init(runs: dict[str, list[dict]], target: float, path: Path, budget: st
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110, sharey=True)
     for ax, rule in zip(axes, ("std0.02", "xi/fan"), strict=True):
         for label, rs in runs.items():
-            if rule not in label and label != "transformers default":
+            if rule not in label:
                 continue
             steps = [st for st, _ in rs[0]["curve"]]
             vals = [[r["curve"][i][1] for r in rs] for i in range(len(steps))]
@@ -463,6 +567,8 @@ def verdicts(doc: dict[str, Any]) -> list[dict[str, str]]:
                  f"{doc['sizes']['bs_seeds']} seeds, loss + decoupled mode"),
                 ("BackSlash fine-tune", bs["finetune"],
                  f"{doc['sizes']['ft_steps']} steps from the trained model")):
+            if not rows_:
+                continue
             best = backslash_verdict(rows_, "plain" if key.endswith("scratch") else "plain fine-tune")
             ours = (f"{-best['saving']:+.1%} eg0 bits at 2^-8 vs plain ({best['label']}, λ/N "
                     f"{best.get('lam_over_n')}, Δppl {best['d_ppl']:+.2%})" if best["d_ppl"] is not None
@@ -471,7 +577,7 @@ def verdicts(doc: dict[str, Any]) -> list[dict[str, str]]:
                          "setup": setup_, "verdict": verdict(best["saving"] >= 0.6, best["saving"] >= 0.2,
                                                              "saving measured within +1% perplexity")})
     ds = doc.get("deepshape")
-    if ds:
+    if ds and ds.get("points"):
         ok_pts = [p for p in ds["points"]
                   if (p["vs_original"].get("val_ppl_increase") or 0) <= 0.02]
         red = max((p["vs_original"].get("eg_bits_reduction") or 0 for p in ok_pts), default=0.0)
@@ -500,7 +606,7 @@ def verdicts(doc: dict[str, Any]) -> list[dict[str, str]]:
                      "verdict": verdict(red >= 0.3, red > 0.05,
                                         "quality = cosine to the original embeddings")})
     it = doc.get("init")
-    if it:
+    if it and it.get("summary"):
         sm = it["summary"]
 
         def med(label: str) -> float:  # a seed that never reaches the target counts as infinitely slow
@@ -517,13 +623,15 @@ def verdicts(doc: dict[str, Any]) -> list[dict[str, str]]:
             best = min((lab for lab in sm if rule in lab and lab != f"β=2 {rule}"), key=med)
             faster.append((rule, best, med(best), ref))
         ours = (f"median steps to loss {it['target_loss']:.3f}, final loss median [min, max] — "
-                + "; ".join(f"{fmt(lab)} vs {fmt(f'β=2 {rule}')}" for rule, lab, _, _ in faster)
-                + f"; {fmt('transformers default')}")
+                + "; ".join(f"{fmt(lab)} vs {fmt(f'β=2 {rule}')}" for rule, lab, _, _ in faster))
         wins = [m <= 0.8 * r for _, _, m, r in faster]
+        seeds = [v.get("seeds", len(v["steps_to_target"])) for v in sm.values()]
         rows.append({"claim": "GG init converges faster", "paper": "faster convergence than Gaussian init",
                      "ours": ours,
-                     "setup": f"{doc['sizes']['init_steps']} steps, {doc['sizes']['init_seeds']} seeds, "
-                              "matched variance",
+                     "setup": f"{doc['sizes']['init_steps']} steps of {doc['sizes']['init_batch']} × "
+                              f"{doc['sizes'].get('init_block') or 'the reference block'} tokens, "
+                              f"{min(seeds)}–{max(seeds)} "
+                              "seeds per init, matched variance (β=2 std0.02 = the transformers default)",
                      "verdict": verdict(all(wins), any(wins), "≥20% fewer steps to the target counts")})
     return rows
 
@@ -555,16 +663,22 @@ def render(doc: dict[str, Any]) -> str:
         lines += ["**Smoke budget: a tiny model and a few steps. These rows prove that the pipeline runs; "
                   "they are not results.**", ""]
     notes = " ".join(n[0].upper() + n[1:] + "." for n in doc["sizes"]["notes"])
-    lines += [f"Command: `{doc['command']}`; {doc['machine']}; {doc['seconds']:.0f} s wall, "
-              f"{doc['cpu_seconds']:.0f} s CPU. Experiments run: {', '.join(doc.get('only', EXPERIMENTS))}. "
-              f"{notes}", ""]
+    lines += [f"{notes} Per experiment (CPU time = the training units' own, summed over processes):", ""]
+    for exp in doc.get("only", []):
+        m = doc.get("meta", {}).get(exp, {})
+        miss = m.get("missing") or []
+        lines.append(f"- {exp}: `{m.get('command')}`, {m.get('date')}, "
+                     f"{m.get('cpu_seconds') or 0:.0f} CPU-s; "
+                     f"{m.get('machine')}" + (f"; **{len(miss)} unit(s) not run yet**: {', '.join(miss)}"
+                                              if miss else ""))
+    lines.append("")
     lines += ["| claim | paper | ours | setup | verdict |", "|---|---|---|---|---|"]
     lines += [f"| {r['claim']} | {r['paper']} | {r['ours']} | {r['setup']} | {r['verdict']} |"
               for r in doc["verdicts"]]
     if doc.get("betas_by_role"):
         lines += ["", "GG shape β per layer role (MLE, `ggcompress analyze`):", ""]
         lines += render_betas(doc["betas_by_role"])
-    for p in doc.get("plots", []):
+    for p in [doc[e]["plot"] for e in EXPERIMENTS if isinstance(doc.get(e), dict) and doc[e].get("plot")]:
         lines += ["", f"![{p}]({p})"]
     lines += ["", END.format(budget=doc["budget"])]
     return "\n".join(lines)
@@ -585,17 +699,33 @@ def write_section(md: Path, section: str, budget: str) -> None:
 # ---------------------------------------------------------------------------------------------- main
 
 
+def load_doc(path: Path, budget: str) -> dict[str, Any]:
+    """The budget's existing claims JSON (to merge into), or {} when there is none for this budget."""
+    if not path.exists():
+        return {}
+    doc = json.loads(path.read_text())
+    if doc.get("budget") != budget or doc.get("schema") != SCHEMA:
+        return {}
+    if "meta" not in doc:  # written before per-experiment metadata: one command ran them all
+        doc["meta"] = {e: {k: doc.get(k) for k in ("command", "date", "seconds", "cpu_seconds", "machine")}
+                       for e in doc.get("only", [])}
+    return doc
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", choices=sorted(BUDGETS), default="smoke")
     ap.add_argument("--only", default=",".join(EXPERIMENTS),
                     help=f"comma-separated experiments from {', '.join(EXPERIMENTS)}")
-    ap.add_argument("--out", help="folder for the JSON and img/ (default: docs/ for cpu|gpu, "
+    ap.add_argument("--out", help="folder for the JSON, img/ and the run cache (default: docs/ for cpu|gpu, "
                                   "/tmp/ggcompress-claims-smoke for smoke)")
     ap.add_argument("--docs", action="store_true",
                     help="also rewrite the claims section of docs/benchmarks.md (default for cpu|gpu "
                          "without --out)")
     ap.add_argument("--render", metavar="JSON", help="only render JSON into docs/benchmarks.md")
+    ap.add_argument("--shard", metavar="I/N", help="run only every N-th unit starting at I (0-based) into "
+                                                  "the cache; assemble later without --shard")
+    ap.add_argument("--cached", action="store_true", help="run nothing: assemble what the cache holds")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     md = ROOT / "docs" / "benchmarks.md"
@@ -604,12 +734,22 @@ def main(argv: list[str] | None = None) -> int:
         write_section(md, render(doc), doc["budget"])
         print(f"wrote the claims section of {md}")
         return 0
+    shard = None
+    if args.shard:
+        try:
+            i, n = (int(x) for x in args.shard.split("/"))
+        except ValueError:
+            ap.error(f"--shard: expected I/N, got {args.shard!r}")
+        if not 0 <= i < n:
+            ap.error(f"--shard: need 0 <= I < N, got {args.shard!r}")
+        shard = (i, n)
     torch.set_num_threads(args.threads)
     b = BUDGETS[args.budget]
     out = Path(args.out) if args.out else (ROOT / "docs" if b.name != "smoke" else
                                            Path("/tmp/ggcompress-claims-smoke"))
     out.mkdir(parents=True, exist_ok=True)
-    t0, c0 = time.perf_counter(), time.process_time()
+    runner = Runner(out / f"claims-runs-{b.name}", shard, args.cached)
+    t0 = time.perf_counter()
 
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t0:7.0f}s] {msg}", flush=True)
@@ -620,11 +760,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--only: unknown experiment(s) {', '.join(sorted(unknown))}; "
                  f"choose from {', '.join(EXPERIMENTS)}")
     cmd = "python benchmarks/reproduce_claims.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    doc: dict[str, Any] = {"schema": SCHEMA, "budget": b.name, "command": cmd, "only": sorted(only),
-                           "sizes": {k: v for k, v in asdict(b).items() if k not in ("recipe", "name")},
-                           "machine": f"{platform.machine()} {os.cpu_count()} cores (shared, loaded), "
-                                      f"torch {torch.__version__}, {args.threads} thread(s)",
-                           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "plots": []}
+    path = out / ("claims.json" if b.name != "smoke" else "claims-smoke.json")
+    doc: dict[str, Any] = load_doc(path, b.name) or {"schema": SCHEMA, "budget": b.name, "meta": {}}
+    doc["sizes"] = {k: v for k, v in asdict(b).items() if k not in ("recipe", "name")}
+    machine = (f"{platform.machine()} {os.cpu_count()} cores (shared), torch {torch.__version__}, "
+               f"{args.threads} thread(s) per process")
     if only & {"backslash", "deepshape", "init"}:  # these need the trained reference (built if missing)
         s = setup(b)
         log(f"reference {s.trained}; {len(s.data.train)} train / {len(s.data.validation)} validation blocks")
@@ -632,22 +772,36 @@ def main(argv: list[str] | None = None) -> int:
         doc["reference_manifest"] = fixtures.read_manifest(s.trained)
         doc["betas_by_role"] = betas_by_role(s)
         log(f"β per role: {doc['betas_by_role']}")
-    if "backslash" in only:
-        doc["backslash"] = run_backslash(s, b, log)
-        img = out / "img" / f"claims-{b.name}-backslash-rd.png"
-        plot_rd(doc["backslash"], img, b.name)
-        doc["plots"].append(str(img.relative_to(out)))
-    if "deepshape" in only:
-        doc["deepshape"] = run_deepshape(s, b, out, log)
-        doc["plots"].append(doc["deepshape"]["plot"])
-    if "minilm" in only:
-        doc["minilm"] = run_minilm(b, log)
-    if "init" in only:
-        doc["init"] = run_init(s, b, out, log)
-        doc["plots"].append(doc["init"]["plot"])
-    doc["seconds"], doc["cpu_seconds"] = time.perf_counter() - t0, time.process_time() - c0
+    for exp in EXPERIMENTS:
+        if exp not in only:
+            continue
+        c0, missing0 = runner.cpu_seconds, len(runner.missing)
+        if exp == "backslash":
+            res = run_backslash(s, b, runner, log)
+            if res["scratch"] and not shard:
+                img = out / "img" / f"claims-{b.name}-backslash-rd.png"
+                plot_rd(res, img, b.name)
+                res["plot"] = str(img.relative_to(out))
+        elif exp == "deepshape":
+            res = run_deepshape(s, b, runner, out, log)
+        elif exp == "minilm":
+            res = run_minilm(b, runner, log)
+        else:
+            res = run_init(s, b, runner, out, log)
+        if shard:
+            continue
+        missing = runner.missing[missing0:]
+        doc[exp] = res
+        doc["meta"][exp] = {"command": cmd, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                            "cpu_seconds": runner.cpu_seconds - c0, "machine": machine, "missing": missing}
+        if missing:
+            log(f"{exp}: {len(missing)} unit(s) not cached: {', '.join(missing)}")
+    if shard:
+        log(f"shard {args.shard} done; assemble with the same command without --shard")
+        return 0
+    doc["only"] = [e for e in EXPERIMENTS if doc.get(e)]
+    doc["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     doc["verdicts"] = verdicts(doc)
-    path = out / ("claims.json" if b.name != "smoke" else "claims-smoke.json")
     path.write_text(json.dumps(json_safe(doc), indent=1) + "\n")
     section = render(doc)
     if args.docs or (b.name != "smoke" and args.out is None):
