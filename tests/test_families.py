@@ -106,7 +106,7 @@ def test_quantize_load_forward_equals_dequantized(models, family, tmp_path) -> N
     if family == "gpt2":  # the Conv1D weights are stored [out, in] and listed as transposed
         assert sorted(scheme["transposed"]) == sorted(scheme["modules"]) and len(scheme["modules"]) == 8
         codes = load_file(tmp_path / "q" / "model.safetensors")
-        assert list(codes["transformer.h.0.attn.c_attn.weight"].shape) == [96, 32]
+        assert list(codes["transformer.h.0.attn.c_attn.weight"].shape) == [1, 96, 32]  # layout 2
     else:
         assert "transposed" not in scheme
     dequantize_checkpoint(tmp_path / "q", tmp_path / "dq")

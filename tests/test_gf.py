@@ -135,7 +135,7 @@ def test_quantize_gf_folder_loads_and_dequantizes(minilm_dir, tmp_path):
     assert totals["quantized_tensors"] == 6 and 4.5 < totals["bits_per_weight"] < 4.6
     name = "encoder.layer.0.attention.self.query.weight"
     with st_open(str(out / "model.safetensors"), "pt") as fh:
-        assert fh.get_slice(name).get_dtype() == "U8" and fh.get_slice(name).get_shape() == [384, 192]
+        assert fh.get_slice(name).get_dtype() == "U8" and fh.get_slice(name).get_shape() == [1, 384, 192]
         assert fh.get_slice(name + "_scale").get_dtype() == "F16"
         assert fh.get_tensor(name + "_shape").tolist() == [384, 384]
     with st_open(str(minilm_dir / "model.safetensors"), "pt") as fh:

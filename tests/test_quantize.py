@@ -72,6 +72,7 @@ def test_output_is_an_hf_folder_with_u8_codes_and_f32_scales(minilm_rf8):
     assert {k: qc[k] for k in ("quant_method", "format", "format_version", "granularity", "block_size")} == {
         "quant_method": "ggcompress", "format": "rf8", "format_version": 1, "granularity": "channel",
         "block_size": None}
+    assert qc["layout"] == 2  # codes carry a leading axis of 1: plain transformers refuses, never misreads
     assert qc["source_dtype"] == "float32" and qc["ggcompress_version"]
     # default selection: the 36 encoder Linears + the pooler; embeddings, norms, biases stay dense
     assert len(qc["modules"]) == 37 and "pooler.dense" in qc["modules"]
@@ -86,7 +87,7 @@ def test_output_is_an_hf_folder_with_u8_codes_and_f32_scales(minilm_rf8):
     for module in qc["modules"]:
         w = original[f"{module}.weight"]
         codes, scale = written.pop(f"{module}.weight"), written.pop(f"{module}.weight_scale")
-        assert codes.dtype == torch.uint8 and codes.shape == w.shape
+        assert codes.dtype == torch.uint8 and codes.shape == (1, *w.shape)
         assert scale.dtype == torch.float32 and scale.shape == (w.shape[0], 1)
         mant, _ = torch.frexp(scale)
         assert bool((mant == 0.5).all())  # RF8 scales are powers of two (docs/rf8.md §2)
@@ -109,7 +110,7 @@ def test_report_matches_independent_float64_recomputation(minilm_rf8):
     for module in report["quantization_config"]["modules"]:
         name = f"{module}.weight"
         w = original[name].double().numpy()
-        decoded = lut[written[name].numpy()] * written[name + "_scale"].double().numpy()
+        decoded = lut[written[name][0].numpy()] * written[name + "_scale"].double().numpy()
         err = w - decoded
         row = rows[name]
         # The same sums in float64 in another summation order: agreement to ~1e-12 relative, so 1e-6 dB
@@ -153,7 +154,7 @@ def test_dequantize_round_trip_equals_codec_decode(minilm_rf8, tmp_path):
     codec = get_codec("rf8")
     modules = doc["checkpoints"][0]["quantization_config"]["modules"]
     for module in modules:
-        codes, scale = written[f"{module}.weight"], written[f"{module}.weight_scale"]
+        codes, scale = written[f"{module}.weight"][0], written[f"{module}.weight_scale"]
         q = QuantizedTensor(codes, scale, "rf8", "channel", None, tuple(codes.shape))
         assert torch.equal(decoded[f"{module}.weight"], codec.decode(q))
     assert not any(k.endswith("_scale") for k in decoded)
@@ -245,25 +246,44 @@ def test_selection_rules(minilm_dir):
 # ---------------------------------------------------------------------------------------------- golden file
 
 # Input: `layer.weight` = the worked example of docs/rf8.md §4 (2x9 float32) and `layer.bias` = [0.5, -1].
-# Output, checked by hand: an 8-byte little-endian header length (440 = 0x1b8), the compact JSON header
+# Output, checked by hand: an 8-byte little-endian header length (448 = 0x1c0), the compact JSON header
 # (insertion order: __metadata__, then tensors in input order, each quantized weight followed by its
 # scale; padded with spaces to a multiple of 8), then the data: bias (0.5, -1.0 as float32 LE
-# 0000003f 000080bf), the codes of docs/rf8.md §4 (7ff8008060007b6e6d / 78f868008001008108) and the
-# scales 2^0, 2^-2 (0000803f 0000803e).
+# 0000003f 000080bf), the codes of docs/rf8.md §4 (7ff8008060007b6e6d / 78f868008001008108; layout 2
+# stores them as [1, 2, 9]) and the scales 2^0, 2^-2 (0000803f 0000803e).
 GOLDEN_HEADER = (
     '{"__metadata__":{"format":"pt","quantization_config":"{\\"block_size\\":null,\\"format\\":\\"rf8\\",'
-    '\\"format_version\\":1,\\"granularity\\":\\"channel\\",\\"modules\\":[\\"layer\\"],'
+    '\\"format_version\\":1,\\"granularity\\":\\"channel\\",\\"layout\\":2,\\"modules\\":[\\"layer\\"],'
     '\\"quant_method\\":\\"ggcompress\\",\\"source_dtype\\":\\"float32\\"}"},'
     '"layer.bias":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},'
-    '"layer.weight":{"dtype":"U8","shape":[2,9],"data_offsets":[8,26]},'
+    '"layer.weight":{"dtype":"U8","shape":[1,2,9],"data_offsets":[8,26]},'
     '"layer.weight_scale":{"dtype":"F32","shape":[2,1],"data_offsets":[26,34]}}'
 )
+#: The same file as written in layout 1 (before the leading axis): still read.
+LEGACY_HEADER = GOLDEN_HEADER.replace('\\"layout\\":2,', "").replace("[1,2,9]", "[2,9]")
 GOLDEN_DATA = "0000003f000080bf" "7ff8008060007b6e6d" "78f868008001008108" "0000803f0000803e"
-GOLDEN_SHA256 = "8c33cdbbe5c379f3e886d67d34cb8a0204c39a2f69c599a842655ea9bbefcb3c"
+GOLDEN_SHA256 = "3924306b9bd217298cf94b5587d40a77e1c0a4bcdcb36abfad297df96a8b262e"
 GOLDEN_W = [
     [1.5, -0.75, 0.0, -0.0, 0.1, 3e-6, 1.0, 0.3, 0.296875],
     [0.2, -0.2, 0.05, 1e-7, -1e-9, 0.875 * 2**-17, 0.4375 * 2**-17, -(2**-18), 1.5 * 2**-17],
 ]
+
+
+def _golden_bytes(header: str) -> bytes:
+    h = header.encode()
+    h += b" " * (-len(h) % 8)
+    return struct.pack("<Q", len(h)) + h + bytes.fromhex(GOLDEN_DATA)
+
+
+def _dequantizes_to_the_spec(folder: Path, tmp_path: Path) -> None:
+    res = run("dequantize", str(folder), "-o", str(tmp_path / "dense"))
+    assert res.exit_code == 0, res.output
+    dense = load_file(tmp_path / "dense" / "model.safetensors")
+    lut = rf8_lut_from_spec()
+    codes = np.frombuffer(bytes.fromhex(GOLDEN_DATA)[8:26], dtype=np.uint8).reshape(2, 9)
+    expect = lut[codes] * np.array([[1.0], [0.25]])
+    assert np.array_equal(dense["layer.weight"].double().numpy(), expect)  # the decode is exact for RF8
+    assert dense["layer.weight"].dtype == torch.float32
 
 
 def test_golden_rf8_safetensors_file(tmp_path):
@@ -273,21 +293,18 @@ def test_golden_rf8_safetensors_file(tmp_path):
     res = run("quantize-rf8", str(src), "-o", str(out))
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in out.iterdir()) == ["model.safetensors"]  # a bare file has no config.json
-    header = GOLDEN_HEADER.encode()
-    header += b" " * (-len(header) % 8)
-    expected = struct.pack("<Q", len(header)) + header + bytes.fromhex(GOLDEN_DATA)
     data = (out / "model.safetensors").read_bytes()
-    assert len(header) == 440 and data == expected
+    assert struct.unpack("<Q", data[:8])[0] == 448 and data == _golden_bytes(GOLDEN_HEADER)
     assert hashlib.sha256(data).hexdigest() == GOLDEN_SHA256
-    # and dequantize reads it back to the spec's values (the decode is exact for RF8)
-    res = run("dequantize", str(out), "-o", str(tmp_path / "dense"))
-    assert res.exit_code == 0, res.output
-    dense = load_file(tmp_path / "dense" / "model.safetensors")
-    lut = rf8_lut_from_spec()
-    codes = np.frombuffer(bytes.fromhex(GOLDEN_DATA)[8:26], dtype=np.uint8).reshape(2, 9)
-    expect = lut[codes] * np.array([[1.0], [0.25]])
-    assert np.array_equal(dense["layer.weight"].double().numpy(), expect)
-    assert dense["layer.weight"].dtype == torch.float32
+    _dequantizes_to_the_spec(out, tmp_path)
+
+
+def test_layout1_golden_file_still_reads(tmp_path):
+    """Folders written before layout 2 (codes in the weight's own shape) dequantize to the same values."""
+    folder = tmp_path / "legacy"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(_golden_bytes(LEGACY_HEADER))
+    _dequantizes_to_the_spec(folder, tmp_path)
 
 
 # ------------------------------------------------------------------------------------------- several inputs

@@ -8,16 +8,19 @@ so logits must be bit-identical and greedy generations equal.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 import ggcompress
 from ggcompress.errors import GGError
 from ggcompress.formats import available_formats
+from ggcompress.formats.gf import GF_FORMATS
 from ggcompress.formats.quantize import QuantizeConfig, quantize_checkpoint
 from ggcompress.integrations.transformers_quantizer import GGCompressConfig, GGCompressHfQuantizer
 from ggcompress.kernels.nn import QuantLinear
@@ -73,12 +76,61 @@ def _same_as_ggcompress_load(folder: Path, dtype: torch.dtype) -> None:
         assert torch.equal(model.generate(IDS, max_new_tokens=6, do_sample=False, pad_token_id=0), want)
 
 
-@pytest.mark.parametrize("fmt", available_formats())
+#: Every format quantize-rf8 writes: the 8-bit codecs, GF-3..8 and per-module auto.
+ALL_FORMATS = (*available_formats(), *GF_FORMATS, "auto")
+
+
+def _quantize(src: Path, out: Path, fmt: str) -> Path:
+    quantize_checkpoint(src, out, QuantizeConfig(format=fmt, granularity="block:16", quantize_lm_head=True,
+                                                 bits=5.0 if fmt == "auto" else None))
+    return out
+
+
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
 def test_every_format_loads_like_ggcompress_load(llamas, tmp_path, fmt):
-    out = tmp_path / fmt
-    quantize_checkpoint(llamas[False], out, QuantizeConfig(format=fmt, granularity="block:16",
-                                                           quantize_lm_head=True))
+    out = _quantize(llamas[False], tmp_path / fmt, fmt)
     _same_as_ggcompress_load(out, torch.float32)
+
+
+def test_plain_transformers_refuses_every_format(llamas, tmp_path):
+    """Without ggcompress (never imported), transformers skips the unknown quant_method; the layout-2
+    codes ([1, out, in]) must then fail its shape check: a loud refusal, never codes read as weights."""
+    folders = [str(_quantize(llamas[False], tmp_path / fmt, fmt)) for fmt in ALL_FORMATS]
+    code = ("import sys\n"
+            "from transformers import AutoModelForCausalLM\n"
+            "for folder in sys.argv[1:]:\n"
+            "    try:\n"
+            "        AutoModelForCausalLM.from_pretrained(folder)\n"
+            "    except Exception as exc:\n"
+            "        print('refused', type(exc).__name__)\n"
+            "    else:\n"
+            "        print('LOADED', folder)\n"
+            "assert 'ggcompress' not in sys.modules\n")
+    res = subprocess.run([sys.executable, "-c", code, *folders], capture_output=True, text=True, timeout=600,
+                         cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split("\n")[:-1] == ["refused RuntimeError"] * len(folders), res.stdout
+    assert "size mismatch" in res.stderr.lower() or "mismatch" in res.stderr
+
+
+def test_layout1_folder_still_loads(llamas, tmp_path):
+    """A folder written before layout 2 (codes in the weight's own shape, no "layout" key) loads the same."""
+    out = _quantize(llamas[False], tmp_path / "v2", "rf8")
+    legacy = tmp_path / "v1"
+    shutil.copytree(out, legacy)
+    config = json.loads((legacy / "config.json").read_text())
+    qc = config["quantization_config"]
+    del qc["layout"]
+    (legacy / "config.json").write_text(json.dumps(config))
+    tensors = load_file(legacy / "model.safetensors")
+    meta = {"format": "pt", "quantization_config": json.dumps(
+        {k: v for k, v in qc.items() if k != "ggcompress_version"}, sort_keys=True, separators=(",", ":"))}
+    save_file({k: v[0] if k.removesuffix(".weight") in qc["modules"] else v for k, v in tensors.items()},
+              str(legacy / "model.safetensors"), metadata=meta)
+    assert load_file(legacy / "model.safetensors")["model.layers.0.mlp.up_proj.weight"].shape == (96, 64)
+    _same_as_ggcompress_load(legacy, torch.float32)
+    with torch.no_grad():
+        assert torch.equal(_from_pretrained(legacy)(IDS).logits, _from_pretrained(out)(IDS).logits)
 
 
 def test_dense_decoded_weights_and_tied_embeddings(llamas, tmp_path):

@@ -19,7 +19,14 @@ import torch
 from ggcompress import __version__
 from ggcompress.errors import GGError
 from ggcompress.io.checkpoint import TORCH_TO_ST, CheckpointWriter, open_checkpoint
-from ggcompress.io.qlayout import check_tensors, decode_parts, part_names, read_scheme, weight_name
+from ggcompress.io.qlayout import (
+    check_tensors,
+    decode_parts,
+    part_names,
+    read_scheme,
+    unstored_shape,
+    weight_name,
+)
 
 SCHEMA = "ggcompress.dequantize/1"
 #: --dtype choices; None keeps the dtype the weights had before quantization (``source_dtype``).
@@ -161,11 +168,11 @@ def dequantize_to_gguf(
 def _dense_shape(ck: Any, scheme: Any, module: str, codes_shape: tuple[int, ...],
                  names: dict[str, str]) -> tuple[int, ...]:
     """The decoded weight's shape, known before decoding: GF stores it, other formats' codes have it
-    (transposed back for a module listed in ``transposed``)."""
+    (after the layout's leading axis; transposed back for a module listed in ``transposed``)."""
     if "shape" in names:
         shape = tuple(int(d) for d in ck.get(names["shape"]).tolist())
     else:
-        shape = tuple(codes_shape)
+        shape = unstored_shape(tuple(codes_shape), scheme.for_module(module), names["codes"])
     return shape[::-1] if module in scheme.transposed else shape
 
 

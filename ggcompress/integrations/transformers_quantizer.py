@@ -1,8 +1,10 @@
 """transformers integration: ``AutoModelForCausalLM.from_pretrained`` on a ggcompress-quantized folder.
 
-Why: a quantized folder is an ordinary HF folder, so people hand it to ``from_pretrained`` first. Without
-this module transformers does not know the ``ggcompress`` quant_method, warns "we will skip the
-quantization" and reads the uint8 codes as float weights (silent garbage). Registering a quantizer with
+Why: a quantized folder is an HF folder, so people hand it to ``from_pretrained`` first. Without this
+module transformers does not know the ``ggcompress`` quant_method and warns "we will skip the
+quantization"; the layout-2 codes (a leading axis of 1, docs/quantize-rf8.md) then fail its shape check,
+so it refuses the folder instead of reading codes as weights (layout-1 folders, written before, would load
+as garbage there). Registering a quantizer with
 transformers' documented extension point (``register_quantization_config`` / ``register_quantizer``)
 makes it build the same model as ``ggcompress.load``: every quantized ``nn.Linear`` (and transposed
 Conv1D) becomes a ``QuantLinear`` holding the 1-byte codes, other quantized weights (embeddings, norms)
@@ -15,10 +17,11 @@ How it plugs in (transformers has no plugin entry point, so it must be imported 
 - ``register()`` here does the same explicitly and is idempotent.
 
 Loading happens in two steps inside ``from_pretrained``: before the weights are read, each quantized
-module's ``weight`` becomes a uint8 stand-in tensor of the codes' shape plus a float32 ``weight_scale`` of the
-scale's shape, so transformers copies the file's tensors unchanged (no float cast of the codes); after
-loading, stand-in tensors are replaced by QuantLinear layers (or decoded weights) and tied weights re-tied.
-The format is read from the folder's scheme, so any format ``ggcompress.formats`` can decode loads.
+module gets stand-in tensors with the stored shapes and dtypes of its parts (``qlayout.stored_specs``:
+uint8 codes, float scales, and a GF format's table and shape), so transformers copies the file's tensors
+unchanged (no float cast of the codes); after loading, they become QuantLinear layers (or decoded
+weights) and tied weights are re-tied. The format is read from the folder's scheme (per module for
+``auto``), so every format the project writes (RF8, FP8, INT8, GF-3..8, auto) loads.
 """
 
 from __future__ import annotations
@@ -38,13 +41,9 @@ from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ggcompress.errors import GGError
-from ggcompress.formats import get_codec, parse_granularity
-from ggcompress.formats.base import matrix_shape
 from ggcompress.io.layers import is_conv1d
-from ggcompress.io.qlayout import QUANT_METHOD, SCALE_SUFFIX, Scheme, decode, quantized_tensor
-from ggcompress.kernels.nn import QuantLinear
-
-_SCALE = "weight" + SCALE_SUFFIX  # parameter name of the scale next to ``weight`` (``weight_scale``)
+from ggcompress.io.qlayout import QUANT_METHOD, Scheme, decode_parts, part_names, stored_specs, weight_name
+from ggcompress.io.quantized import quant_linear
 
 
 class GGCompressConfig(QuantizationConfigMixin):
@@ -89,11 +88,11 @@ class GGCompressHfQuantizer(HfQuantizer):
         self._pending: dict[str, _Pending] = {}
 
     def _process_model_before_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
-        scheme = self.quantization_config.scheme
-        gran = parse_granularity(scheme.granularity_spec)
+        top = self.quantization_config.scheme
         to_model = _module_mapper(model)
         self._pending = {}
-        for name in scheme.modules:
+        for name in top.modules:
+            scheme = top.for_module(name)
             target = to_model(name)
             try:
                 module = model.get_submodule(target)
@@ -109,42 +108,45 @@ class GGCompressHfQuantizer(HfQuantizer):
                               f"but the model's layer is a {type(module).__name__}")
             # A Conv1D's codes are stored as its [out, in] transpose and serve a QuantLinear, like nn.Linear.
             shape = tuple(weight.shape)[::-1] if transposed else tuple(weight.shape)
-            rows, cols = matrix_shape(shape)
             linear = type(module) is nn.Linear or transposed
-            # Stand-in tensors with the file's dtypes: transformers copies uint8 tensors without a float cast,
-            # and keeps a stand-in tensor's own float32 dtype for the scales.
-            # (Parameters, not buffers, so transformers can tie a quantized embedding to lm_head.)
-            module.weight = _frozen(torch.empty(shape, dtype=torch.uint8, device="meta"))
-            setattr(module, _SCALE, _frozen(torch.empty(gran.scale_shape(rows, cols), dtype=torch.float32,
-                                                         device="meta")))
+            # Stand-in tensors with the file's shapes and dtypes (uint8 codes, float scales, int64 shape):
+            # transformers copies them without a cast to the model's dtype. Parameters, not buffers, so
+            # transformers can tie a quantized embedding to lm_head.
+            attrs = _attrs(scheme, name)
+            for role, (shape_, dtype) in stored_specs(scheme, shape).items():
+                setattr(module, attrs[role], _frozen(torch.empty(shape_, dtype=dtype, device="meta")))
             self._pending[target] = _Pending(name, linear, weight.dtype)
         return model
 
     def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
-        scheme = self.quantization_config.scheme
-        lut = get_codec(scheme.format).lut
+        top = self.quantization_config.scheme
         for target, p in self._pending.items():
+            scheme = top.for_module(p.checkpoint_name)
             module = model.get_submodule(target)
-            codes, scale = module.weight, getattr(module, _SCALE)
-            if codes.is_meta or scale.is_meta:
-                missing = f"{p.checkpoint_name}.weight" if codes.is_meta else f"{p.checkpoint_name}.{_SCALE}"
-                raise GGError(f"quantized module {p.checkpoint_name!r} has no tensor {missing} in the folder")
-            where = f"{p.checkpoint_name}.weight"
+            attrs = _attrs(scheme, p.checkpoint_name)
+            tensors = {role: getattr(module, attr) for role, attr in attrs.items()}
+            for role, t in tensors.items():
+                if t.is_meta:
+                    raise GGError(f"quantized module {p.checkpoint_name!r} has no tensor "
+                                  f"{p.checkpoint_name}.{attrs[role]} in the folder")
+            where = weight_name(p.checkpoint_name)
+            tensors = {role: t.data for role, t in tensors.items()}
             if p.linear:
-                q = quantized_tensor(codes, scale, scheme, where)
-                layer = QuantLinear.from_quantized(q.codes, q.scale, lut, scheme.block_size, bias=module.bias,
-                                                   fmt=scheme.format, name=where)
+                layer = quant_linear(tensors, scheme, where, _codes_shape(module, scheme, p.checkpoint_name),
+                                     module.bias)
                 layer.train(module.training)
                 parent, _, child = target.rpartition(".")
                 setattr(model.get_submodule(parent) if parent else model, child, layer)
             else:
-                dense = decode(codes, scale, scheme, where, dtype=p.dtype)
-                delattr(module, _SCALE)
+                dense = decode_parts(tensors, scheme, where, dtype=p.dtype)
+                for attr in attrs.values():
+                    if attr != "weight":
+                        delattr(module, attr)
                 module.weight = _frozen(dense)
         self._pending = {}
         if hasattr(model, "tie_weights"):
             model.tie_weights()  # a quantized, tied embedding was re-created above
-        model.ggcompress_scheme = scheme.to_dict()
+        model.ggcompress_scheme = top.to_dict()
         return model
 
     def is_serializable(self) -> bool:
@@ -154,6 +156,18 @@ class GGCompressHfQuantizer(HfQuantizer):
     @property
     def is_trainable(self) -> bool:
         return False
+
+
+def _attrs(scheme: Scheme, module: str) -> dict[str, str]:
+    """Role -> attribute name on the module (``weight``, ``weight_scale``, ``weight_table``, ...)."""
+    return {role: name[len(module) + 1:] for role, name in part_names(scheme, module).items()}
+
+
+def _codes_shape(module: nn.Module, scheme: Scheme, name: str) -> tuple[int, int]:
+    """[out, in] of the layer the codes serve (a Conv1D's nf x nx, an nn.Linear's out x in)."""
+    if name in scheme.transposed:
+        return (module.nf, module.nx)
+    return (module.out_features, module.in_features)
 
 
 def _frozen(t: torch.Tensor) -> nn.Parameter:

@@ -11,6 +11,10 @@ three must agree byte for byte with docs/quantize-rf8.md ("Checkpoint layout"). 
 - a weight stored [in, out] in the source (transformers ``Conv1D``: GPT-2's c_attn, c_fc, c_proj) is
   quantized as its transpose, so its codes are [out, in] like every linear layer's and its scales are
   per output channel; the scheme lists it under ``transposed`` and dequantize transposes it back;
+- layout 2 (``"layout": 2`` in the scheme; written since 0.1.0's format bump) stores every codes tensor
+  with a leading axis of 1 (``[1, *shape]``): the codes never have the dense weight's shape, so
+  transformers without ggcompress refuses the folder (a size mismatch) instead of loading the codes as
+  weights. Layout 1 (no ``layout`` key: codes in the weight's own shape) is still read;
 - the scheme (``Scheme``) sits in config.json ``quantization_config`` (with ``ggcompress_version``) and,
   as a compact sorted JSON string, in every shard's safetensors ``__metadata__["quantization_config"]``
   (without the version, so output bytes depend only on the input and the settings).
@@ -33,6 +37,7 @@ from ggcompress.errors import GGError
 from ggcompress.formats import QuantizedTensor, canonical_format, get_codec, parse_granularity
 from ggcompress.formats.base import matrix_shape, validate
 from ggcompress.formats.gf import GF_FORMATS, GF_VERSION, GFTensor, gf_bits, gf_decode, gf_from_packed, is_gf
+from ggcompress.formats.packing import packed_cols
 from ggcompress.formats.rf8 import RF8_VERSION
 from ggcompress.io.checkpoint import Checkpoint
 from ggcompress.io.limits import is_int, loads_json
@@ -52,6 +57,8 @@ FORMAT_VERSIONS = {"rf8": RF8_VERSION, "fp8_e4m3": 1, "fp8_e5m2": 1, "int8": 1,
 #: ``format: "auto"`` (quantize-rf8 --format auto --bits B): each module has its own format and
 #: granularity in ``module_formats`` ({module: "gf4 block:32"}); the top-level granularity is unused.
 AUTO = "auto"
+#: Tensor layout the writer uses; readers accept 1 (codes in the weight's shape) and 2 (a leading axis of 1).
+LAYOUT = 2
 #: Largest block size a quantization_config may declare (2^24 columns; real ones are 32..4096).
 MAX_BLOCK = 1 << 24
 
@@ -68,6 +75,7 @@ class Scheme:
     format_version: int = 0  # 0: the current version of ``format``
     transposed: tuple[str, ...] = ()  # modules whose source weight was [in, out]; codes are its transpose
     module_formats: tuple[tuple[str, str], ...] = ()  # auto only: (module, "format granularity")
+    layout: int = LAYOUT  # 1: codes in the weight's shape; 2: codes with a leading axis of 1
 
     def for_module(self, module: str) -> Scheme:
         """The single-format scheme one module is stored with (itself unless the format is auto)."""
@@ -79,7 +87,7 @@ class Scheme:
         fmt, _, gran_text = spec.partition(" ")
         gran = parse_granularity(gran_text)
         return Scheme(fmt, gran.kind, gran.block_size, (module,), self.source_dtype,
-                      transposed=(module,) if module in self.transposed else ())
+                      transposed=(module,) if module in self.transposed else (), layout=self.layout)
 
     def __post_init__(self) -> None:
         if not self.format_version:
@@ -104,6 +112,8 @@ class Scheme:
             d["transposed"] = list(self.transposed)
         if self.format == AUTO:
             d["module_formats"] = dict(self.module_formats)
+        if self.layout != 1:
+            d["layout"] = self.layout
         if with_version:
             d["ggcompress_version"] = __version__
         return d
@@ -152,6 +162,10 @@ class Scheme:
         if not isinstance(transposed, list) or not all(isinstance(m, str) and m in modules
                                                        for m in transposed):
             raise GGError(f"{where}: quantization_config.transposed must be a list of quantized module names")
+        layout = d.get("layout", 1)
+        if not is_int(layout) or layout not in (1, LAYOUT):
+            raise GGError(f"{where}: quantization_config.layout {layout!r} is not readable by this "
+                          f"ggcompress (it reads 1 and {LAYOUT})")
         per_module: tuple[tuple[str, str], ...] = ()
         if fmt == AUTO:
             table = d.get("module_formats")
@@ -171,7 +185,7 @@ class Scheme:
                 entries.append((m, f"{f} {g}"))
             per_module = tuple(entries)
         return cls(fmt, gran.kind, gran.block_size, tuple(modules), source_dtype or None, version,
-                   tuple(transposed), per_module)
+                   tuple(transposed), per_module, layout)
 
 
 def _float_dtype_name(name: Any) -> bool:
@@ -222,7 +236,8 @@ def read_scheme(ck: Checkpoint) -> Scheme | None:
 
 
 def _core(s: Scheme) -> tuple:
-    return s.format, s.format_version, s.granularity, s.block_size, s.modules, s.transposed, s.module_formats
+    return (s.format, s.format_version, s.granularity, s.block_size, s.modules, s.transposed,
+            s.module_formats, s.layout)
 
 
 def part_names(scheme: Scheme, module: str) -> dict[str, str]:
@@ -250,6 +265,7 @@ def check_tensors(ck: Checkpoint, scheme: Scheme) -> None:
         codes, scale = infos[names["codes"]], infos[names["scale"]]
         if codes.dtype != "U8":
             raise GGError(f"{codes.file}: tensor {codes.name} should hold U8 codes, found {codes.dtype}")
+        codes_shape = unstored_shape(tuple(codes.shape), scheme, f"{codes.file}: tensor {codes.name}")
         want = "F16" if gf else "F32"
         if scale.dtype != want:
             raise GGError(f"{scale.file}: tensor {scale.name} should be {want} scales, found {scale.dtype}")
@@ -262,20 +278,42 @@ def check_tensors(ck: Checkpoint, scheme: Scheme) -> None:
             if shape.dtype != "I64" or len(shape.shape) != 1:
                 raise GGError(f"{shape.file}: tensor {shape.name} should be a 1-D I64 shape, found "
                               f"{shape.dtype} {list(shape.shape)}")
-            if len(codes.shape) != 2 or len(scale.shape) != 2 or scale.shape[0] not in (1, codes.shape[0]):
+            if len(codes_shape) != 2 or len(scale.shape) != 2 or scale.shape[0] not in (1, codes_shape[0]):
                 raise GGError(f"{codes.file}: tensor {codes.name} should be 2-D packed codes with a "
                               "2-D scale")
             continue
-        rows, cols = matrix_shape(codes.shape)
+        rows, cols = matrix_shape(codes_shape)
         expected = gran.scale_shape(rows, cols)
         if tuple(scale.shape) != expected:
             raise GGError(f"{scale.file}: tensor {scale.name} has shape {list(scale.shape)}, expected "
                           f"{list(expected)} for {scheme.granularity_spec} codes of shape "
-                          f"{list(codes.shape)}")
+                          f"{list(codes_shape)}")
+
+
+def unstored_shape(shape: tuple[int, ...], scheme: Scheme, name: str) -> tuple[int, ...]:
+    """The codes' shape without the layout's leading axis (layout 2 stores ``[1, *shape]``)."""
+    if scheme.layout == 1:
+        return shape
+    if len(shape) < 2 or shape[0] != 1:
+        raise GGError(f"{name}: layout {scheme.layout} codes need a leading axis of 1, found shape "
+                      f"{list(shape)}")
+    return shape[1:]
+
+
+def unstored_codes(codes: torch.Tensor, scheme: Scheme, name: str) -> torch.Tensor:
+    """The codes as the format defines them (a view without the layout's leading axis)."""
+    return codes.reshape(unstored_shape(tuple(codes.shape), scheme, name))
+
+
+def stored_codes(codes: torch.Tensor) -> torch.Tensor:
+    """What the writer stores for the codes in layout ``LAYOUT``: ``[1, *shape]`` (inverse of
+    ``unstored_codes``)."""
+    return codes.unsqueeze(0)
 
 
 def quantized_tensor(codes: torch.Tensor, scale: torch.Tensor, scheme: Scheme, name: str) -> QuantizedTensor:
-    """Codes (the weight's shape) + scale read from a file, as a validated QuantizedTensor."""
+    """Codes (as stored) + scale read from a file, as a validated QuantizedTensor."""
+    codes = unstored_codes(codes, scheme, name)
     q = QuantizedTensor(codes.reshape(matrix_shape(tuple(codes.shape))), scale, scheme.format,
                         scheme.granularity, scheme.block_size, tuple(codes.shape))
     validate(q, name)
@@ -288,16 +326,32 @@ def gf_tensor(parts: dict[str, torch.Tensor], scheme: Scheme, name: str) -> GFTe
     if shape_t.dtype != torch.int64 or shape_t.dim() != 1 or bool((shape_t < 0).any()):
         raise GGError(f"{name}: the {SHAPE_SUFFIX} tensor must hold a non-negative int64 shape")
     shape = tuple(int(d) for d in shape_t.tolist())
-    return gf_from_packed(parts["codes"], parts["scale"], parts["table"], gf_bits(scheme.format),
-                          scheme.granularity, scheme.block_size, shape, name=name)
+    return gf_from_packed(unstored_codes(parts["codes"], scheme, name), parts["scale"], parts["table"],
+                          gf_bits(scheme.format), scheme.granularity, scheme.block_size, shape, name=name)
+
+
+def stored_specs(scheme: Scheme, shape: tuple[int, ...]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """(shape, dtype) of every tensor stored for one weight whose codes have ``shape`` ([out, in]), by
+    role; ``scheme`` is the module's own. What a loader allocates before it reads the file."""
+    rows, cols = matrix_shape(shape)
+    gran = parse_granularity(scheme.granularity_spec)
+    lead = (1,) if scheme.layout >= 2 else ()
+    if is_gf(scheme.format):
+        k = gf_bits(scheme.format)
+        return {"codes": (lead + (rows, packed_cols(cols, k)), torch.uint8),
+                "scale": (gran.scale_shape(rows, cols), torch.float16),
+                "table": ((1 << k,), torch.float32), "shape": ((len(shape),), torch.int64)}
+    return {"codes": (lead + tuple(shape), torch.uint8),
+            "scale": (gran.scale_shape(rows, cols), torch.float32)}
 
 
 def stored_parts(q: QuantizedTensor | GFTensor, shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
-    """What the writer stores for one quantized weight, by role (inverse of ``decode_parts``)."""
+    """What the writer stores for one quantized weight in layout ``LAYOUT``, by role (inverse of
+    ``decode_parts``)."""
     if isinstance(q, GFTensor):
-        return {"codes": q.packed(), "scale": q.scale, "table": q.table,
+        return {"codes": stored_codes(q.packed()), "scale": q.scale, "table": q.table,
                 "shape": torch.tensor(list(shape), dtype=torch.int64)}
-    return {"codes": q.codes.reshape(shape), "scale": q.scale}
+    return {"codes": stored_codes(q.codes.reshape(shape)), "scale": q.scale}
 
 
 def decode_parts(parts: dict[str, torch.Tensor], scheme: Scheme, name: str,

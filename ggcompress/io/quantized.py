@@ -39,6 +39,7 @@ from ggcompress.io.qlayout import (
     part_names,
     quantized_tensor,
     read_scheme,
+    unstored_codes,
     weight_name,
 )
 from ggcompress.kernels import Backend
@@ -224,8 +225,6 @@ def _fill(model: nn.Module, ck: Checkpoint, scheme: Scheme | None, backend: Back
         decoded = getattr(torch, top.source_dtype) if top.source_dtype else torch.float32
         for module, part in parts.items():
             scheme = top.for_module(module)
-            gf = is_gf(scheme.format)
-            lut = None if gf else get_codec(scheme.format).lut
             file = part["codes"][1]
             tensors = {role: t for role, (t, _) in part.items()}
             target = to_model(weight_name(module)).removesuffix(".weight")
@@ -238,27 +237,12 @@ def _fill(model: nn.Module, ck: Checkpoint, scheme: Scheme | None, backend: Back
             if isinstance(sub, nn.Linear) or (transposed and sub is not None and is_conv1d(sub)):
                 linear = isinstance(sub, nn.Linear)
                 expected = (sub.out_features, sub.in_features) if linear else (sub.nf, sub.nx)
-                packing: dict[str, int] = {}
-                if gf:  # GF codes stay k-bit packed; the table is the first 2^k entries of the LUT
-                    g = gf_tensor(tensors, scheme, where)  # validates (unpacks once to check the codes)
-                    shape = tuple(g.codes.shape)
-                    codes, scale, layer_lut = tensors["codes"], g.scale, g.lut256()
-                    packing = {"bits": g.bits, "in_features": g.codes.shape[1]}
-                    del g
-                else:
-                    q = quantized_tensor(tensors["codes"], tensors["scale"], scheme, where)
-                    shape = tuple(tensors["codes"].shape)
-                    codes, scale, layer_lut = q.codes, q.scale, lut
-                if shape != expected:
-                    raise GGError(f"{where}: codes have shape {list(shape)}, the model's layer needs "
-                                  f"{list(expected)} ([out, in])")
                 bias = None
                 if sub.bias is not None:
                     bias = dense.pop(f"{target}.bias", None)
                     if bias is None:
                         raise GGError(f"{ck.source}: weights missing from the checkpoint: {target}.bias")
-                layer = QuantLinear.from_quantized(codes, scale, layer_lut, scheme.block_size, bias=bias,
-                                                   fmt=scheme.format, name=where, **packing)
+                layer = quant_linear(tensors, scheme, where, expected, bias)
                 layer.backend = backend
                 _set_submodule(model, target, layer)
             else:  # embeddings, norms, Conv1D stored as-is: no 1-byte module for them, so they load dense
@@ -270,6 +254,27 @@ def _fill(model: nn.Module, ck: Checkpoint, scheme: Scheme | None, backend: Back
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise GGError(f"{ck.source}: weights missing from the checkpoint: {', '.join(missing[:3])}{more}")
+
+
+def quant_linear(tensors: dict[str, torch.Tensor], scheme: Scheme, where: str, expected: tuple[int, int],
+                 bias: torch.Tensor | None) -> QuantLinear:
+    """A QuantLinear from one module's stored tensors (``part_names`` roles; ``scheme`` is the module's
+    own): the codes stay 1-byte (GF: k-bit packed, its table the first 2^k LUT entries), validated first."""
+    packing: dict[str, int] = {}
+    if is_gf(scheme.format):
+        g = gf_tensor(tensors, scheme, where)  # validates (unpacks once to check the codes)
+        shape = tuple(g.codes.shape)
+        codes, scale, lut = unstored_codes(tensors["codes"], scheme, where), g.scale, g.lut256()
+        packing = {"bits": g.bits, "in_features": g.codes.shape[1]}
+        del g
+    else:
+        q = quantized_tensor(tensors["codes"], tensors["scale"], scheme, where)
+        shape, codes, scale, lut = tuple(q.codes.shape), q.codes, q.scale, get_codec(scheme.format).lut
+    if shape != tuple(expected):
+        raise GGError(f"{where}: codes have shape {list(shape)}, the model's layer needs {list(expected)} "
+                      "([out, in])")
+    return QuantLinear.from_quantized(codes, scale, lut, scheme.block_size, bias=bias, fmt=scheme.format,
+                                      name=where, **packing)
 
 
 def _submodule(model: nn.Module, name: str) -> nn.Module | None:
