@@ -110,12 +110,13 @@ BUDGETS: dict[str, Budget] = {
                     minilm_sentences=32, minilm_steps=4, init_steps=40, init_batch=8, init_lr=1e-2,
                     init_seeds=3, init_eval_every=10, init_eval_blocks=16, eval_blocks=16,
                     notes=["smoke budget: tiny model and step counts; numbers prove the pipeline only"]),
-    "cpu": Budget("cpu", wikilm.DEFAULT, bs_steps=250, init_block=64, init_eval_every=200,
-                  init_eval_blocks=32,
+    "cpu": Budget("cpu", wikilm.DEFAULT, bs_steps=250, init_batch=2, init_block=64, init_eval_every=200,
+                  init_eval_blocks=64,
                   notes=["the wiki-lm fixture's architecture (~5.5M params) on 1 CPU thread per process; "
                          "from-scratch BackSlash runs use 250 of the fixture's 1200 steps (validation loss "
-                         "≈ 6.2 there, vs 5.6 at 1200 and the unigram floor 7.3) and the init runs 2000 "
-                         "steps of 4 × 64 tokens: sized so that the whole budget fits ≈ 4.5 CPU-hours"]),
+                         "≈ 6.3 there, vs 5.6 at 1200 and the unigram floor 7.3) and the init runs 2000 "
+                         "steps of 2 × 64 tokens (validated on 64-token blocks): sized so that the whole "
+                         "budget fits ≈ 4 CPU-hours"]),
     "gpu": Budget("gpu", None, bs_steps=3000, bs_batch=32, bs_lr=1e-3, bs_seeds=2, ft_steps=1000,
                   ft_lr=5e-5, ds_steps=500, ds_lr=5e-5, minilm_sentences=2048, minilm_steps=300,
                   init_steps=3000, init_batch=16, init_lr=1e-3, eval_blocks=0, device="auto",
@@ -448,8 +449,9 @@ def run_init(s: Setup, b: Budget, runner: Runner, out: Path, log: Any) -> dict[s
     measured = shapes_from_checkpoint(s.trained)
     data = s.data
     if b.init_block and b.init_block != s.block_size:  # shorter blocks: more steps per CPU-second
-        data = TextData(train=pack(s.data.train.reshape(-1), b.init_block), validation=s.data.validation,
-                        source=s.data.source, tokens=0)
+        data = TextData(train=pack(s.data.train.reshape(-1), b.init_block),  # validated at the same length
+                        validation=pack(s.data.validation.reshape(-1), b.init_block), source=s.data.source,
+                        tokens=0)
     sizes = runner.sizes(b, "init_", "eval_blocks")
     runs: dict[str, list[dict]] = {}
     variants = init_variants(b, measured)
@@ -459,13 +461,13 @@ def run_init(s: Setup, b: Budget, runner: Runner, out: Path, log: Any) -> dict[s
                     seed: int = seed) -> dict[str, Any]:
                 model = fresh_model(s, seed)
                 init_(model, beta, by_role, rule, seed)
-                first = perplexity(model, s.data.validation, max_blocks=b.init_eval_blocks)
+                first = perplexity(model, data.validation, max_blocks=b.init_eval_blocks)
                 res = train(model, data, TrainConfig(
                     steps=b.init_steps, lr=b.init_lr, batch_size=b.init_batch, block_size=data.block_size,
                     weight_decay=0.1, adam_betas=(0.9, 0.95), seed=seed, save_every=0,
                     log_every=b.init_eval_every, eval_every=b.init_eval_every, eval_blocks=b.init_eval_blocks,
                     device=s.device))
-                last = perplexity(model, s.data.validation, max_blocks=b.init_eval_blocks)
+                last = perplexity(model, data.validation, max_blocks=b.init_eval_blocks)
                 curve = [(0, first["loss"]), *[(e["step"], e["loss"]) for e in res.evals],
                          (b.init_steps, last["loss"])]
                 return {"seed": seed, "curve": curve}
