@@ -8,6 +8,7 @@ training commands.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -109,6 +110,71 @@ def test_malformed_fail_if_is_a_usage_error_before_any_work(name, args, tmp_path
     assert res.exit_code == 2, res.output
     assert "--fail-" in res.output
     assert list(tmp_path.iterdir()) == []
+
+
+#: A command's library entry point, replaced by `_never` so a run that got past the up-front checks fails.
+ENTRY = {"analyze": ("ggcompress.io.checkpoint", "open_checkpoint"),
+         "quantize-rf8": ("ggcompress.formats.quantize", "quantize_checkpoint"),
+         "pack": ("ggcompress.codec.pack", "pack"),
+         "eval": ("ggcompress.integrations.evaluation", "evaluate")}
+
+UNKNOWN_GATES = [
+    ("analyze", ["--fail-if", "nosuchmetric<1"]),
+    ("quantize-rf8", ["-o", "{out}", "--fail-if", "nosuchmetric<1"]),
+    ("quantize-rf8", ["--dry-run", "--fail-if", "sqnr_db<20", "--fail-if", "bits_per_weigth>9"]),
+    ("pack", ["-o", "{out}", "--fail-if", "nosuchmetric<1"]),
+    ("eval", ["--fail-if", "nosuchmetric<1"]),
+    ("eval", ["--text", "{text}", "--fail-under", "recovery:kl=0.9"]),  # recovery:TASK/METRIC or recovery:ppl
+    ("eval", ["--text", "{text}", "--fail-over", "kl_maen=0.1"]),
+]
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("the command started its work although a --fail-if names an unknown metric")
+
+
+@pytest.mark.parametrize(("name", "args"), UNKNOWN_GATES, ids=[f"{c[0]}-{c[1][-1]}" for c in UNKNOWN_GATES])
+def test_unknown_gate_metric_is_refused_up_front(name, args, minilm_dir, tmp_path, monkeypatch) -> None:
+    """A metric the command can never report: exit 2, one usage error, nothing read or written."""
+    module, attr = ENTRY[name]
+    monkeypatch.setattr(importlib.import_module(module), attr, _never)
+    text = tmp_path.parent / f"{tmp_path.name}-text.txt"  # outside tmp_path, which must stay empty
+    text.write_text("some text\n")
+    out = tmp_path / ("out.ggz" if name == "pack" else "out")
+    res = run(name, str(minilm_dir), *[a.format(out=out, text=text) for a in args])
+    assert res.exit_code == 2, res.output
+    assert "unknown metric" in res.stderr and res.stderr.count("Error:") == 1, res.stderr
+    assert "Traceback" not in res.output and "error:" not in res.stderr and res.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_eval_accepts_task_metric_names_up_front() -> None:
+    """eval's TASK/METRIC names come from lm-eval once the tasks ran: any name of that form passes."""
+    from ggcompress.cli import GATE_METRICS
+
+    known = GATE_METRICS["eval"]()
+    for name in ("kl_mean", "recovery", "recovery:ppl", "ggc_cloze/acc", "recovery:ggc_cloze/acc",
+                 "mmlu_anatomy/acc,none"):
+        assert name in known, name
+    for name in ("kl_maen", "acc", "recovery:ggc_cloze", "/acc", "ggc_cloze/"):
+        assert name not in known, name
+
+
+def test_quantize_and_analyze_gate_names_cover_their_reports(minilm_dir) -> None:
+    """Every numeric total / summary value of real reports is accepted by --fail-if (no false exit 2)."""
+    from ggcompress.names import ANALYZE_METRICS, QUANTIZE_METRICS
+
+    res = run("quantize-rf8", str(minilm_dir), "--dry-run", "--include", ONE, "--compare", "--json",
+              "--fail-if", "bits_per_param>9")
+    assert res.exit_code == 0, res.output
+    totals = json.loads(res.stdout)["checkpoints"][0]["totals"]
+    assert set(totals) <= set(QUANTIZE_METRICS)
+    res = run("analyze", str(minilm_dir), "--include", ONE, "--fit", "moments", "--json",
+              "--fail-if", "ratio<0")
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)["checkpoints"][0]["summary"]
+    numeric = {k for k, v in summary.items() if v is None or isinstance(v, int | float)}
+    assert {"eg_bits", "ratio_eg", "rated_bytes"} <= numeric <= set(ANALYZE_METRICS)
 
 
 def test_pack_gate_names_cover_its_report(minilm_dir, tmp_path) -> None:
@@ -294,3 +360,18 @@ def test_help_and_version_do_not_import_torch(args) -> None:
                           check=True)
     assert "HEAVY=\n" in proc.stdout, proc.stdout
     assert "analyze" in proc.stdout or "version" in proc.stdout
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_subcommand_help_does_not_import_torch(name) -> None:
+    """`ggcompress NAME --help` imports the command's module but not the library behind it (docs/cli.md)."""
+    code = ("import sys\nfrom ggcompress.cli import main\nsys.argv = ['ggcompress', sys.argv[1], '--help']\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    print('EXIT=' + str(e.code))\n"
+            "heavy = sorted(m for m in ('torch', 'transformers', 'numpy', 'scipy', 'safetensors') "
+            "if m in sys.modules)\n"
+            "print('HEAVY=' + ','.join(heavy))\n")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
+    proc = subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True, env=env,
+                          check=True)
+    assert f"Usage: ggcompress {name} [OPTIONS]" in proc.stdout, proc.stdout + proc.stderr
+    assert "EXIT=0\n" in proc.stdout and "HEAVY=\n" in proc.stdout, proc.stdout + proc.stderr

@@ -135,8 +135,8 @@ def test_analyze_fail_if(minilm_dir: Path) -> None:
     res = run(*args, "--json", "--fail-if", "eg_bits>2", "--fail-if", "ratio_eg<1")
     assert res.exit_code == 1 and "FAIL" in res.stderr and "eg_bits" in res.stderr
     assert json.loads(res.stdout)["schema"] == "ggcompress.analyze/1"
-    res = run(*args, "--fail-if", "typo_metric<1")
-    assert res.exit_code == 1 and "typo_metric is not reported" in res.stderr
+    res = run(*args, "--fail-if", "typo_metric<1")  # analyze knows its metric names before it runs
+    assert res.exit_code == 2 and "unknown metric 'typo_metric'" in res.stderr
     res = run(*args, "--fail-if", "eg_bits")
     assert res.exit_code == 2 and "bad gate" in res.stderr  # usage error (docs/cli.md)
 

@@ -310,12 +310,12 @@ def test_real_full_and_read_only_file_system(command, tiny, packed, rf8, small_f
 
 
 def test_eval_markdown_is_checked_before_the_evaluation(tiny, tmp_path, monkeypatch) -> None:
-    import ggcompress.cli.eval as eval_cli
+    import ggcompress.integrations.evaluation as evaluation  # cli.eval imports evaluate() when it runs
 
     def never(*a, **k):
         raise AssertionError("the evaluation ran although its --markdown file cannot be written")
 
-    monkeypatch.setattr(eval_cli, "evaluate", never)
+    monkeypatch.setattr(evaluation, "evaluate", never)
     (tmp_path / "file").write_text("x")
     text = tmp_path / "t.txt"
     text.write_text("some text\n")

@@ -1,18 +1,24 @@
 """The `ggcompress` command: a lazy click group; each subcommand lives in its own module here.
 
-Subcommand modules only parse arguments, call the library and render its data. They import torch, so
-the group imports a subcommand's module only when that subcommand runs or its own --help is asked:
-`ggcompress --help` and `--version` stay well under a second (docs/cli.md).
+Subcommand modules only parse arguments, call the library and render its data. The group imports a
+subcommand's module only when that subcommand runs or its own --help is asked, and the modules import
+the library (and with it torch) inside their command functions, so `ggcompress --help`, `--version` and
+`ggcompress SUBCOMMAND --help` stay well under a second (docs/cli.md). Option choices and the --fail-if
+metric names come from the torch-free ggcompress.names.
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 import click
 
 from ggcompress import __version__
 from ggcompress.cli._common import GATE_METRICS, Group, with_common_options
+
+if TYPE_CHECKING:
+    from ggcompress.reports.gates import MetricNames
 
 #: name -> (module under ggcompress.cli, attribute, one-line help shown by `ggcompress --help`).
 #: Add new commands here once they work end to end.
@@ -30,11 +36,38 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def _pack_metrics() -> set[str]:
-    """The summary metrics a pack report carries (--fail-if names), known before packing."""
-    from ggcompress.codec.pack import GATE_METRICS as names
+def _analyze_metrics() -> MetricNames:
+    """The summary values an analyze report carries (--fail-if names), known before analyzing."""
+    from ggcompress.names import ANALYZE_METRICS
+    from ggcompress.reports.gates import MetricNames
 
-    return set(names)
+    return MetricNames(frozenset(ANALYZE_METRICS))
+
+
+def _pack_metrics() -> MetricNames:
+    """The summary metrics a pack report carries (--fail-if names), known before packing."""
+    from ggcompress.names import PACK_METRICS
+    from ggcompress.reports.gates import MetricNames
+
+    return MetricNames(frozenset(PACK_METRICS))
+
+
+def _quantize_metrics() -> MetricNames:
+    """The totals a quantize-rf8 report carries (--fail-if names), known before quantizing."""
+    from ggcompress.names import QUANTIZE_METRICS
+    from ggcompress.reports.gates import MetricNames
+
+    return MetricNames(frozenset(QUANTIZE_METRICS))
+
+
+def _eval_metrics() -> MetricNames:
+    """eval's fixed metric names; TASK/METRIC names come from lm-eval once the tasks ran (a group names its
+    subtasks), so any name of that form passes up front and is checked against the report."""
+    from ggcompress.names import EVAL_FIXED_METRICS, EVAL_TASK_METRIC
+    from ggcompress.reports.gates import MetricNames
+
+    return MetricNames(frozenset(EVAL_FIXED_METRICS), EVAL_TASK_METRIC,
+                       "TASK/METRIC, recovery:TASK/METRIC of the tasks run")
 
 
 class LazyGroup(Group):
@@ -78,7 +111,8 @@ def cli(debug: bool) -> None:
     """
 
 
-GATE_METRICS["pack"] = _pack_metrics
+GATE_METRICS.update({"analyze": _analyze_metrics, "pack": _pack_metrics, "quantize-rf8": _quantize_metrics,
+                     "eval": _eval_metrics})
 
 
 def main() -> None:

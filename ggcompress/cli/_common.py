@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from ggcompress.errors import GGError, Terminated, as_os_error, describe_os_erro
 
 if TYPE_CHECKING:
     from ggcompress.cli._tables import FittingConsole
+    from ggcompress.reports.gates import MetricNames
 
     #: People's output (tables, progress, notes) goes to stderr so stdout stays clean for --json / --csv.
     #: Tables printed through it are fitted to its width (docs/cli.md). Made on first use (module
@@ -308,8 +309,9 @@ def summary_requested(ctx: click.Context | None = None) -> bool:
 #: Parameters holding regular expressions, by parameter name, checked before any work.
 REGEX_PARAMS = ("include", "exclude", "metrics")
 
-#: Metric names a command's --fail-if may use, where the command knows them before it runs.
-GATE_METRICS: dict[str, Any] = {}
+#: Command name -> the metric names its --fail-if may use (a reports.gates.MetricNames, made on first use),
+#: for the commands that know them before they run: a misspelt name is a usage error before any work.
+GATE_METRICS: dict[str, Callable[[], MetricNames]] = {}
 
 
 def check_usage(ctx: click.Context) -> None:
@@ -325,7 +327,8 @@ def check_usage(ctx: click.Context) -> None:
                 except re.error as e:
                     raise click.BadParameter(f"{pattern!r} is not a valid regular expression ({e})",
                                              ctx=ctx, param=_param(ctx, name)) from None
-    known = GATE_METRICS.get(ctx.command.name or "")
+    names = GATE_METRICS.get(ctx.command.name or "")
+    known = names() if names is not None else None
     for name, parse in (("fail_if", parse_gate), ("fail_under", lambda s: gate_from_bound(s, "under")),
                         ("fail_over", lambda s: gate_from_bound(s, "over"))):
         for expr in ctx.params.get(name) or ():
@@ -333,9 +336,9 @@ def check_usage(ctx: click.Context) -> None:
                 gate = parse(expr)
             except GGError as e:
                 raise click.BadParameter(str(e), ctx=ctx, param=_param(ctx, name)) from None
-            if known is not None and gate.metric not in known():
+            if known is not None and gate.metric not in known:
                 raise click.BadParameter(
-                    f"unknown metric {gate.metric!r} in {expr!r}; known: {', '.join(sorted(known()))}",
+                    f"unknown metric {gate.metric!r} in {expr!r}; known: {known.describe()}",
                     ctx=ctx, param=_param(ctx, name))
 
 

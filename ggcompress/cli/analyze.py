@@ -10,12 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ggcompress.cli._common import console, emit_json, expand_inputs, table_console
 from ggcompress.errors import GGError
-from ggcompress.io.checkpoint import open_checkpoint
 from ggcompress.reports.gates import check_gates, parse_gate
-from ggcompress.reports.report import analyze_csv, print_analyze
-from ggcompress.stats import rate
-from ggcompress.stats.analyze import AnalyzeOptions, analyze_checkpoint, document, select
-from ggcompress.stats.granularity import parse_granularity
 
 
 @click.command()
@@ -162,6 +157,13 @@ def analyze(
     gates = [parse_gate(e) for e in fail_if]
     for pattern, flag in ((include, "--include"), (exclude, "--exclude")):
         _check_regex(pattern, flag)
+    # The library imports torch (seconds): here, not at module level, so `analyze --help` stays fast.
+    from ggcompress.io.checkpoint import open_checkpoint
+    from ggcompress.reports.report import analyze_csv, print_analyze
+    from ggcompress.stats import rate
+    from ggcompress.stats.analyze import AnalyzeOptions, analyze_checkpoint, document, select
+    from ggcompress.stats.granularity import parse_granularity
+
     try:
         grains = parse_granularity(granularity)
     except GGError as e:

@@ -10,17 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ggcompress.cli._common import console, emit_json
-from ggcompress.methods.backslash import (
-    MODES,
-    REPORT_NAME,
-    SAVE_DTYPES,
-    SHAPES,
-    BackSlashConfig,
-    run_backslash,
-)
-from ggcompress.methods.distributed import SHARDS
-from ggcompress.methods.train import TrainConfig, distributed
-from ggcompress.stats import rate
+from ggcompress.names import BACKSLASH_MODES, BACKSLASH_SHAPES, SHARDS, TRAIN_SAVE_DTYPES
 
 
 @click.command()
@@ -37,11 +27,11 @@ from ggcompress.stats import rate
               help="Optimizer steps with the rate term.")
 @click.option("--recover-steps", type=click.IntRange(min=0), default=20, show_default=True,
               help="Plain steps after them (recovery).")
-@click.option("--mode", type=click.Choice(MODES), default="decoupled", show_default=True,
+@click.option("--mode", type=click.Choice(BACKSLASH_MODES), default="decoupled", show_default=True,
               help="loss: add λR to the loss (ν detached); decoupled: shrink after each optimizer step.")
 @click.option("--shape-every", type=click.IntRange(min=1), default=10, show_default=True,
               help="Re-estimate ν from the weights every K steps.")
-@click.option("--shape", type=click.Choice(SHAPES), default="tensor", show_default=True,
+@click.option("--shape", type=click.Choice(BACKSLASH_SHAPES), default="tensor", show_default=True,
               help="One ν per tensor, or one global ν over all selected weights.")
 @click.option("--nu", type=click.FloatRange(0.1, 2.99), metavar="NU",
               help="Fix ν instead of estimating it (1 = L1, 2 = L2).")
@@ -76,7 +66,7 @@ from ggcompress.stats import rate
 @click.option("--save-every", type=click.IntRange(min=0), default=100, show_default=True,
               help="Checkpoint every K steps into OUT/training (0: never).")
 @click.option("--keep-checkpoints", is_flag=True, help="Keep OUT/training after a successful run.")
-@click.option("--save-dtype", type=click.Choice(SAVE_DTYPES), default="auto", show_default=True,
+@click.option("--save-dtype", type=click.Choice(TRAIN_SAVE_DTYPES), default="auto", show_default=True,
               help="dtype of the saved weights (auto: the input's). Measurements describe the saved weights.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--shard", type=click.Choice(SHARDS), default="ddp", show_default=True,
@@ -104,6 +94,11 @@ def backslash(model: str, data: str, validation: str | None, output: str, lam: f
     (only rank 0 writes), or sharded with `--shard fsdp`; --resume works on another world size. Example:
     `ggcompress backslash ./smollm2 --data wiki.txt -o out --lambda 3e5 --rate-steps 200 --baseline`.
     """
+    # The library imports torch (seconds): here, not at module level, so `backslash --help` stays fast.
+    from ggcompress.methods.backslash import BackSlashConfig, run_backslash
+    from ggcompress.methods.train import TrainConfig, distributed
+    from ggcompress.stats import rate
+
     cfg = BackSlashConfig(lam=lam, mode=mode, rate_steps=rate_steps, recover_steps=recover_steps,
                           shape_every=shape_every, shape=shape, nu=nu, eps=eps, step=rate.parse_step(step),
                           eg_k=eg_k, include=include, exclude=exclude, baseline=baseline,
@@ -214,6 +209,8 @@ def render(report: dict[str, Any]) -> None:
                   f"{fmt(100 * cmp['entropy_bits_per_param'], '.1f')}% fewer entropy bits, "
                   f"perplexity {100 * cmp['val_ppl_increase']:+.2f}%")
     render_training(report["training"])
+    from ggcompress.methods.backslash import REPORT_NAME
+
     console.print(f"wrote {report['output']} ({REPORT_NAME} inside)")
 
 

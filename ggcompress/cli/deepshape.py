@@ -11,17 +11,7 @@ from rich.table import Table
 
 from ggcompress.cli._common import console, emit_json
 from ggcompress.cli.backslash import render_training
-from ggcompress.methods.deepshape import (
-    SAVE_DTYPES,
-    SCOPES,
-    DeepShapeConfig,
-    parse_sweep,
-    run_deepshape,
-    run_sweep,
-)
-from ggcompress.methods.distributed import SHARDS
-from ggcompress.methods.train import TrainConfig, distributed
-from ggcompress.stats.rate import parse_step
+from ggcompress.names import DEEPSHAPE_SCOPES, SHARDS, TRAIN_SAVE_DTYPES
 
 
 @click.command("deepshape")
@@ -37,7 +27,7 @@ from ggcompress.stats.rate import parse_step
               help="Target β' = factor × fitted β.")
 @click.option("--scale-scale", type=float, default=0.6, show_default=True,
               help="Target α' = factor × fitted α.")
-@click.option("--scope", type=click.Choice(SCOPES), default="tensor", show_default=True,
+@click.option("--scope", type=click.Choice(DEEPSHAPE_SCOPES), default="tensor", show_default=True,
               help="Fit and remap per tensor, or over all selected weights at once (the reference).")
 @click.option("--core-threshold", type=int, default=None, metavar="N",
               help="The core ends at the first grid magnitude with ≤ N values [default: 1000 global; "
@@ -62,7 +52,7 @@ from ggcompress.stats.rate import parse_step
               help="Keep a BackSlash rate term (decoupled, λ = L) during the fine-tune; 0: off.")
 @click.option("--sweep", metavar="S:A,...",
               help="Run several factor pairs SHAPE:SCALE (e.g. 1:0.8,0.8:0.6,0.6:0.4) and write the curve.")
-@click.option("--save-dtype", type=click.Choice(SAVE_DTYPES), default="auto", show_default=True)
+@click.option("--save-dtype", type=click.Choice(TRAIN_SAVE_DTYPES), default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--shard", type=click.Choice(SHARDS), default="ddp", show_default=True,
@@ -88,6 +78,11 @@ def deepshape_cmd(model: str, out: str, data: str, validation: str | None, shape
     `torchrun --nproc-per-node N -m ggcompress deepshape ...` the fine-tune is data-parallel (DDP, or
     sharded with --shard fsdp); only rank 0 writes.
     """
+    # The library imports torch (seconds): here, not at module level, so `deepshape --help` stays fast.
+    from ggcompress.methods.deepshape import DeepShapeConfig, parse_sweep, run_deepshape, run_sweep
+    from ggcompress.methods.train import TrainConfig, distributed
+    from ggcompress.stats.rate import parse_step
+
     cfg = DeepShapeConfig(shape_scale=shape_scale, scale_scale=scale_scale, scope=scope,
                           core_threshold=core_threshold, step=parse_step(step), eg_k=eg_k, include=include,
                           exclude=exclude, distill=distill, distill_weight=distill_weight,

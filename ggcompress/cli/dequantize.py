@@ -7,7 +7,6 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from ggcompress.cli._common import console, emit_json
-from ggcompress.formats.dequantize import dequantize_checkpoint, dequantize_to_gguf
 
 
 @click.command("dequantize")
@@ -34,6 +33,9 @@ def dequantize(checkpoint: str, output: str, to: str, gguf_metadata: str | None,
     """
     if gguf_metadata is not None and to != "gguf":
         raise click.UsageError("--gguf-metadata only applies with --to gguf")
+    # The library imports torch (seconds): here, not at module level, so `dequantize --help` stays fast.
+    from ggcompress.formats.dequantize import dequantize_checkpoint, dequantize_to_gguf
+
     if to == "gguf":
         report = dequantize_to_gguf(checkpoint, output, dtype=dtype, gguf_metadata=gguf_metadata, force=force)
         if as_json:

@@ -13,9 +13,7 @@ from rich.table import Table
 
 from ggcompress.cli._common import console, emit_json, expand_inputs
 from ggcompress.errors import GGError
-from ggcompress.integrations.evaluation import EvalOptions, evaluate
-from ggcompress.io.checkpoint import atomic_write_bytes, check_output_path
-from ggcompress.io.loading import DTYPES
+from ggcompress.names import LOAD_DTYPES
 from ggcompress.reports.gates import gate_from_bound, parse_gate
 
 _TEXT_ROWS = (("ppl", "perplexity (text)", "↓"), ("ppl_ratio", "ppl ratio", "↓"), ("kl_mean", "KL mean", "↓"),
@@ -101,7 +99,7 @@ class ProgressLines:
               help="With --apply-chat-template: few-shot examples as a multi-turn conversation.")
 @click.option("--system-instruction", metavar="TEXT", help="System instruction prepended to every prompt.")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu, cuda, cuda:1, mps.")
-@click.option("--dtype", type=click.Choice(DTYPES),
+@click.option("--dtype", type=click.Choice(LOAD_DTYPES),
               help="Weights dtype. [default: float32 on cpu, the checkpoint's dtype elsewhere]")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for lm-eval (sampling, few-shot).")
 @click.option("--max-tokens", type=click.IntRange(min=2), default=4096, show_default=True,
@@ -145,6 +143,10 @@ def eval_cmd(models: tuple[str, ...], tasks: str | None, text: Path | None, incl
             raise click.BadParameter("give at least one task, or 'none'", param_hint="--tasks")
     if task_list == () and text is None:
         raise GGError("--tasks none leaves nothing to do without --text FILE")
+    # The library imports torch (seconds): here, not at module level, so `eval --help` stays fast.
+    from ggcompress.integrations.evaluation import EvalOptions, evaluate
+    from ggcompress.io.checkpoint import atomic_write_bytes, check_output_path
+
     if markdown is not None:  # fail before the long run, not after it (exists, read-only, bad path...)
         check_output_path(markdown, [*models, *([text] if text else [])], force=force, kind="file")
     if limit is not None and limit >= 1 and limit == int(limit):

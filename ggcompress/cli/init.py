@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from ggcompress.cli._common import console, emit_json
-from ggcompress.methods.init import MODES, SAVE_DTYPES, init_checkpoint
+from ggcompress.names import INIT_MODES, INIT_SAVE_DTYPES
 
 
 @click.command("init")
@@ -22,11 +22,11 @@ from ggcompress.methods.init import MODES, SAVE_DTYPES, init_checkpoint
               "report.")
 @click.option("--xi", type=float, default=1.0, show_default=True,
               help="Variance gain ξ: Var[W] = ξ/fan (2 Kaiming, 1 LeCun).")
-@click.option("--mode", type=click.Choice(MODES), default="fan_in", show_default=True,
+@click.option("--mode", type=click.Choice(INIT_MODES), default="fan_in", show_default=True,
               help="Fan n of the variance; fan_out (= nn.Linear weight.shape[0]) is the reference's choice.")
 @click.option("--include", metavar="REGEX", help="Only re-initialize parameters matching (re.search).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed (same seed, same weights).")
-@click.option("--dtype", type=click.Choice(SAVE_DTYPES), default="float32", show_default=True,
+@click.option("--dtype", type=click.Choice(INIT_SAVE_DTYPES), default="float32", show_default=True,
               help="dtype of the saved weights.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print one versioned JSON document on stdout.")
@@ -36,6 +36,8 @@ def init_cmd(source: str, out: str, shape: float | None, shape_from: str | None,
     GG-initialized weights: α = sqrt(ξ/n·Γ(1/β)/Γ(3/β)), W ~ GG(β, α) so Var[W] = ξ/n; norm gains 1,
     biases 0. Tokenizer files of the source are copied, so OUT is ready to train.
     """
+    from ggcompress.methods.init import init_checkpoint  # imports torch: not at module level (fast --help)
+
     status = console.status("initializing", spinner="dots") if not as_json else contextlib.nullcontext()
     with status:
         report = init_checkpoint(source, out, shape=2.0 if shape is None else shape, shape_from=shape_from,

@@ -11,7 +11,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ggcompress.cli._common import console, emit_json, expand_inputs, table_console
-from ggcompress.codec.pack import PackOptions, pack, unpack
 from ggcompress.reports.gates import parse_gate
 
 
@@ -90,6 +89,9 @@ def pack_cmd(checkpoints: tuple[str, ...], output: str, quant: str | None, lossl
         if quant is not None and quant.strip().lower() not in ("none", "lossless"):
             raise click.UsageError(f"--lossless and --quant {quant} contradict each other; give one")
         quant = "none"
+    # The library imports torch (seconds): here, not at module level, so `pack --help` stays fast.
+    from ggcompress.codec.pack import PackOptions, pack
+
     options = PackOptions(quant=quant, coder=coder, eg_k=eg_k, granularity=granularity, include=include,
                           exclude=exclude, gates=gates, workers=workers, target_sqnr_db=target_sqnr,
                           bits_per_param=bits_per_param, rdoq=rdoq).checked()
@@ -126,6 +128,8 @@ def unpack_cmd(container: str, output: str, as_json: bool, force: bool) -> None:
 
     Example: `ggcompress unpack model.ggz -o model-restored/`.
     """
+    from ggcompress.codec.pack import unpack  # imports torch: not at module level (fast --help)
+
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), console=console,
                   transient=True) as bar:

@@ -13,7 +13,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ggcompress.cli._common import console, emit_json, expand_inputs, table_console
-from ggcompress.formats.quantize import QuantizeConfig, quantize_checkpoint
 from ggcompress.reports.gates import check_gates, parse_gate
 
 FORMAT_CHOICES = ("rf8", "e4m3", "e5m2", "int8", "gf3", "gf4", "gf5", "gf6", "gf8", "auto")
@@ -72,6 +71,9 @@ def quantize_rf8(checkpoints: tuple[str, ...], output: str | None, fmt: str, gra
         raise click.UsageError("give -o OUT, or --dry-run / --compare to only measure")
     out = None if dry_run else output
     gates = [parse_gate(e) for e in fail_if]
+    # The library imports torch (seconds): here, not at module level, so `quantize-rf8 --help` stays fast.
+    from ggcompress.formats.quantize import QuantizeConfig, quantize_checkpoint
+
     config = QuantizeConfig(format=fmt, granularity=granularity, include=include, exclude=exclude,
                             quantize_embeddings=quantize_embeddings, quantize_lm_head=quantize_lm_head,
                             quantize_norms=quantize_norms, compare=compare, layout=layout,

@@ -56,6 +56,7 @@ from ggcompress.io.checkpoint import (
     temp_prefix,
 )
 from ggcompress.io.limits import loads_json
+from ggcompress.names import PACK_METRICS
 from ggcompress.reports.gates import Gate, check_gates
 from ggcompress.reports.jsonsafe import json_safe
 from ggcompress.stats import rate
@@ -387,12 +388,9 @@ def output_paths(sources: Sequence[str], out: str | os.PathLike[str]) -> list[Pa
     return paths
 
 
-#: Every numeric summary metric a pack report can carry: what --fail-if may name, checked before packing.
-GATE_METRICS = ("tensors", "params", "coded_tensors", "coded_params", "raw_tensors", "raw_bytes", "files",
-                "file_bytes", "source_bytes", "container_bytes", "ratio", "ratio_bf16", "bits_per_param",
-                "coded_bits_per_param", "payload_bits_per_param", "table_bits_per_param",
-                "entropy_bits_per_param", "eg_bits_per_param", "overhead_vs_entropy", "sqnr_db", "seconds",
-                "mb_per_s", "mean_rel_err", "max_rel_err", "flushed_frac")
+#: Every numeric summary metric a pack report can carry: what --fail-if may name, checked before packing
+#: (defined in ggcompress.names, which the CLI reads without importing torch).
+GATE_METRICS = PACK_METRICS
 
 
 def gate_values(summary: dict[str, Any]) -> dict[str, float | None]:

@@ -47,13 +47,10 @@ from ggcompress.errors import GGError
 from ggcompress.integrations.tasks import SHIPPED, TEXT_TASKS, materialize, read_text
 from ggcompress.io.context import Context, clamp, model_context
 from ggcompress.io.loading import LoadedModel, load_model
+from ggcompress.names import EVAL_TEXT_METRICS as TEXT_METRICS
 from ggcompress.reports.gates import Gate, check_gates
 
 SCHEMA = "ggcompress.eval/1"
-#: Metrics ggcompress computes itself over --text; all but ppl are relative to the baseline already.
-TEXT_METRICS = ("ppl", "ppl_ratio", "kl_mean", "kl_median", "kl_p99", "kl_max", "same_top1")
-#: Per-model summary metrics: worst and mean recovery over every metric that has a direction.
-SUMMARY_METRICS = ("recovery", "recovery_mean")
 #: float64 working set per comparison chunk (rows x vocab x 8 bytes x ~4 live arrays).
 _CHUNK_BYTES = 64 << 20
 

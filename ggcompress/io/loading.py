@@ -26,11 +26,11 @@ from typing import Any
 from ggcompress.errors import GGError
 from ggcompress.io.checkpoint import HUB_ID, _hub_snapshot
 from ggcompress.io.limits import inside, read_json_object
+from ggcompress.names import LOAD_DTYPES as DTYPES
 
 #: Files any transformers tokenizer is built from; a folder with none of them has no tokenizer.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
                    "spiece.model", "sentencepiece.bpe.model", "tiktoken.model")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass

@@ -73,19 +73,19 @@ from ggcompress.methods.train import (
     source_dtype,
     train,
 )
+from ggcompress.names import BACKSLASH_MODES as MODES
+from ggcompress.names import BACKSLASH_SHAPES as SHAPES
+from ggcompress.names import TRAIN_SAVE_DTYPES as SAVE_DTYPES
 from ggcompress.reports.jsonsafe import json_safe
 from ggcompress.stats import gg
 from ggcompress.stats.rate import SymbolHistogram, format_step
 
 SCHEMA = "ggcompress.backslash/1"
-MODES = ("loss", "decoupled")
-SHAPES = ("tensor", "global")
 #: ν range: the authors' lookup table covers β ∈ [0.1, 2.99].
 NU_LO, NU_HI = 0.1, 2.99
 REPORT_NAME = "backslash_report.json"
 #: Folder (inside the output) holding the training checkpoints until the run succeeds.
 TRAIN_DIR = "training"
-SAVE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass

@@ -66,17 +66,17 @@ from ggcompress.methods.train import (
     source_dtype,
     train,
 )
+from ggcompress.names import DEEPSHAPE_SCOPES as SCOPES
+from ggcompress.names import TRAIN_SAVE_DTYPES as SAVE_DTYPES
 from ggcompress.reports.jsonsafe import json_safe
 from ggcompress.stats import gg
 from ggcompress.stats.rate import format_step
 
 SCHEMA = "ggcompress.deepshape/1"
 SWEEP_SCHEMA = "ggcompress.methods.deepshape-sweep/1"
-SCOPES = ("tensor", "global")
 REPORT_NAME = "deepshape_report.json"
 SWEEP_NAME = "deepshape_sweep.json"
 SWEEP_PLOT = "deepshape_sweep.png"
-SAVE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 #: Reference core threshold (global histogram) and our per-tensor relative default (module doc).
 GLOBAL_CORE_THRESHOLD = 1000
 TENSOR_CORE_FRACTION = 1 / 300

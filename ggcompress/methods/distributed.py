@@ -36,9 +36,7 @@ from typing import Any
 import torch
 
 from ggcompress.errors import GGError
-
-SHARDS = ("ddp", "fsdp")
-
+from ggcompress.names import SHARDS
 
 # ---------------------------------------------------------------------------------------------- tensors
 

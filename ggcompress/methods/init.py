@@ -34,10 +34,11 @@ import torch
 from ggcompress.errors import GGError
 from ggcompress.io.layers import is_conv1d, is_linear
 from ggcompress.io.limits import loads_json
+from ggcompress.names import INIT_MODES as MODES
+from ggcompress.names import INIT_SAVE_DTYPES as SAVE_DTYPES
 from ggcompress.stats import gg
 from ggcompress.stats.roles import role_of
 
-MODES = ("fan_in", "fan_out")
 SCHEMA = "ggcompress.init/1"
 ANALYZE_SCHEMA = "ggcompress.analyze/1"
 
@@ -255,7 +256,6 @@ def records_to_dicts(records: list[InitRecord]) -> list[dict[str, Any]]:
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "tokenizer.model", "vocab.json", "vocab.txt", "merges.txt", "spiece.model",
                    "sentencepiece.bpe.model", "chat_template.jinja", "chat_template.json")
-SAVE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _config_source(spec: str) -> tuple[Path, Path | None]:

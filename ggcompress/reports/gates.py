@@ -54,6 +54,33 @@ class GateFailure:
     reason: str
 
 
+@dataclass(frozen=True)
+class MetricNames:
+    """The metric names a command can report, known before it runs, so a typo in a gate is refused up front.
+
+    ``fixed`` are names the command always knows; ``open_form`` (a regular expression matching the whole
+    name) admits names that exist only once the run named them (eval's ``TASK/METRIC``: lm-eval tasks
+    and groups name their metrics), described by ``open_hint`` in the error. Those are checked after the
+    run, like any gate on a metric the report lacks.
+    """
+
+    fixed: frozenset[str]
+    open_form: str | None = None
+    open_hint: str = ""
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        if name in self.fixed:
+            return True
+        return self.open_form is not None and re.fullmatch(self.open_form, name) is not None
+
+    def describe(self) -> str:
+        """The known names, for the usage error."""
+        known = ", ".join(sorted(self.fixed))
+        return f"{known}, or {self.open_hint}" if self.open_hint else known
+
+
 def _threshold(text: str) -> float:
     """A number; a trailing % divides by 100 so ``recovery<99%`` reads naturally."""
     return float(text[:-1]) / 100 if text.endswith("%") else float(text)
