@@ -3,21 +3,27 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_formats.py --json /tmp/formats.json \
         --plot docs/img/formats_sqnr.png                       # everything (~20-30 min, 1 thread)
     .venv/bin/python benchmarks/bench_formats.py --models minilm --no-kl --no-timing   # SQNR only
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_formats.py --models wikilm --no-timing \
+        --tokens 32768 --window 128 --json /tmp/wikilm.json      # naturally trained LM (~7 min, 1 thread)
     .venv/bin/python benchmarks/bench_formats.py --tables     # GF table designs: data vs GG vs Gaussian
     .venv/bin/python benchmarks/bench_formats.py --ablations --models minilm   # GF encoder choices
     .venv/bin/python benchmarks/bench_formats.py --render /tmp/formats.json [more.json ...] \
         --plot docs/img/formats_sqnr.png                       # tables + plot from saved results
 
 Per format: SQNR over every linear weight (2-D, not embeddings; the per-tensor energies summed) of
-all-MiniLM-L6-v2 and SmolLM2-135M; on SmolLM2 the KL(base || quantized) mean / p99, same-top-1 and
-perplexity ratio of next-token predictions over a window of the Wikipedia validation text
-(integrations/evaluation.py's ``compare_logits``); on MiniLM the cosine of mean-pooled sentence
+all-MiniLM-L6-v2, SmolLM2-135M and (``--models wikilm``) the Llama trained here on the Wikipedia text
+(``fixtures.wiki_lm()``); on the causal LMs (SmolLM2, wikilm) the KL(base || quantized) mean / p99,
+same-top-1 and perplexity ratio of next-token predictions over windows of the Wikipedia validation
+text (integrations/evaluation.py's ``compare_logits``; windows are cut to the model's context), with
+standard errors over the windows; on MiniLM the cosine of mean-pooled sentence
 embeddings vs the original; and the time to quantize SmolLM2 with ``quantize-rf8 --format gfK`` vs a
 plain streaming copy of the same checkpoint. Quantized weights are decoded to dense float32 for the
 forward passes (what QuantLinear computes with, minus kernel rounding).
 
 SmolLM2's fixture weights are a dequantized Q4_1 lattice (16 levels + scale + min per block of 32),
-so Q4_1 reproduces them almost exactly: rank 4-bit formats on MiniLM.
+so Q4_1 reproduces them almost exactly: rank 4-bit formats on MiniLM and wikilm (naturally trained).
+wikilm is not in the default ``--models``: on a machine without its cached fixture, asking for it
+trains the model first (about an hour of CPU); once cached it costs minutes.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 
@@ -39,6 +46,12 @@ from ggcompress.formats.baselines import RoundTrip, baseline
 from ggcompress.formats.gf import GFCodec, gf_decode
 
 Fn = Callable[[torch.Tensor], RoundTrip]
+
+#: model name -> its fixture (called only when the model is asked for: wiki_lm may have to train).
+FIXTURES: dict[str, Callable[[], Path]] = {"minilm": fixtures.minilm, "smollm2": fixtures.smollm2,
+                                           "wikilm": fixtures.wiki_lm}
+#: the causal LMs, scored by next-token KL / perplexity (the others by embedding cosine).
+CAUSAL = ("smollm2", "wikilm")
 
 
 def gf(bits: int, gran: str, design: str = "auto") -> Fn:
@@ -135,18 +148,20 @@ def _restore(model, saved: dict[str, torch.Tensor]) -> None:
 
 
 class CausalEval:
-    """SmolLM2 next-token comparison against its own float32 logits on fixed text windows."""
+    """A causal LM's next-token comparison against its own float32 logits on fixed text windows."""
 
     def __init__(self, folder: Path, text: str, max_tokens: int, window: int) -> None:
         from ggcompress.integrations.evaluation import next_token_logits, text_windows
 
         self.model, tok = _load_model(folder, causal=True)
+        context = getattr(self.model.config, "max_position_embeddings", None) or window
+        if window > context:  # positions past the context would measure extrapolation, not quantization
+            print(f"  {folder.name}: --window {window} cut to the model's context {context}", flush=True)
+            window = context
         self.windows = text_windows(tok, text, max_tokens=max_tokens, window=window)
         self.base = [lg for _, lg in next_token_logits(self.model, self.windows, 1)]
 
     def compare(self, decoded: dict[str, torch.Tensor]) -> dict:
-        import numpy as np
-
         from ggcompress.integrations.evaluation import compare_logits, next_token_logits, summarize
 
         saved = _swap(self.model, decoded)
@@ -157,7 +172,35 @@ class CausalEval:
         finally:
             _restore(self.model, saved)
         cat = {k: torch.cat([p[k] for p in parts]).numpy() for k in parts[0]}
-        return summarize(cat["kl"], cat["nll_base"], cat["nll_model"], cat["same_top1"].astype(np.float64))
+        out = summarize(cat["kl"], cat["nll_base"], cat["nll_model"], cat["same_top1"].astype(np.float64))
+        # Per-window means (every window scores the same number of tokens, so their mean is the token
+        # mean): tokens inside a window are correlated, windows spread over the text far less, so the
+        # standard errors below are taken over windows, and --render pairs two formats window by window.
+        kl_w = [float(p["kl"].double().mean()) for p in parts]
+        dnll_w = [float((p["nll_model"] - p["nll_base"]).double().mean()) for p in parts]
+        out.update(windows=len(parts), window_kl=kl_w, window_dnll=dnll_w,
+                   ppl_base=out["ppl"] / out["ppl_ratio"], kl_mean_se=_se(kl_w),
+                   ppl_ratio_se=out["ppl_ratio"] * _se(dnll_w))
+        return out
+
+
+def _se(values: list[float]) -> float:
+    """Standard error of the mean of ``values`` (nan for fewer than two)."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan
+
+
+def paired(a: dict, b: dict) -> dict:
+    """Format a minus format b on the same windows: KL-mean difference and perplexity ratio a/b, ± SE.
+
+    Pairing removes the text's own variation (hard passages are hard for both), which is what decides
+    whether two close formats are told apart.
+    """
+    dkl = [x - y for x, y in zip(a["window_kl"], b["window_kl"], strict=True)]
+    dnll = [x - y for x, y in zip(a["window_dnll"], b["window_dnll"], strict=True)]
+    ratio = math.exp(float(np.mean(dnll)))
+    return {"dkl": float(np.mean(dkl)), "dkl_se": _se(dkl),
+            "ppl_ratio": ratio, "ppl_ratio_se": ratio * _se(dnll)}
 
 
 class EmbedEval:
@@ -295,25 +338,27 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _cell(row: dict, key: str, fmt: str) -> str:
+    return format(row[key], fmt) if key in row else "—"
+
+
 def markdown(results: dict) -> str:
     """The docs/benchmarks.md tables from a ``--json`` result."""
-    lines = ["| class | format | MiniLM bits/w | MiniLM SQNR dB | MiniLM cos mean / min | SmolLM2 bits/w | "
-             "SmolLM2 SQNR dB | KL mean | KL p99 | same top-1 | ppl ratio |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines: list[str] = []
     mini, smol = results.get("minilm", {}), results.get("smollm2", {})
-
-    def f(row: dict, key: str, fmt: str) -> str:
-        return format(row[key], fmt) if key in row else "—"
-
+    if mini or smol:
+        lines += ["| class | format | MiniLM bits/w | MiniLM SQNR dB | MiniLM cos mean / min | "
+                  "SmolLM2 bits/w | SmolLM2 SQNR dB | KL mean | KL p99 | same top-1 | ppl ratio |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
     for label in FORMATS:
         a, b = mini.get(label, {}), smol.get(label, {})
         if not a and not b:
             continue
         cls = (a or b)["class"]
         cos = f"{a['cos_mean']:.4f} / {a['cos_min']:.4f}" if "cos_mean" in a else "—"
-        cells = [cls, label, f(a, "bits_per_weight", ".3f"), f(a, "sqnr_db", ".2f"), cos,
-                 f(b, "bits_per_weight", ".3f"), f(b, "sqnr_db", ".2f"), f(b, "kl_mean", ".3g"),
-                 f(b, "kl_p99", ".3g"), f(b, "same_top1", ".3f"), f(b, "ppl_ratio", ".3f")]
+        cells = [cls, label, _cell(a, "bits_per_weight", ".3f"), _cell(a, "sqnr_db", ".2f"), cos,
+                 _cell(b, "bits_per_weight", ".3f"), _cell(b, "sqnr_db", ".2f"), _cell(b, "kl_mean", ".3g"),
+                 _cell(b, "kl_p99", ".3g"), _cell(b, "same_top1", ".3f"), _cell(b, "ppl_ratio", ".3f")]
         lines.append("| " + " | ".join(cells) + " |")
     timing = results.get("timing_smollm2")
     if timing:
@@ -323,15 +368,49 @@ def markdown(results: dict) -> str:
             if fmt != "copy":
                 lines.append(f"| quantize-rf8 --format {fmt} --granularity block:32 | {t['wall_s']:.1f} | "
                              f"{t['cpu_s']:.1f} | {t['x_copy_wall']:.2f} |")
+    for model in CAUSAL:
+        if model != "smollm2" and results.get(model):
+            lines += ([""] if lines else []) + causal_table(model, results[model])
     return "\n".join(lines)
+
+
+def causal_table(model: str, rows: dict, reference: str = "gf4 block:32") -> list[str]:
+    """One causal LM's own table (every format), then each 4-bit format paired against ``reference``."""
+    lines = [f"| class | format | {model} bits/w | SQNR dB | KL mean ± SE | KL p99 | same top-1 | "
+             "ppl ratio ± SE |", "|---|---|---|---|---|---|---|---|"]
+    for label in FORMATS:
+        r = rows.get(label)
+        if not r:
+            continue
+        kl = (f"{r['kl_mean']:.3g} ± {r['kl_mean_se']:.2g}" if "kl_mean_se" in r
+              else _cell(r, "kl_mean", ".3g"))
+        ppl = (f"{r['ppl_ratio']:.4f} ± {r['ppl_ratio_se']:.2g}" if "ppl_ratio_se" in r
+               else _cell(r, "ppl_ratio", ".4f"))
+        lines.append("| " + " | ".join([r["class"], label, _cell(r, "bits_per_weight", ".3f"),
+                                         _cell(r, "sqnr_db", ".2f"), kl, _cell(r, "kl_p99", ".3g"),
+                                         _cell(r, "same_top1", ".3f"), ppl]) + " |")
+    ref = rows.get(reference, {})
+    others = [label for label in FORMATS if label != reference and "window_kl" in rows.get(label, {})
+              and rows[label]["class"] == ref.get("class")]
+    if "window_kl" in ref and others:
+        lines += ["", f"{model}, {ref['class']} formats paired with {reference} on the same "
+                      f"{ref.get('windows', '?')} windows ({ref.get('tokens', '?')} scored tokens; base "
+                      f"perplexity {ref.get('ppl_base', math.nan):.1f}); ± is one standard error over "
+                      "windows:",
+                  "", f"| format | KL mean − {reference}'s | ppl ratio vs {reference} |", "|---|---|---|"]
+        for label in others:
+            d = paired(rows[label], ref)
+            lines.append(f"| {label} | {d['dkl']:+.3g} ± {d['dkl_se']:.2g} | "
+                         f"{d['ppl_ratio']:.4f} ± {d['ppl_ratio_se']:.2g} |")
+    return lines
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default="minilm,smollm2")
+    parser.add_argument("--models", default="minilm,smollm2", help=f"comma-separated: {','.join(FIXTURES)}")
     parser.add_argument("--formats", default=None, help="comma-separated labels (default: all)")
-    parser.add_argument("--tokens", type=int, default=2048, help="SmolLM2 tokens scored for KL/ppl")
-    parser.add_argument("--window", type=int, default=512)
+    parser.add_argument("--tokens", type=int, default=2048, help="causal-LM tokens scored for KL/ppl")
+    parser.add_argument("--window", type=int, default=512, help="causal-LM window (cut to the context)")
     parser.add_argument("--sentences", type=int, default=64, help="MiniLM sentences for the cosine")
     parser.add_argument("--no-kl", action="store_true")
     parser.add_argument("--no-timing", action="store_true")
@@ -354,8 +433,11 @@ def main() -> int:
         return 0
     torch.set_num_threads(1)
     print(f"torch threads 1; machine shared (loaded); {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
-    folders = {"minilm": fixtures.minilm(), "smollm2": fixtures.smollm2()}
     models = [m for m in args.models.split(",") if m]
+    unknown = sorted(set(models) - set(FIXTURES))
+    if unknown:
+        parser.error(f"unknown --models {','.join(unknown)} (known: {','.join(FIXTURES)})")
+    folders = {m: FIXTURES[m]() for m in models if m in FIXTURES}
     if args.tables:
         out = {m: table_designs(linear_weights(folders[m])) for m in models}
         if args.json:
@@ -367,7 +449,7 @@ def main() -> int:
             args.json.write_text(json.dumps(out, indent=1))
         return 0
     if args.timing_only:
-        timing = quantize_timing(folders["smollm2"], ["gf3", "gf4", "gf8"])
+        timing = quantize_timing(fixtures.smollm2(), ["gf3", "gf4", "gf8"])
         print(json.dumps(timing, indent=1), flush=True)
         if args.json:
             args.json.write_text(json.dumps({"timing_smollm2": timing}, indent=1))
@@ -380,7 +462,7 @@ def main() -> int:
         weights = linear_weights(folders[model])
         evaluator = None
         if not args.no_kl:
-            if model == "smollm2":
+            if model in CAUSAL:
                 evaluator = CausalEval(folders[model], text, args.tokens, args.window)
             else:
                 paras = [p.strip() for p in text.split("\n\n") if len(p.strip()) > 40]
@@ -393,7 +475,7 @@ def main() -> int:
             if evaluator is not None:
                 row.update(evaluator.compare(decoded))
             results[model][label] = row
-            extra = " ".join(f"{k} {v:.4g}" for k, v in row.items()
+            extra = " ".join(f"{k} {v:.4g}" for k, v in row.items()  # lists (per-window means) skipped
                              if k not in ("sqnr_db", "bits_per_weight", "class") and isinstance(v, float))
             print(f"{model:8s} {label:18s} {row['bits_per_weight']:6.3f} b/w  {row['sqnr_db']:6.2f} dB  "
                   f"{extra}", flush=True)
