@@ -10,8 +10,8 @@ restored weights, speed is source MB per CPU second of `pack` (one thread).
 The same tensors everywhere: every float tensor of 2+ dims (GGUF rows: those whose last dim is a
 multiple of 32, the block size; the rest are counted and left out of the GGUF figures).
 
-KL / perplexity are not measured here (`--max-kl` is not built). SmolLM2 is dequantized from a Q4_1
-GGUF: its weights sit on a 4-bit lattice, so its figures say little about natural weights.
+KL / perplexity are not measured here (bench_pack_kl.py measures `--max-kl`). SmolLM2 is dequantized
+from a Q4_1 GGUF: its weights sit on a 4-bit lattice, so its figures say little about natural weights.
 
 Run: /work/main/.venv/bin/python benchmarks/bench_pack_rd.py [--models minilm smollm2]
      [--steps 6 7 8 9 10] [--peer-python /tmp/benchvenv-h6/bin/python]

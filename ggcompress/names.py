@@ -40,7 +40,7 @@ PACK_METRICS = ("tensors", "params", "coded_tensors", "coded_params", "raw_tenso
                 "file_bytes", "source_bytes", "container_bytes", "ratio", "ratio_bf16", "bits_per_param",
                 "coded_bits_per_param", "payload_bits_per_param", "table_bits_per_param",
                 "entropy_bits_per_param", "eg_bits_per_param", "overhead_vs_entropy", "sqnr_db", "seconds",
-                "mb_per_s", "mean_rel_err", "max_rel_err", "flushed_frac")
+                "mb_per_s", "mean_rel_err", "max_rel_err", "flushed_frac", "kl_mean")
 #: formats.quantize: every numeric value of a checkpoint's ``totals``, plus the alias ``bits_per_param``
 #: (= bits_per_weight) that quantize-rf8's --fail-if adds.
 QUANTIZE_METRICS = ("tensors", "quantized_tensors", "params", "quantized_params", "bytes_before",

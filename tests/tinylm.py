@@ -29,15 +29,18 @@ def build_tokenizer(text: str):
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=END, eos_token=END, unk_token=END)
 
 
-def build_model_folder(folder: Path, text: str, *, seed: int = 0, tie: bool = True) -> Path:
-    """Save a random tiny LlamaForCausalLM (hidden 32, 2 layers) + tokenizer as an HF folder."""
+def build_model_folder(folder: Path, text: str, *, seed: int = 0, tie: bool = True,
+                       init_std: float = 0.02) -> Path:
+    """Save a random tiny LlamaForCausalLM (hidden 32, 2 layers) + tokenizer as an HF folder; a larger
+    ``init_std`` gives peaked next-token distributions (weights that matter to the output)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = build_tokenizer(text)
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         bos_token_id=0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=tie)
+                         bos_token_id=0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=tie,
+                         initializer_range=init_std)
     model = LlamaForCausalLM(config)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

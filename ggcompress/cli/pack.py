@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import click
@@ -47,6 +48,19 @@ class _EgOrder(click.ParamType):
 @click.option("--bits-per-param", "bits_per_param", type=float, metavar="B",
               help="Rate-distortion allocation for the highest SQNR within B coded bits per quantized "
                    "parameter.")
+@click.option("--max-kl", "max_kl", type=float, metavar="K",
+              help="Choose a step per weight tensor for the fewest coded bits whose packed model keeps the "
+                   "mean next-token KL(original || packed) on --calibration text at or below K nats (Fisher-"
+                   "weighted allocation, calibrated by running the packed model). Causal LMs only.")
+@click.option("--calibration", "--calib", "calibration", type=click.Path(exists=True), metavar="TEXT",
+              help="The text --max-kl is measured on (.txt, .jsonl or a folder of them): use text like your "
+                   "model's real inputs. Required with --max-kl.")
+@click.option("--calibration-windows", "--calib-windows", "calibration_windows", type=click.IntRange(min=1),
+              default=8, show_default=True, metavar="N",
+              help="Windows for the Fisher estimate, and as many other (held-out) windows for the KL.")
+@click.option("--calibration-length", "--calib-length", "calibration_length", type=click.IntRange(min=2),
+              default=128, show_default=True, metavar="T",
+              help="Tokens per calibration window, clamped to the model's context.")
 @click.option("--rdoq", is_flag=True,
               help="Rate-distortion-optimized rounding of step symbols: a weight moves one step toward zero "
                    "when the bits saved outweigh the added error (decoding unchanged).")
@@ -70,9 +84,11 @@ class _EgOrder(click.ParamType):
 @click.option("--json", "as_json", is_flag=True, help="Print one versioned JSON document on stdout.")
 @click.option("--force", is_flag=True, help="Replace existing containers.")
 def pack_cmd(checkpoints: tuple[str, ...], output: str, quant: str | None, lossless: bool,
-             target_sqnr: float | None, bits_per_param: float | None, rdoq: bool, workers: int,
-             coder: str, eg_k: int | None, granularity: str, include: str | None, exclude: str | None,
-             fail_if: tuple[str, ...], per_tensor: bool, as_json: bool, force: bool) -> None:
+             target_sqnr: float | None, bits_per_param: float | None, max_kl: float | None,
+             calibration: str | None, calibration_windows: int, calibration_length: int, rdoq: bool,
+             workers: int, coder: str, eg_k: int | None, granularity: str, include: str | None,
+             exclude: str | None, fail_if: tuple[str, ...], per_tensor: bool, as_json: bool,
+             force: bool) -> None:
     """Quantize and entropy-code checkpoints into self-describing .ggz containers.
 
     Weights (float tensors of 2+ dims) are quantized to a uniform step (or RF8 codes), ranked by
@@ -80,11 +96,12 @@ def pack_cmd(checkpoints: tuple[str, ...], output: str, quant: str | None, lossl
     as they are. `ggcompress unpack` restores the HF folder; `ggcompress eval` reads .ggz directly.
 
     `--lossless` stores every tensor bit-exactly instead; `--target-sqnr` / `--bits-per-param` choose a
-    step per tensor for a quality or size target.
+    step per tensor for a quality or size target; `--max-kl K --calibration TEXT` for a KL target.
 
     Example: `ggcompress pack model/ -o model.ggz --quant step:10 --coder rans --fail-if 'ratio<3'`.
     """
     gates = tuple(parse_gate(e) for e in fail_if)
+    _check_kl_usage(max_kl, calibration, quant, lossless, target_sqnr, bits_per_param, rdoq)
     if lossless:
         if quant is not None and quant.strip().lower() not in ("none", "lossless"):
             raise click.UsageError(f"--lossless and --quant {quant} contradict each other; give one")
@@ -94,7 +111,9 @@ def pack_cmd(checkpoints: tuple[str, ...], output: str, quant: str | None, lossl
 
     options = PackOptions(quant=quant, coder=coder, eg_k=eg_k, granularity=granularity, include=include,
                           exclude=exclude, gates=gates, workers=workers, target_sqnr_db=target_sqnr,
-                          bits_per_param=bits_per_param, rdoq=rdoq).checked()
+                          bits_per_param=bits_per_param, rdoq=rdoq, max_kl=max_kl, calibration=calibration,
+                          calibration_windows=calibration_windows,
+                          calibration_length=calibration_length).checked()
     sources = expand_inputs(checkpoints)
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), console=console,
@@ -113,6 +132,27 @@ def pack_cmd(checkpoints: tuple[str, ...], output: str, quant: str | None, lossl
         out = table_console()
         render_pack(doc, out, per_tensor=per_tensor)
     _report_gates(doc)
+
+
+def _check_kl_usage(max_kl: float | None, calibration: str | None, quant: str | None, lossless: bool,
+                    target_sqnr: float | None, bits_per_param: float | None, rdoq: bool) -> None:
+    """--max-kl's usage errors (exit 2), before anything is read."""
+    if max_kl is None:
+        if calibration is not None:
+            raise click.UsageError("--calibration is the text of --max-kl; give --max-kl K too")
+        return
+    if not (math.isfinite(max_kl) and max_kl > 0):
+        raise click.BadParameter(f"{max_kl:g} is not a positive number of nats", param_hint="'--max-kl'")
+    clash = [flag for flag, given in (("--target-sqnr", target_sqnr is not None),
+                                      ("--bits-per-param", bits_per_param is not None),
+                                      ("--lossless", lossless), (f"--quant {quant}", quant is not None),
+                                      ("--rdoq", rdoq)) if given]
+    if clash:
+        raise click.UsageError(f"--max-kl chooses per-tensor steps for a KL target; it does not combine with "
+                               f"{clash[0]}")
+    if calibration is None:
+        raise click.UsageError("--max-kl needs --calibration TEXT: the text the KL is measured on (use text "
+                               "like the model's real inputs)")
 
 
 @click.command("unpack")
@@ -159,6 +199,8 @@ def render_pack(doc: dict[str, Any], out: Console, *, per_tensor: bool = False) 
         if per_tensor:
             out.print(_tensor_table(ck, head))
         out.print(_summary_table(ck, head))
+        if "max_kl" in (ck.get("allocation") or {}):
+            out.print(_kl_table(ck["allocation"]))
 
 
 def _quant_label(q: dict[str, Any]) -> str:
@@ -166,6 +208,7 @@ def _quant_label(q: dict[str, Any]) -> str:
         return "lossless"
     if q["method"] == "steps":
         goal = (f"SQNR {q['target_sqnr_db']:g} dB" if "target_sqnr_db" in q
+                else f"KL ≤ {q['max_kl']:g} nats" if "max_kl" in q
                 else f"{q['bits_per_param']:g} bits/param")
         return f"per-tensor steps for {goal}"
     if q["method"] == "step":
@@ -213,6 +256,23 @@ def _summary_table(ck: dict[str, Any], head: str) -> Table:
         _num(s["eg_bits_per_param"], ".3f"), _num(s.get("sqnr_db"), ".2f"), f"{s['seconds']:.1f} s",
         _num(s["mb_per_s"], ".0f"),
     )
+    return table
+
+
+def _kl_table(a: dict[str, Any]) -> Table:
+    """The --max-kl search: each measured allocation, then the calibration's cost in the caption."""
+    c = a["calibration"]
+    table = Table(title=f"KL search: {a['method']}-weighted allocation, max KL {a['max_kl']:g} nats",
+                  title_justify="left", caption=escape(
+                      f"chosen: predicted KL {a['predicted_kl']:.4g}, measured {a['measured_kl']:.4g} nats "
+                      f"(max {a['max_kl']:g}); Fisher: {c['fisher_windows']} windows × {c['window_tokens']} "
+                      f"tokens, {c['fisher_seconds_cpu']:.1f} s CPU; KL: {c['kl_tokens']} held-out tokens, "
+                      f"{a['kl_evaluations']} evaluations, {a['kl_seconds_cpu']:.1f} s CPU"))
+    for col in ("#", "coded b/p (predicted)", "predicted KL", "measured KL", "meets"):
+        table.add_column(col, justify="right")
+    for i, e in enumerate(a["evaluations"], 1):
+        table.add_row(str(i), f"{e['coded_bits_per_param']:.3f}", f"{e['predicted_kl']:.4g}",
+                      f"{e['measured_kl']:.4g}", "yes" if e["meets"] else "no")
     return table
 
 

@@ -100,9 +100,31 @@ class PackOptions:
     target_sqnr_db: float | None = None  # RD allocation of per-tensor steps (codec/rdalloc.py) to this SQNR
     bits_per_param: float | None = None  # ... or to this many coded bits per quantized parameter
     rdoq: bool = False  # step symbols by rate-distortion-optimized rounding (codec/rdoq.py)
+    max_kl: float | None = None  # ... or to this mean next-token KL on calibration text (codec/klalloc.py)
+    calibration: str | None = None  # the text --max-kl is measured on (.txt / .jsonl / a folder of them)
+    calibration_windows: int = 8  # windows for the Fisher, and as many held out for the KL
+    calibration_length: int = 128  # tokens per window, clamped to the model's context
 
     def checked(self) -> PackOptions:
         mode, _ = parse_quant(self.quant)
+        if self.max_kl is not None:
+            if self.target_sqnr_db is not None or self.bits_per_param is not None:
+                raise GGError("--max-kl, --target-sqnr and --bits-per-param are alternative targets; "
+                              "give one")
+            if mode != "auto":
+                raise GGError(f"--quant {self.quant}: --max-kl chooses per-tensor steps itself; omit --quant "
+                              "(and --lossless)")
+            if self.rdoq:
+                raise GGError("--rdoq does not apply to --max-kl (the KL is measured with plain rounding)")
+            if not (isinstance(self.max_kl, int | float) and math.isfinite(self.max_kl) and self.max_kl > 0):
+                raise GGError(f"--max-kl {self.max_kl!r}: must be a positive number of nats")
+            if self.calibration is None:
+                raise GGError("--max-kl needs --calibration TEXT: the text the KL is measured on")
+            if not (isinstance(self.calibration_windows, int) and self.calibration_windows >= 1
+                    and isinstance(self.calibration_length, int) and self.calibration_length >= 2):
+                raise GGError("--calibration-windows must be ≥ 1 and --calibration-length ≥ 2")
+        elif self.calibration is not None:
+            raise GGError("--calibration is the text of --max-kl; give --max-kl too")
         if mode == "none" and (self.include is not None or self.exclude is not None):
             raise GGError("--quant none stores every tensor bit-exactly; --include/--exclude do not apply")
         if self.rdoq and mode in ("rf8", "none"):
@@ -349,6 +371,8 @@ def pack(
     if not srcs:
         raise GGError("no input checkpoints given")
     cks = [open_checkpoint(s) for s in srcs]
+    if opts.max_kl is not None:
+        _check_kl_inputs(cks, opts)
     outs = output_paths(srcs, out)
     for o in outs:
         check_output_path(o, srcs, force=force, kind="file")
@@ -398,6 +422,20 @@ def gate_values(summary: dict[str, Any]) -> dict[str, float | None]:
     return {k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
+def _check_kl_inputs(cks: Sequence[Checkpoint], opts: PackOptions) -> None:
+    """--max-kl runs each input as a causal LM on the calibration text: refuse what cannot, before any
+    work."""
+    from ggcompress.io.loading import check_causal_lm
+
+    for ck in cks:
+        if ck.root is None:
+            raise GGError(f"{ck.source}: --max-kl runs the model, so it needs its HF folder (config.json, "
+                          "tokenizer), not a bare weights file")
+        check_causal_lm(ck.root)
+    if not Path(str(opts.calibration)).expanduser().exists():
+        raise GGError(f"{opts.calibration}: no such calibration text")
+
+
 def _scheme(ck: Checkpoint) -> Any:
     from ggcompress.io.qlayout import read_scheme
 
@@ -411,7 +449,7 @@ def _pack_one(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progres
     scheme = _scheme(ck)
     if mode == "none":
         report = _pack_checkpoint(ck, ck, out, opts, force, progress, lossless=True)
-    elif opts.target_sqnr_db is not None or opts.bits_per_param is not None:
+    elif opts.target_sqnr_db is not None or opts.bits_per_param is not None or opts.max_kl is not None:
         if scheme is not None:
             raise GGError(f"{ck.source}: already quantized ({scheme.format} codes); a quality target needs a "
                           "dense checkpoint")
@@ -443,6 +481,9 @@ def _pack_rd(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progress
     from ggcompress.codec import rdalloc
 
     notify = progress or (lambda desc, d, t: None)
+    cal = None
+    if opts.max_kl is not None:  # load the model first: a model that cannot run fails before the curves
+        cal = _kl_calibration(ck, opts, notify)
     curves = []
     done = 0
     for info, x in ck.iter_tensors():
@@ -452,18 +493,47 @@ def _pack_rd(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progress
                                                 per_octave=4 if info.dtype in ("F32", "F64") else 1))
         done += info.numel
         notify(f"{ck.source} (curves)", done, ck.numel)
-    alloc = rdalloc.allocate(curves, target_sqnr_db=opts.target_sqnr_db, bits_per_param=opts.bits_per_param)
-    steps = {name: 2.0 ** -s for name, s in alloc.steps.items()}
-    report = _pack_checkpoint(ck, ck, out, opts, force, progress, steps=steps, target=alloc.target)
-    labels = {name: f"2^-{s:g}" for name, s in alloc.steps.items()}
+    if cal is not None:
+        from ggcompress.codec import klalloc
+
+        notify(f"{ck.source} (KL search)", 0, 1)
+        found = klalloc.search(curves, cal, float(opts.max_kl))
+        del cal
+        chosen, target = found.steps, {"max_kl": float(opts.max_kl)}
+        allocation = {**found.to_dict(), "calibration": {"text": str(opts.calibration), **found.calibration}}
+    else:
+        alloc = rdalloc.allocate(curves, target_sqnr_db=opts.target_sqnr_db,
+                                 bits_per_param=opts.bits_per_param)
+        chosen, target = alloc.steps, alloc.target
+        allocation = {**alloc.target, "lambda": alloc.lam, "predicted_sqnr_db": alloc.sqnr_db,
+                      "predicted_coded_bits_per_param": alloc.bits_per_param}
+    steps = {name: 2.0 ** -s for name, s in chosen.items()}
+    report = _pack_checkpoint(ck, ck, out, opts, force, progress, steps=steps, target=target)
+    labels = {name: f"2^-{s:g}" for name, s in chosen.items()}
     for row in report["tensors"]:
         if row["name"] in labels:
             row["step"] = labels[row["name"]]
-    report["allocation"] = {
-        **alloc.target, "lambda": alloc.lam, "predicted_sqnr_db": alloc.sqnr_db,
-        "predicted_coded_bits_per_param": alloc.bits_per_param, "steps": labels,
-    }
+    report["allocation"] = {**allocation, "steps": labels}
+    if opts.max_kl is not None:
+        report["summary"]["kl_mean"] = allocation["measured_kl"]
     return report
+
+
+def _kl_calibration(ck: Checkpoint, opts: PackOptions, notify: Progress) -> Any:
+    """Fisher weights and the KL probe of ``ck`` on the calibration text (codec/klalloc.py)."""
+    from ggcompress.codec import klalloc
+    from ggcompress.methods.train import read_documents
+
+    docs = read_documents(str(opts.calibration))
+    if not docs:
+        raise GGError(f"{opts.calibration}: the calibration text is empty")
+    names = [info.name for info in ck.tensors if _eligible_step(info, opts)]
+    if not names:
+        raise GGError(f"{ck.source}: no tensor is eligible for quantization, nothing for --max-kl to choose")
+    notify(f"{ck.source} (Fisher, {opts.calibration_windows} windows)", 0, 1)
+    assert ck.root is not None  # checked by _check_kl_inputs
+    return klalloc.calibrate(ck.root, names, "\n\n".join(docs), windows=opts.calibration_windows,
+                             length=opts.calibration_length)
 
 
 def _pack_rf8(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progress: Progress | None,
@@ -616,6 +686,23 @@ def _code_step(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOptions
     restored = torch.from_numpy(coded.restored).view(dtype).reshape(x.shape)
     sig, err = _energies(x, restored)
     return coded, sig, err
+
+
+def restore_step(x: torch.Tensor, step: float, name: str = "tensor") -> torch.Tensor:
+    """What unpack restores for ``x`` packed at ``step`` (plain rounding, no RDOQ): the symbols
+    round_half_even(x / step) times the step in float64, rounded once to the dtype ``_code_step`` stores.
+
+    Used to run a packed model without writing it (pack --max-kl). That dtype is x's own whenever the
+    restored values give the symbols back (always for power-of-two steps); checked here, and otherwise
+    chosen from the distinct symbols exactly as the writer does.
+    """
+    q = rate.quantize(x, step, name)
+    if x.is_floating_point():
+        y = (q.to(torch.float64) * step).to(x.dtype)
+        if bool(torch.isfinite(y).all()) and torch.equal(rate.quantize(y, step, name), q):
+            return y
+    dtype = _restored_dtype(torch.unique(q), step, x.dtype)
+    return (q.to(torch.float64) * step).to(dtype)
 
 
 def _energies(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:

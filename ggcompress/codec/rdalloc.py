@@ -14,14 +14,15 @@ Power-of-two steps keep bf16/fp16 restores exact in the source dtype (see pack._
 
 The curves are estimates (re-rounding from the fine symbols differs from direct rounding only for
 values within half a fine step of a coarse boundary); pack reports the measured SQNR and bits next to
-the predicted ones. ``weights`` (e.g. a sensitivity per tensor) multiply each tensor's error.
+the predicted ones. ``weights`` (e.g. a sensitivity per tensor) multiply each tensor's error; with
+``max_distortion`` the target is the weighted error itself, Σ weight·error (pack --max-kl, codec/klalloc.py).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -97,6 +98,7 @@ class Allocation:
     params: int
     lam: float  # the multiplier that gave it (bits per unit of weighted error energy)
     target: dict[str, float]
+    distortion: float = math.nan  # Σ weight·noise (= noise without weights)
 
     @property
     def sqnr_db(self) -> float:
@@ -118,40 +120,57 @@ def _choose(curves: Sequence[Curve], w: np.ndarray, lam: float) -> tuple[list[in
 
 
 def allocate(curves: Sequence[Curve], *, target_sqnr_db: float | None = None,
-             bits_per_param: float | None = None, weights: Mapping[str, float] | None = None
-             ) -> Allocation:
-    """Per-tensor S minimizing total bits subject to the SQNR target, or error subject to the bit budget.
+             bits_per_param: float | None = None, max_distortion: float | None = None,
+             weights: Mapping[str, float] | None = None) -> Allocation:
+    """Per-tensor S minimizing total bits subject to the SQNR target or to the weighted-error budget
+    ``max_distortion`` (Σ weight·error), or minimizing error subject to the bit budget.
 
-    Bisection on log λ: larger λ buys less error with more bits. The SQNR target is met (when the finest
-    step can meet it) at the smallest λ that does; the bit budget at the largest λ that stays within it.
+    Bisection on log λ: larger λ buys less error with more bits. A quality target is met (when the
+    finest step can meet it) at the smallest λ that does; the bit budget at the largest λ within it.
     """
-    if (target_sqnr_db is None) == (bits_per_param is None):
-        raise GGError("give exactly one of target_sqnr_db and bits_per_param")
+    if sum(t is not None for t in (target_sqnr_db, bits_per_param, max_distortion)) != 1:
+        raise GGError("give exactly one of target_sqnr_db, bits_per_param and max_distortion")
     if not curves:
         raise GGError("no tensors to allocate steps to (nothing is eligible for quantization)")
     w = np.array([float((weights or {}).get(c.name, 1.0)) for c in curves])
+    if not (np.isfinite(w).all() and (w >= 0).all()):
+        raise GGError("allocation weights must be finite and non-negative")
     signal = sum(c.signal for c in curves)
     params = sum(c.numel for c in curves)
-    if target_sqnr_db is not None:
-        budget = signal / 10 ** (target_sqnr_db / 10)
+    work, ww = curves, w
+    if max_distortion is not None:
+        # the weighted error is the constrained quantity: fold the weights into the curves
+        work = [replace(c, noise=c.noise * wi) for c, wi in zip(curves, w, strict=True)]
+        ww = np.ones(len(curves))
+    quality = target_sqnr_db is not None or max_distortion is not None
+    if quality:
+        if target_sqnr_db is not None:
+            budget = signal / 10 ** (target_sqnr_db / 10)
+            target = {"target_sqnr_db": float(target_sqnr_db)}
+        else:
+            assert max_distortion is not None
+            budget = float(max_distortion)
+            target = {"max_distortion": budget}
 
         def ok(lam: float) -> bool:
-            return _choose(curves, w, lam)[2] <= budget
-        target = {"target_sqnr_db": float(target_sqnr_db)}
+            return _choose(work, ww, lam)[2] <= budget
     else:
         assert bits_per_param is not None
         budget_bits = bits_per_param * params
 
         def ok(lam: float) -> bool:  # "ok" = within budget; we want the largest such λ
-            return _choose(curves, w, lam)[1] > budget_bits
+            return _choose(work, ww, lam)[1] > budget_bits
         target = {"bits_per_param": float(bits_per_param)}
     lo, hi = -60.0, 80.0  # log2 λ
-    if target_sqnr_db is not None and not ok(2.0 ** hi):
-        best = 10 * math.log10(signal / _choose(curves, w, 2.0 ** hi)[2])
-        raise GGError(f"SQNR {target_sqnr_db} dB is out of reach with steps down to 2^-{curves[0].s[-1]:g} "
-                      f"(at most {best:.1f} dB)")
+    if quality and not ok(2.0 ** hi):
+        least = _choose(work, ww, 2.0 ** hi)[2]
+        if target_sqnr_db is not None:
+            raise GGError(f"SQNR {target_sqnr_db} dB is out of reach with steps down to "
+                          f"2^-{curves[0].s[-1]:g} (at most {10 * math.log10(signal / least):.1f} dB)")
+        raise GGError(f"weighted distortion {max_distortion:.4g} is out of reach with steps down to "
+                      f"2^-{curves[0].s[-1]:g} (at least {least:.4g})")
     if bits_per_param is not None and ok(2.0 ** lo):
-        least = _choose(curves, w, 2.0 ** lo)[1] / params
+        least = _choose(work, ww, 2.0 ** lo)[1] / params
         raise GGError(f"{bits_per_param} bits/param is below the coarsest allocation "
                       f"({least:.3f} bits/param at steps up to 2^-{curves[0].s[0]:g})")
     for _ in range(70):
@@ -160,17 +179,18 @@ def allocate(curves: Sequence[Curve], *, target_sqnr_db: float | None = None,
             hi = mid
         else:
             lo = mid
-    lam = 2.0 ** (hi if target_sqnr_db is not None else lo)
-    if target_sqnr_db is not None:
-        idx = _refine(curves, _choose(curves, w, 2.0 ** lo)[0], _choose(curves, w, 2.0 ** hi)[0],
-                      lambda b, e: e <= budget, w)
+    lam = 2.0 ** (hi if quality else lo)
+    if quality:
+        idx = _refine(work, _choose(work, ww, 2.0 ** lo)[0], _choose(work, ww, 2.0 ** hi)[0],
+                      lambda b, e: e <= budget, ww)
     else:
-        idx = _refine(curves, _choose(curves, w, 2.0 ** lo)[0], _choose(curves, w, 2.0 ** hi)[0],
-                      lambda b, e: b <= budget_bits, w, stop_when_true=False)
+        idx = _refine(work, _choose(work, ww, 2.0 ** lo)[0], _choose(work, ww, 2.0 ** hi)[0],
+                      lambda b, e: b <= budget_bits, ww, stop_when_true=False)
     bits = sum(float(c.bits[i]) for c, i in zip(curves, idx, strict=True))
     noise = sum(float(c.noise[i]) for c, i in zip(curves, idx, strict=True))
+    distortion = sum(float(c.noise[i]) * wi for c, i, wi in zip(curves, idx, w, strict=True))
     steps = {c.name: float(c.s[i]) for c, i in zip(curves, idx, strict=True)}
-    return Allocation(steps, bits, noise, signal, params, lam, target)
+    return Allocation(steps, bits, noise, signal, params, lam, target, distortion)
 
 
 def _finer_moves(curves: Sequence[Curve], idx: list[int], w: np.ndarray

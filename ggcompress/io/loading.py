@@ -71,6 +71,19 @@ def load_model(path: str | Path, *, device: str = "cpu", dtype: str | None = Non
     return LoadedModel(model=model, tokenizer=tokenizer, source=str(local), kind=kind)
 
 
+def check_causal_lm(folder: str | Path) -> Path:
+    """Refuse up front, with load_model's one-line errors, a folder that cannot run next-token prediction:
+    no config.json, not a causal LM, or no tokenizer files. Reads config.json and file names only."""
+    local = Path(folder).expanduser()
+    if not (local / "config.json").is_file():
+        raise GGError(f"{local}: no config.json, so not an HF model folder")
+    _require_causal_lm(local / "config.json")
+    if not any((local / name).is_file() for name in TOKENIZER_FILES):
+        raise GGError(f"{local}: no tokenizer files (expected tokenizer.json or tokenizer_config.json); "
+                      "copy the base model's tokenizer into the folder")
+    return local
+
+
 def resolve(path: str | Path) -> Path:
     """The local file or folder behind ``path``: itself if it exists, else a hub snapshot."""
     spec = str(path)

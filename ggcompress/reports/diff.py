@@ -33,7 +33,7 @@ _QUANTIZE = {"sqnr_db": 1, "mean_rel_err": -1, "max_rel_err": -1, "flushed_frac"
 _PACK = {"container_bytes": -1, "ratio": 1, "ratio_bf16": 1, "bits_per_param": -1, "coded_bits_per_param": -1,
          "payload_bits_per_param": -1, "table_bits_per_param": -1, "entropy_bits_per_param": -1,
          "eg_bits_per_param": -1, "overhead_vs_entropy": -1, "sqnr_db": 1, "mean_rel_err": -1,
-         "max_rel_err": -1, "flushed_frac": -1}
+         "max_rel_err": -1, "flushed_frac": -1, "kl_mean": -1}
 _EVAL_TEXT = {"ppl": -1, "ppl_ratio": -1, "kl_mean": -1, "kl_median": -1, "kl_p99": -1, "kl_max": -1,
               "same_top1": 1}
 KINDS = ("ggcompress.analyze/1", "ggcompress.quantize/1", "ggcompress.pack/1", "ggcompress.eval/1")

@@ -107,24 +107,40 @@ def calibration_windows(tokenizer: Any, text: str, windows: int, length: int) ->
     return torch.tensor(np.array([ids[s:s + length] for s in starts]), dtype=torch.long)
 
 
-def diagonal_fisher(model: Any, windows: torch.Tensor) -> tuple[dict[str, torch.Tensor], float]:
-    """F̂ (module doc) of every trainable parameter, float32, and the mean window loss.
+def diagonal_fisher(model: Any, windows: torch.Tensor, *, sample_labels: bool = False, seed: int = 0
+                    ) -> tuple[dict[str, torch.Tensor], float]:
+    """F̂ (module doc) of every trainable parameter, float32, and the mean window loss (on the text).
 
     One window per backward pass, so each squared gradient is one window's; the model's own
     parameters are not changed (gradients are cleared afterwards).
+
+    ``sample_labels``: the gradient is taken of the NLL of next tokens *drawn from the model's own
+    distribution* at each position (one draw per position, torch.Generator seeded with ``seed``)
+    instead of the text's — the "true" Fisher E_{y~P}[(∂ log p(y)/∂θ)²], the Hessian of KL(P ‖ P_θ+δ)
+    at δ = 0. The drawn tokens' scores have zero mean and are independent given the (real) contexts,
+    so (scored tokens per window) × F̂ estimates the per-token Fisher without bias; pack --max-kl
+    uses it to predict the KL (codec/klalloc.py).
     """
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params}
     was_training = model.training
     model.eval()
     losses = []
+    gen = torch.Generator().manual_seed(seed)
     try:
         for w in windows:
             model.zero_grad(set_to_none=True)
             ids = w[None].to(next(model.parameters()).device)
-            loss = model(input_ids=ids, labels=ids).loss
+            if sample_labels:
+                logits = model(input_ids=ids).logits[0, :-1].float()
+                with torch.no_grad():
+                    drawn = torch.multinomial(torch.softmax(logits, -1).cpu(), 1, generator=gen)[:, 0]
+                    losses.append(float(torch.nn.functional.cross_entropy(logits, ids[0, 1:])))
+                loss = torch.nn.functional.cross_entropy(logits, drawn.to(logits.device))
+            else:
+                loss = model(input_ids=ids, labels=ids).loss
+                losses.append(float(loss.detach()))
             loss.backward()
-            losses.append(float(loss.detach()))
             for n, p in params:
                 if p.grad is not None:
                     g = p.grad.float()

@@ -1,0 +1,174 @@
+"""Bits at a KL target (`pack --max-kl`): one uniform step vs rate–distortion allocation with plain squared
+error vs allocation weighted by each tensor's Fisher sensitivity, side by side.
+
+For each model: one calibration (codec/klalloc.calibrate: Fisher on N windows of the Wikipedia validation
+text, the model's logits on N other windows) and one set of rate/error curves, then for each KL target K
+the same measured search (codec/klalloc.search) with three families of allocations:
+
+- ``uniform``: one step 2^-S for every tensor; the coarsest S on the common grid (quarter S for fp32,
+  whole S when a tensor is bf16) whose measured KL ≤ K;
+- ``mse``: per-tensor steps, weights 1 (what --target-sqnr does), the error budget moved until KL ≤ K;
+- ``fisher``: per-tensor steps, weights F̄_t (what --max-kl does).
+
+Two comparisons: *at the target* (the cheapest allocation each search found with measured KL ≤ K: what a
+user gets) and *at equal measured KL* (each method's measured (bits, KL) points, Pareto frontier,
+bits interpolated linearly in log KL at exactly K — for ``uniform`` that is a fractional step between two
+grid steps, which bf16 tensors could not actually use). Bits are the curves' coded-bit estimates (rANS
+payload + table, as --target-sqnr predicts them); ``--pack`` also packs each chosen allocation for real
+(rANS) and reports the stored bits (slow on SmolLM2: ~25 s CPU each).
+
+SmolLM2 is dequantized from a Q4_1 GGUF: its weights sit on a 4-bit lattice, so its figures say little
+about natural weights. The Wikipedia LM (fixtures.wiki_lm, 5.5M params, fp32) was trained on the train
+split of the same text, so the validation text is held out for it.
+
+Run: PYTHONPATH=. .venv/bin/python benchmarks/bench_pack_kl.py [--models wiki smollm2]
+     [--kl 0.01 0.03 0.1] [--pack] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("GGCOMPRESS_WORKERS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from datetime import date  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ggcompress import __version__, fixtures  # noqa: E402
+from ggcompress.codec import klalloc, rdalloc  # noqa: E402
+from ggcompress.codec.pack import PackOptions, _pack_checkpoint  # noqa: E402
+from ggcompress.io.checkpoint import open_checkpoint  # noqa: E402
+
+MODELS = {"wiki": fixtures.wiki_lm, "smollm2": fixtures.smollm2}
+METHODS = ("uniform", "mse", "fisher")
+
+
+def frontier_bits(points: list[tuple[float, float]], k: float) -> float | None:
+    """Bits at measured KL = k on the Pareto frontier of (bits, KL) points, linear in log KL between the
+    two frontier points around k; None when no point lies on one side."""
+    pts = sorted(points)  # by bits
+    front: list[tuple[float, float]] = []
+    for b, m in sorted(pts, key=lambda p: (p[1], p[0])):  # by KL: keep a point only if it is cheaper
+        if not front or b < front[-1][0]:
+            front.append((b, m))
+    below = [p for p in front if p[1] <= k]
+    above = [p for p in front if p[1] > k]
+    if not below or not above:
+        return None
+    (b0, m0), (b1, m1) = below[-1], above[0]  # the cheapest within k, the dearest above it
+    if m0 <= 0:
+        return b0
+    t = (math.log(k) - math.log(m0)) / (math.log(m1) - math.log(m0))
+    return b0 + t * (b1 - b0)
+
+
+def real_bits(src: Path, steps: dict[str, float], work: Path) -> float:
+    """Pack ``src`` with these per-tensor steps (rANS) and return the stored coded bits/param."""
+    ck = open_checkpoint(src)
+    rep = _pack_checkpoint(ck, ck, work / "x.ggz", PackOptions(coder="rans"), True, None,
+                           steps={n: 2.0 ** -s for n, s in steps.items()}, target={"max_kl": 0})
+    return rep["summary"]["coded_bits_per_param"]
+
+
+def run_model(name: str, kls: list[float], text: str, do_pack: bool, work: Path) -> dict:
+    src = Path(MODELS[name]())
+    ck = open_checkpoint(src)
+    names = [i.name for i in ck.tensors if i.is_float and len(i.shape) >= 2 and i.numel]
+    c0 = time.process_time()
+    cal = klalloc.calibrate(src, names, text)
+    cal_cpu = time.process_time() - c0
+    c0 = time.process_time()
+    curves = [rdalloc.measure_curve(x, i.name, per_octave=4 if i.dtype in ("F32", "F64") else 1)
+              for i, x in ck.iter_tensors(names)]
+    curve_cpu = time.process_time() - c0
+    rel, _ = cal.weights(names)
+    numel = np.array([c.numel for c in curves], dtype=np.float64)
+    w = np.array([rel[c.name] for c in curves])
+    # the high-rate saving the weights allow: ½·(log2 of the mean weight − mean log2 weight), per param
+    bound = 0.5 * (math.log2(float((numel * w).sum() / numel.sum()))
+                   - float((numel * np.log2(w)).sum() / numel.sum()))
+    rows = []
+    points: dict[str, list[tuple[float, float]]] = {m: [] for m in METHODS}
+    for k in kls:
+        for m in METHODS:
+            c0 = time.process_time()
+            r = klalloc.search(curves, cal, k, method=m)
+            cpu = time.process_time() - c0
+            points[m] += [(e.bits / r.params, e.measured_kl) for e in r.evaluations]
+            row = {"model": name, "max_kl": k, "method": m, "bits": r.bits_per_param,
+                   "measured_kl": r.measured_kl, "predicted_kl": r.predicted_kl,
+                   "evaluations": len(r.evaluations), "cpu_s": cpu,
+                   "steps": sorted(set(r.steps.values())),
+                   "uniform_s": next(iter(r.steps.values())) if m == "uniform" else None}
+            if do_pack:
+                row["stored_bits"] = real_bits(src, r.steps, work)
+            rows.append(row)
+    for row in rows:
+        row["bits_equal_kl"] = frontier_bits(points[row["method"]], row["max_kl"])
+    return {"model": name, "source": str(src), "params": int(sum(c.numel for c in curves)),
+            "tensors": len(curves), "calibration": cal.info, "calibration_cpu_s": cal_cpu,
+            "curves_cpu_s": curve_cpu, "weight_spread": [float(w.min()), float(w.max())],
+            "high_rate_bound_bits": bound, "rows": rows}
+
+
+def print_model(res: dict) -> None:
+    c = res["calibration"]
+    print(f"\n## {res['model']} ({res['params']:,} quantized params in {res['tensors']} tensors)\n")
+    print(f"Calibration: Fisher {c['fisher_windows']} × {c['window_tokens']} tokens "
+          f"{c['fisher_seconds_cpu']:.1f} s CPU; KL on {c['kl_tokens']} held-out tokens; calibrate() "
+          f"{res['calibration_cpu_s']:.1f} s CPU in all; curves {res['curves_cpu_s']:.1f} s CPU. Fisher "
+          f"weights w_t = F̄_t/F̄ span {res['weight_spread'][0]:.3g}–{res['weight_spread'][1]:.3g}; "
+          f"high-rate bound on the saving vs one step: {res['high_rate_bound_bits']:.3f} bits/param.\n")
+    stored = any("stored_bits" in r for r in res["rows"])
+    print("| max KL | method | bits/param at target | measured KL | predicted KL | vs uniform | "
+          "bits/param at equal KL | vs uniform | evals | search CPU s |"
+          + (" stored b/p |" if stored else ""))
+    print("|---|---|---|---|---|---|---|---|---|---|" + ("---|" if stored else ""))
+    for r in res["rows"]:
+        uni = next(u for u in res["rows"] if u["max_kl"] == r["max_kl"] and u["method"] == "uniform")
+        vs = f"{r['bits'] / uni['bits'] - 1:+.1%}" if r["method"] != "uniform" else f"S = {r['uniform_s']:g}"
+        eq, ueq = r["bits_equal_kl"], uni["bits_equal_kl"]
+        eq_s = f"{eq:.3f}" if eq is not None else "n/a"
+        vs_eq = f"{eq / ueq - 1:+.1%}" if eq is not None and ueq and r["method"] != "uniform" else ""
+        print(f"| {r['max_kl']:g} | {r['method']} | {r['bits']:.3f} | {r['measured_kl']:.4f} | "
+              f"{r['predicted_kl']:.4f} | {vs} | {eq_s} | {vs_eq} | {r['evaluations']} | {r['cpu_s']:.1f} |"
+              + (f" {r['stored_bits']:.3f} |" if stored else ""))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--kl", nargs="+", type=float, default=[0.01, 0.03, 0.1])
+    ap.add_argument("--pack", action="store_true", help="also pack every chosen allocation (rANS)")
+    ap.add_argument("--json", type=Path, help="write the rows here")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    text = Path(fixtures.text()[1]).read_text(encoding="utf-8")
+    print(f"# bench_pack_kl — ggcompress {__version__}, {date.today()}, {platform.machine()}, "
+          f"{os.cpu_count()} shared CPUs, one thread; calibration: Wikipedia validation text")
+    t0 = time.process_time()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-kl-") as tmp:
+        for model in args.models:
+            res = run_model(model, args.kl, text, args.pack, Path(tmp))
+            print_model(res)
+            results.append(res)
+    total = time.process_time() - t0
+    print(f"\nTotal: {total:.0f} s CPU.")
+    if args.json:
+        doc = {"version": __version__, "cpu_s": total, "models": results}
+        args.json.write_text(json.dumps(doc, indent=1))
+
+
+if __name__ == "__main__":
+    main()
