@@ -8,7 +8,13 @@ the same measured search (codec/klalloc.search) with three families of allocatio
 - ``uniform``: one step 2^-S for every tensor; the coarsest S on the common grid (quarter S for fp32,
   whole S when a tensor is bf16) whose measured KL ≤ K;
 - ``mse``: per-tensor steps, weights 1 (what --target-sqnr does), the error budget moved until KL ≤ K;
-- ``fisher``: per-tensor steps, weights F̄_t (what --max-kl does).
+- ``fisher``: per-tensor steps, weights F̄_t (what --max-kl does);
+- ``fisher-rows``: one power-of-two step per row (output channel), weights F̄_r per row
+  (--max-kl --step-granularity row); bits include the int8 S per row. For each chosen per-row
+  allocation the script also estimates one rANS table per tensor (what the container does) against one
+  table per group of rows with equal S (rdalloc.row_coding_bits).
+
+``--sqnr`` adds --target-sqnr per-tensor vs per-row on MiniLM (fixtures.minilm), packed for real (rANS).
 
 Two comparisons: *at the target* (the cheapest allocation each search found with measured KL ≤ K: what a
 user gets) and *at equal measured KL* (each method's measured (bits, KL) points, Pareto frontier,
@@ -50,7 +56,7 @@ from ggcompress.codec.pack import PackOptions, _pack_checkpoint  # noqa: E402
 from ggcompress.io.checkpoint import open_checkpoint  # noqa: E402
 
 MODELS = {"wiki": fixtures.wiki_lm, "smollm2": fixtures.smollm2}
-METHODS = ("uniform", "mse", "fisher")
+METHODS = ("uniform", "mse", "fisher", "fisher-rows")
 
 
 def frontier_bits(points: list[tuple[float, float]], k: float) -> float | None:
@@ -75,6 +81,10 @@ def frontier_bits(points: list[tuple[float, float]], k: float) -> float | None:
 def real_bits(src: Path, steps: dict[str, float], work: Path) -> float:
     """Pack ``src`` with these per-tensor steps (rANS) and return the stored coded bits/param."""
     ck = open_checkpoint(src)
+    if any(isinstance(s, np.ndarray) for s in steps.values()):
+        rep = _pack_checkpoint(ck, ck, work / "x.ggz", PackOptions(coder="rans"), True, None,
+                               row_steps=steps, target={"max_kl": 0})
+        return rep["summary"]["coded_bits_per_param"]
     rep = _pack_checkpoint(ck, ck, work / "x.ggz", PackOptions(coder="rans"), True, None,
                            steps={n: 2.0 ** -s for n, s in steps.items()}, target={"max_kl": 0})
     return rep["summary"]["coded_bits_per_param"]
@@ -91,6 +101,9 @@ def run_model(name: str, kls: list[float], text: str, do_pack: bool, work: Path)
     curves = [rdalloc.measure_curve(x, i.name, per_octave=4 if i.dtype in ("F32", "F64") else 1)
               for i, x in ck.iter_tensors(names)]
     curve_cpu = time.process_time() - c0
+    c0 = time.process_time()
+    row_curves = [rdalloc.measure_row_curves(x, i.name) for i, x in ck.iter_tensors(names)]
+    row_curve_cpu = time.process_time() - c0
     rel, _ = cal.weights(names)
     numel = np.array([c.numel for c in curves], dtype=np.float64)
     w = np.array([rel[c.name] for c in curves])
@@ -102,14 +115,26 @@ def run_model(name: str, kls: list[float], text: str, do_pack: bool, work: Path)
     for k in kls:
         for m in METHODS:
             c0 = time.process_time()
-            r = klalloc.search(curves, cal, k, method=m)
+            if m == "fisher-rows":
+                r = klalloc.search_rows(row_curves, cal, k)
+            else:
+                r = klalloc.search(curves, cal, k, method=m)
             cpu = time.process_time() - c0
             points[m] += [(e.bits / r.params, e.measured_kl) for e in r.evaluations]
             row = {"model": name, "max_kl": k, "method": m, "bits": r.bits_per_param,
                    "measured_kl": r.measured_kl, "predicted_kl": r.predicted_kl,
                    "evaluations": len(r.evaluations), "cpu_s": cpu,
-                   "steps": sorted(set(r.steps.values())),
+                   "steps": sorted({float(v) for s in r.steps.values() for v in np.atleast_1d(s)}),
                    "uniform_s": next(iter(r.steps.values())) if m == "uniform" else None}
+            if m == "fisher-rows":
+                one = groups = 0.0
+                for i, x in ck.iter_tensors(names):
+                    t = rdalloc.row_coding_bits(x, r.steps[i.name])
+                    one += t["one_table"]
+                    groups += t["table_per_group"]
+                side = rdalloc.ROW_SIDE_BITS * sum(c.rows for c in row_curves)
+                row["one_table_bits"] = (one + side) / r.params
+                row["group_tables_bits"] = (groups + side) / r.params
             if do_pack:
                 row["stored_bits"] = real_bits(src, r.steps, work)
             rows.append(row)
@@ -117,7 +142,8 @@ def run_model(name: str, kls: list[float], text: str, do_pack: bool, work: Path)
         row["bits_equal_kl"] = frontier_bits(points[row["method"]], row["max_kl"])
     return {"model": name, "source": str(src), "params": int(sum(c.numel for c in curves)),
             "tensors": len(curves), "calibration": cal.info, "calibration_cpu_s": cal_cpu,
-            "curves_cpu_s": curve_cpu, "weight_spread": [float(w.min()), float(w.max())],
+            "curves_cpu_s": curve_cpu, "row_curves_cpu_s": row_curve_cpu,
+            "weight_spread": [float(w.min()), float(w.max())],
             "high_rate_bound_bits": bound, "rows": rows}
 
 
@@ -126,7 +152,8 @@ def print_model(res: dict) -> None:
     print(f"\n## {res['model']} ({res['params']:,} quantized params in {res['tensors']} tensors)\n")
     print(f"Calibration: Fisher {c['fisher_windows']} × {c['window_tokens']} tokens "
           f"{c['fisher_seconds_cpu']:.1f} s CPU; KL on {c['kl_tokens']} held-out tokens; calibrate() "
-          f"{res['calibration_cpu_s']:.1f} s CPU in all; curves {res['curves_cpu_s']:.1f} s CPU. Fisher "
+          f"{res['calibration_cpu_s']:.1f} s CPU in all; curves {res['curves_cpu_s']:.1f} s CPU, row curves "
+          f"{res['row_curves_cpu_s']:.1f} s CPU. Fisher "
           f"weights w_t = F̄_t/F̄ span {res['weight_spread'][0]:.3g}–{res['weight_spread'][1]:.3g}; "
           f"high-rate bound on the saving vs one step: {res['high_rate_bound_bits']:.3f} bits/param.\n")
     stored = any("stored_bits" in r for r in res["rows"])
@@ -143,6 +170,37 @@ def print_model(res: dict) -> None:
         print(f"| {r['max_kl']:g} | {r['method']} | {r['bits']:.3f} | {r['measured_kl']:.4f} | "
               f"{r['predicted_kl']:.4f} | {vs} | {eq_s} | {vs_eq} | {r['evaluations']} | {r['cpu_s']:.1f} |"
               + (f" {r['stored_bits']:.3f} |" if stored else ""))
+    for r in res["rows"]:
+        if "one_table_bits" in r:
+            print(f"\nfisher-rows at KL {r['max_kl']:g}: estimated {r['one_table_bits']:.3f} bits/param with "
+                  f"one table per tensor, {r['group_tables_bits']:.3f} with one table per group of equal-S "
+                  f"rows "
+                  f"(S arrays included; allocation estimate {r['bits']:.3f}).")
+
+
+def run_sqnr(targets: list[float], work: Path) -> list[dict]:
+    """--target-sqnr on MiniLM, per-tensor vs per-row steps, packed for real (rANS)."""
+    from ggcompress.codec.pack import pack
+
+    src = fixtures.minilm()
+    out = []
+    for t in targets:
+        for g in ("tensor", "row"):
+            c0 = time.process_time()
+            ck = pack(src, work / "m.ggz", PackOptions(target_sqnr_db=t, coder="rans", step_granularity=g),
+                      force=True)["checkpoints"][0]
+            s = ck["summary"]
+            out.append({"target_sqnr_db": t, "granularity": g,
+                        "coded_bits_per_param": s["coded_bits_per_param"],
+                        "predicted_bits_per_param": ck["allocation"]["predicted_coded_bits_per_param"],
+                        "sqnr_db": s["sqnr_db"], "cpu_s": time.process_time() - c0})
+    print("\n## MiniLM --target-sqnr: per-tensor vs per-row steps (packed, rANS)\n")
+    print("| target SQNR dB | granularity | stored coded bits/param | predicted | measured SQNR dB | CPU s |")
+    print("|---|---|---|---|---|---|")
+    for r in out:
+        print(f"| {r['target_sqnr_db']:g} | {r['granularity']} | {r['coded_bits_per_param']:.3f} | "
+              f"{r['predicted_bits_per_param']:.3f} | {r['sqnr_db']:.2f} | {r['cpu_s']:.1f} |")
+    return out
 
 
 def main() -> None:
@@ -151,6 +209,9 @@ def main() -> None:
     ap.add_argument("--kl", nargs="+", type=float, default=[0.01, 0.03, 0.1])
     ap.add_argument("--pack", action="store_true", help="also pack every chosen allocation (rANS)")
     ap.add_argument("--json", type=Path, help="write the rows here")
+    ap.add_argument("--sqnr", nargs="*", type=float,
+                    help="also MiniLM --target-sqnr per-tensor vs per-row at these targets (dB; "
+                    "default 30 40)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     text = Path(fixtures.text()[1]).read_text(encoding="utf-8")
@@ -163,10 +224,11 @@ def main() -> None:
             res = run_model(model, args.kl, text, args.pack, Path(tmp))
             print_model(res)
             results.append(res)
+        sqnr = run_sqnr(args.sqnr or [30.0, 40.0], Path(tmp)) if args.sqnr is not None else []
     total = time.process_time() - t0
     print(f"\nTotal: {total:.0f} s CPU.")
     if args.json:
-        doc = {"version": __version__, "cpu_s": total, "models": results}
+        doc = {"version": __version__, "cpu_s": total, "models": results, "sqnr": sqnr}
         args.json.write_text(json.dumps(doc, indent=1))
 
 

@@ -224,3 +224,42 @@ def test_cli_prints_the_search_and_json_has_it(lm, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     ck = json.loads(res.stdout)["checkpoints"][0]
     assert np.isfinite(ck["allocation"]["measured_kl"]) and ck["allocation"]["measured_kl"] <= 0.01
+
+
+def test_row_steps_meet_the_kl_and_restore_each_row_at_its_step(lm, tmp_path: Path) -> None:
+    """--max-kl --step-granularity row: the .ggz's own KL (computed here from its restored weights) is
+    within the target, every row restores as round(w · 2^S_r) · 2^-S_r with the stored S_r."""
+    folder, calib, text = lm
+    out = tmp_path / "rows.ggz"
+    doc = P.pack(folder, out, P.PackOptions(max_kl=0.01, calibration=str(calib), coder="rans",
+                                            step_granularity="row", **CAL))
+    ck = doc["checkpoints"][0]
+    a = ck["allocation"]
+    assert ck["quantization"] == {"method": "steps", "granularity": "row", "max_kl": 0.01}
+    assert a["method"] == "fisher-rows" and a["granularity"] == "row" and a["measured_kl"] <= 0.01
+    packed = P.open_packed(out)
+    assert packed.header["format_version"] == 3
+    blob = out.read_bytes()
+    source = {i.name: x for i, x in open_checkpoint(folder).iter_tensors()}
+    restored = dict(P.read_packed(out))
+    rowed = [t for t in packed.tensors if "row_steps" in t]
+    assert rowed and {t["name"] for t in rowed} == set(a["steps"])
+    distinct = set()
+    for t in rowed:
+        at = packed.data_start + t["offset"] + t["row_steps"]["offset"]
+        s_rows = np.frombuffer(blob[at:at + t["row_steps"]["length"]], dtype=np.int8)
+        x = source[t["name"]]
+        m = x.reshape(x.shape[0], -1).to(torch.float64)
+        want = torch.stack([torch.round(m[r] * 2.0 ** int(s)) / 2.0 ** int(s) for r, s in enumerate(s_rows)])
+        assert torch.equal(restored[t["name"]], want.to(x.dtype).reshape(x.shape)), t["name"]
+        distinct |= set(s_rows.tolist())
+    assert len(distinct) > 1
+    # the KL of the container's weights, measured here in float64
+    base = load_model(folder, dtype="float32")
+    _, held = klalloc.split_windows(base.tokenizer, text, CAL["calibration_windows"],
+                                    CAL["calibration_length"])
+    with torch.inference_mode():
+        base_logits = base.model(input_ids=held).logits[:, :-1]
+        logits = load_model(out, dtype="float32").model(input_ids=held).logits[:, :-1]
+    kl = float(kl_float64(base_logits, logits).mean())
+    assert kl <= 0.01 and a["measured_kl"] == pytest.approx(kl, rel=1e-9, abs=1e-12)

@@ -156,3 +156,172 @@ def test_target_between_steps_is_not_overshot() -> None:
     at9 = 10 * np.log10(total * 4e-4 / (total * 4.0**-9 / 12))
     a = rdalloc.allocate(curves, target_sqnr_db=at9 + 3.0)
     assert at9 + 3.0 <= a.sqnr_db < at9 + 3.5
+
+
+# ----------------------------------------------------------------------------------- per-row steps
+
+
+@pytest.fixture
+def rowwise(tmp_path: Path) -> Path:
+    """Rows of very different scales (what per-row steps are for), bf16 and fp32, and a 3-D tensor."""
+    path = tmp_path / "r"
+    path.mkdir()
+    scale = torch.logspace(-3, -1, 96)[:, None]
+    save_file({
+        "a.weight": (gg((96, 128), 1.0, 1.0, 3) * scale).to(torch.bfloat16),
+        "b.weight": gg((64, 96), 0.6, 0.03, 4),
+        "c.weight": gg((48, 64), 2.0, 0.01, 5).reshape(12, 4, 64).contiguous(),
+        "norm.weight": torch.ones(96),
+    }, str(path / "model.safetensors"))
+    (path / "config.json").write_text("{}")
+    return path
+
+
+def reference_rows(x: torch.Tensor, s_rows: np.ndarray) -> torch.Tensor:
+    """Independent float64 recomputation: each row r rounded half to even at 2^-S_r, in x's dtype."""
+    out = torch.empty(x.shape, dtype=torch.float64)
+    flat, dst = x.reshape(x.shape[0], -1).to(torch.float64), out.view(x.shape[0], -1)
+    for r in range(x.shape[0]):
+        step = 2.0 ** -int(s_rows[r])
+        dst[r] = torch.round(flat[r] / step) * step
+    return out.to(x.dtype)
+
+
+def stored_row_steps(path: Path) -> dict[str, np.ndarray]:
+    """The int8 S arrays read straight from the container bytes (docs/format.md §4)."""
+    packed = P.open_packed(path)
+    blob = path.read_bytes()
+    out = {}
+    for t in packed.tensors:
+        if "row_steps" in t:
+            at = packed.data_start + t["offset"] + t["row_steps"]["offset"]
+            out[t["name"]] = np.frombuffer(blob[at:at + t["row_steps"]["length"]], dtype=np.int8)
+    return out
+
+
+def test_row_curves_sum_to_the_tensor_rate_and_exact_errors(rowwise: Path) -> None:
+    """Summed over rows at one S, the row bits are the tensor's entropy + table (direct rounding, computed
+    here with numpy); row errors are exact."""
+    for info, x in open_checkpoint(rowwise).iter_tensors():
+        if info.name == "norm.weight":
+            continue
+        rc = rdalloc.measure_row_curves(x, info.name)
+        assert rc.bits.shape == rc.noise.shape == (x.shape[0], 17)
+        m = x.reshape(x.shape[0], -1).to(torch.float64).numpy()
+        for s in (2, 7, 12, 16):
+            q = np.round(m * 2.0 ** s)
+            u, c = np.unique(q, return_counts=True)
+            h = -(c * np.log2(c / q.size)).sum()
+            table = u.size * (max(int(u.max() - u.min()).bit_length(), 1) + rdalloc.TABLE_BITS_PER_SYMBOL)
+            assert rc.bits[:, s].sum() == pytest.approx(h + table, rel=1e-9)
+            assert rc.noise[:, s] == pytest.approx(((m - q * 2.0 ** -s) ** 2).sum(1), rel=1e-9, abs=1e-300)
+
+
+@pytest.mark.parametrize("target", [30.0, 42.0])
+def test_row_steps_meet_the_sqnr_and_restore_each_row_exactly(rowwise: Path, tmp_path: Path,
+                                                              target: float) -> None:
+    out = tmp_path / "rows.ggz"
+    doc = P.pack(rowwise, out, P.PackOptions(target_sqnr_db=target, coder="rans", step_granularity="row"))
+    ck = doc["checkpoints"][0]
+    assert ck["quantization"] == {"method": "steps", "granularity": "row", "target_sqnr_db": target}
+    assert P.open_packed(out).header["format_version"] == 3
+    steps = stored_row_steps(out)
+    assert set(steps) == {"a.weight", "b.weight", "c.weight"}
+    assert len(set(steps["a.weight"].tolist())) > 1  # rows of different scales get different steps
+    source = {i.name: x for i, x in open_checkpoint(rowwise).iter_tensors()}
+    sig = err = 0.0
+    for name, y in P.read_packed(out):
+        x = source[name]
+        want = reference_rows(x, steps[name]) if name in steps else x
+        assert y.dtype == x.dtype and torch.equal(y, want), name
+        if name in steps:
+            sig += float((x.double() ** 2).sum())
+            err += float(((x.double() - y.double()) ** 2).sum())
+    measured = 10 * np.log10(sig / err)
+    assert measured >= target  # row errors are exact, so the target holds as measured
+    assert ck["summary"]["sqnr_db"] == pytest.approx(measured, abs=1e-3)
+    # the S arrays (8 bits per row) are counted in the coded bits
+    rows = sum(s.size for s in steps.values())
+    tables = sum(t["table_bits"] for t in ck["tensors"] if t["name"] in steps)
+    assert tables >= 8 * rows
+    # the row curves' estimate (shared table at each S) vs the stored bits (one table for mixed S)
+    predicted = ck["allocation"]["predicted_coded_bits_per_param"]
+    assert ck["summary"]["coded_bits_per_param"] == pytest.approx(predicted, rel=0.06)
+
+
+def test_row_steps_bits_budget_and_errors(rowwise: Path, tmp_path: Path) -> None:
+    doc = P.pack(rowwise, tmp_path / "b.ggz", P.PackOptions(bits_per_param=4.0, coder="rans",
+                                                             step_granularity="row"))
+    s = doc["checkpoints"][0]["summary"]
+    assert 3.5 < s["coded_bits_per_param"] <= 4.0 * 1.08  # one table for mixed S: the estimate is low (docs)
+    with pytest.raises(GGError, match="applies to the allocation targets"):
+        P.PackOptions(quant="step:8", step_granularity="row").checked()
+    with pytest.raises(GGError, match="choose tensor or row"):
+        P.PackOptions(target_sqnr_db=30, step_granularity="column").checked()
+    with pytest.raises(GGError, match="--rdoq"):
+        P.PackOptions(target_sqnr_db=30, step_granularity="row", rdoq=True).checked()
+
+
+def test_allocate_rows_weights_move_steps() -> None:
+    """One λ over rows: a row with 100× the weight gets a finer step than its twin."""
+    x = torch.from_numpy(np.tile(np.random.default_rng(0).normal(0, 0.02, 512), (2, 1))).float()
+    c = rdalloc.measure_row_curves(x, "w")
+    a = rdalloc.allocate_rows([c], max_distortion=float(c.noise[:, 8].sum()) * 2,
+                              weights={"w": np.array([100.0, 1.0])})
+    assert a.steps["w"][0] > a.steps["w"][1]
+    assert a.distortion <= float(c.noise[:, 8].sum()) * 2
+
+
+def test_row_step_containers_refused_cleanly_when_unreadable_or_corrupt(rowwise: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch
+                                                                        ) -> None:
+    """An older reader (read version 2) refuses version 3; a corrupted S array (out of range, wrong
+    length, in a version-2 container) gives one clean `error:` line."""
+    from hostile import join_ggz, split_ggz
+
+    good = tmp_path / "good.ggz"
+    P.pack(rowwise, good, P.PackOptions(target_sqnr_db=35, coder="rans", step_granularity="row"))
+    version, header, body = split_ggz(good.read_bytes())
+    assert version == 3
+
+    def unpack_error(path: Path) -> str:
+        r = CliRunner().invoke(cli, ["unpack", str(path), "-o", str(tmp_path / "out")])
+        lines = [ln for ln in r.output.splitlines() if ln.strip()]
+        assert r.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: "), r.output
+        assert "Traceback" not in r.output and not (tmp_path / "out").exists()
+        return lines[0]
+
+    with monkeypatch.context() as m:  # the reader of the previous version
+        m.setattr(P, "READ_VERSION", 2)
+        assert "container format version 3 is newer" in unpack_error(good)
+
+    def variant(label: str, edit, version: int = 3, data: bytes = body) -> Path:
+        h = json.loads(json.dumps(header))
+        edit(h)
+        path = tmp_path / f"{label}.ggz"
+        path.write_bytes(join_ggz(version, h, data))
+        return path
+
+    entry = next(i for i, t in enumerate(header["tensors"]) if t["name"] == "a.weight")
+
+    def relabel(h):
+        h["format_version"] = 2
+    assert "need format version 3" in unpack_error(variant("v2", relabel, version=2))
+
+    def short(h):
+        h["tensors"][entry]["row_steps"]["length"] -= 1
+    assert "per-row steps holds 95 bytes, 96 expected" in unpack_error(variant("short", short))
+
+    def flat(h):
+        h["tensors"][entry]["shape"] = [96 * 128]
+    assert "2+ dims" in unpack_error(variant("flat", flat))
+
+    t = header["tensors"][entry]
+    for bad in (100, -3, 25):
+        section = bytearray(body[t["offset"]:t["offset"] + t["length"]])
+        section[t["row_steps"]["offset"] + 5] = bad & 0xFF
+        data = body[:t["offset"]] + bytes(section) + body[t["offset"] + t["length"]:]
+
+        def recrc(h, section=section):
+            h["tensors"][entry]["crc32"] = zlib.crc32(section)  # checksum matches: the decoder must refuse
+        assert "per-row S outside 0..24" in unpack_error(variant(f"range{bad}", recrc, data=data))

@@ -61,6 +61,11 @@ class _EgOrder(click.ParamType):
 @click.option("--calibration-length", "--calib-length", "calibration_length", type=click.IntRange(min=2),
               default=128, show_default=True, metavar="T",
               help="Tokens per calibration window, clamped to the model's context.")
+@click.option("--step-granularity", "step_granularity", type=click.Choice(["tensor", "row"]),
+              default="tensor", show_default=True,
+              help="With --target-sqnr / --bits-per-param / --max-kl: one step per weight tensor, or one "
+                   "power-of-two step per row (output channel), stored as an int8 per row (format "
+                   "version 3).")
 @click.option("--rdoq", is_flag=True,
               help="Rate-distortion-optimized rounding of step symbols: a weight moves one step toward zero "
                    "when the bits saved outweigh the added error (decoding unchanged).")
@@ -85,10 +90,10 @@ class _EgOrder(click.ParamType):
 @click.option("--force", is_flag=True, help="Replace existing containers.")
 def pack_cmd(checkpoints: tuple[str, ...], output: str, quant: str | None, lossless: bool,
              target_sqnr: float | None, bits_per_param: float | None, max_kl: float | None,
-             calibration: str | None, calibration_windows: int, calibration_length: int, rdoq: bool,
-             workers: int, coder: str, eg_k: int | None, granularity: str, include: str | None,
-             exclude: str | None, fail_if: tuple[str, ...], per_tensor: bool, as_json: bool,
-             force: bool) -> None:
+             calibration: str | None, calibration_windows: int, calibration_length: int,
+             step_granularity: str, rdoq: bool, workers: int, coder: str, eg_k: int | None,
+             granularity: str, include: str | None, exclude: str | None, fail_if: tuple[str, ...],
+             per_tensor: bool, as_json: bool, force: bool) -> None:
     """Quantize and entropy-code checkpoints into self-describing .ggz containers.
 
     Weights (float tensors of 2+ dims) are quantized to a uniform step (or RF8 codes), ranked by
@@ -113,7 +118,8 @@ def pack_cmd(checkpoints: tuple[str, ...], output: str, quant: str | None, lossl
                           exclude=exclude, gates=gates, workers=workers, target_sqnr_db=target_sqnr,
                           bits_per_param=bits_per_param, rdoq=rdoq, max_kl=max_kl, calibration=calibration,
                           calibration_windows=calibration_windows,
-                          calibration_length=calibration_length).checked()
+                          calibration_length=calibration_length,
+                          step_granularity=step_granularity).checked()
     sources = expand_inputs(checkpoints)
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), console=console,
@@ -210,7 +216,7 @@ def _quant_label(q: dict[str, Any]) -> str:
         goal = (f"SQNR {q['target_sqnr_db']:g} dB" if "target_sqnr_db" in q
                 else f"KL ≤ {q['max_kl']:g} nats" if "max_kl" in q
                 else f"{q['bits_per_param']:g} bits/param")
-        return f"per-tensor steps for {goal}"
+        return f"per-{'row' if q.get('granularity') == 'row' else 'tensor'} steps for {goal}"
     if q["method"] == "step":
         return f"step {q['step_label']}"
     scheme = q["scheme"]

@@ -21,6 +21,8 @@ from ggcompress.stats.rate import MAX_K
 
 #: Encodings and coders this reader decodes (docs/format.md §4-§5).
 ENCODINGS = ("raw", "step", "codes", "lossless")
+#: Format version that introduced per-row steps (a ``row_steps`` section in a step entry).
+ROW_STEPS_VERSION = 3
 CODERS = ("const", "eg", "rans")
 #: Largest exp-Golomb lane the writer makes is 4096 symbols; anything past this is not a lane size.
 MAX_LANE = 1 << 16
@@ -131,7 +133,14 @@ def _tensor(path: Path, header: dict[str, Any], entry: dict[str, Any], what: str
         method = q.get("method") if isinstance(q, dict) else None
         step = q.get("step") if method == "step" else entry.get("step") if method == "steps" else None
         number = isinstance(step, int | float) and not isinstance(step, bool)
-        if not number or not (math.isfinite(step) and step > 0):
+        if "row_steps" in entry:  # per-row steps (format version 3): one int8 S per row, checked on decode
+            if header["format_version"] < ROW_STEPS_VERSION or method != "steps":
+                raise GGError(f"{path}: {what} has per-row steps, which need format version "
+                              f"{ROW_STEPS_VERSION} and quantization method steps — malformed header")
+            if len(shape) < 2:
+                raise GGError(f"{path}: {what}: per-row steps need a tensor of 2+ dims, not shape {shape}")
+            _sub(path, _obj(path, entry, "row_steps", what), length, f"{what} per-row steps", shape[0])
+        elif not number or not (math.isfinite(step) and step > 0):
             raise GGError(f"{path}: {what} is step-coded but has no positive finite step (quantization "
                           f"{_clip(q)}, tensor step {_clip(entry.get('step'))}) — malformed header")
     elif dtype != "U8":
@@ -166,6 +175,8 @@ def _tensor(path: Path, header: dict[str, Any], entry: dict[str, Any], what: str
         _sub(path, rans, length, f"{what} rANS stream")
         _plausible(path, what, nbytes, length)
         extra = 4 * n  # the decoded ranks (int32)
+    if "row_steps" in entry:
+        extra += 16 * n  # int64 symbols and their float64 products
     check_alloc(2 * nbytes + extra, f"{path}: {what} (shape {shape} {dtype})")
 
 

@@ -94,7 +94,7 @@ class KLProbe:
         self.originals = dict(originals)  # name -> tensor in its checkpoint dtype
         self.params = dict(params)
         self.batch = batch
-        self._applied: dict[str, float | None] = dict.fromkeys(self.params)  # None: original values
+        self._applied: dict[str, Any] = dict.fromkeys(self.params)  # None: original values
         self.evaluations = 0
         self.seconds_cpu = 0.0
         self.base = self._logits()
@@ -108,20 +108,27 @@ class KLProbe:
 
         return [block for _, block in next_token_logits(self.model, self.windows, self.batch)]
 
-    def apply(self, steps: Mapping[str, float | None]) -> None:
+    def apply(self, steps: Mapping[str, Any]) -> None:
         """Put each named tensor into the model as unpack would restore it at its step (absent or None:
-        the original); only tensors whose step changed are re-quantized."""
-        from ggcompress.codec.pack import restore_step
+        the original; an int array: per-row S, steps 2^-S_r); only tensors whose step changed are
+        re-quantized."""
+        from ggcompress.codec.pack import restore_rows, restore_step
 
         with torch.no_grad():
             for name, p in self.params.items():
                 step = steps.get(name)
-                if self._applied[name] == step:
+                key = ("rows", np.asarray(step).tobytes()) if isinstance(step, np.ndarray) else step
+                if self._applied[name] == key:
                     continue
                 x = self.originals[name]
-                y = x if step is None else restore_step(x, step, name)
+                if step is None:
+                    y = x
+                elif isinstance(step, np.ndarray):
+                    y = restore_rows(x, step, name)
+                else:
+                    y = restore_step(x, step, name)
                 p.copy_(y.to(p.dtype).reshape(p.shape))
-                self._applied[name] = step
+                self._applied[name] = key
 
     def kl(self, steps: Mapping[str, float | None]) -> float:
         """Mean over every held-out token of KL(P_original ‖ P_packed), nats (float64 from log_softmax)."""
@@ -156,6 +163,7 @@ class Calibration:
     probe: KLProbe
     fisher_mean: dict[str, float]  # F̄ per tensor (mean window-level squared gradient)
     info: dict[str, Any]  # windows, tokens, loss, seconds
+    fisher_rows: dict[str, np.ndarray] = field(default_factory=dict)  # F̄ per row (dim 0) of 2+-dim tensors
 
     def weights(self, names: Sequence[str]) -> tuple[dict[str, float], float]:
         """(w_t = F̄_t / F̄ floored at WEIGHT_FLOOR, F̄): relative weights and the parameter-weighted mean."""
@@ -205,6 +213,8 @@ def calibrate(folder: str | Path, names: Sequence[str], text: str, *, windows: i
         originals[info.name] = x
     fisher, loss = diagonal_fisher(lm.model, fisher_win, sample_labels=True)
     fisher_mean = {n: float(fisher[canonical[id(params[n])]].mean(dtype=torch.float64)) for n in names}
+    fisher_rows = {n: fisher[canonical[id(params[n])]].reshape(params[n].shape[0], -1)
+                   .mean(1, dtype=torch.float64).numpy() for n in names if params[n].dim() >= 2}
     f_cpu, f_wall = time.process_time() - t_cpu, time.perf_counter() - t_wall
     del fisher
     probe = KLProbe(lm.model, kl_win, originals, {n: params[n] for n in names})
@@ -215,7 +225,7 @@ def calibrate(folder: str | Path, names: Sequence[str], text: str, *, windows: i
         "fisher_seconds_cpu": f_cpu, "fisher_seconds_wall": f_wall,
         "seconds_cpu": time.process_time() - t_cpu, "seconds_wall": time.perf_counter() - t_wall,
     }
-    return Calibration(probe, fisher_mean, info)
+    return Calibration(probe, fisher_mean, info, fisher_rows)
 
 
 # ------------------------------------------------------------------------------------------ search
@@ -363,13 +373,23 @@ def _search_budget(curves: Sequence[rdalloc.Curve], weights: Mapping[str, float]
     w = np.array([weights[c.name] for c in curves])
     d_min = float(sum(wi * c.noise[-1] for wi, c in zip(w, curves, strict=True)))
     d_max = float(sum(wi * c.noise[0] for wi, c in zip(w, curves, strict=True)))
-    cache: dict[float, tuple[int, ...]] = {}
 
-    def alloc(d: float) -> tuple[int, ...]:
+    def allocation(d: float) -> tuple[int, ...]:
+        return tuple(_indices(curves, rdalloc.allocate(curves, max_distortion=d, weights=weights).steps))
+
+    return _search_d(allocation, d_min, d_max, fbar, evaluate, max_kl, max_evals, bits_tol)
+
+
+def _search_d(allocation: Callable[[float], Any], d_min: float, d_max: float, fbar: float,
+              evaluate: Callable[[float, Any], KLEvaluation], max_kl: float, max_evals: int,
+              bits_tol: float) -> list[KLEvaluation]:
+    """The budget search of _search_budget on any allocation ``D -> hashable key`` in D_min..D_max."""
+    cache: dict[float, Any] = {}
+
+    def alloc(d: float) -> Any:
         d = min(max(d, d_min), d_max)
         if d not in cache:
-            a = rdalloc.allocate(curves, max_distortion=d, weights=weights)
-            cache[d] = tuple(_indices(curves, a.steps))
+            cache[d] = allocation(d)
         return cache[d]
 
     points: list[tuple[float, KLEvaluation]] = []  # (D, evaluation)
@@ -482,3 +502,97 @@ def _search_uniform(curves: Sequence[rdalloc.Curve], evaluate: Callable[[float, 
         if pred[g] > 0 and e.measured_kl > 0:
             scale = e.measured_kl / pred[g]
     return trace
+
+
+# ------------------------------------------------------------------------------------- per-row steps
+
+
+#: Per-row weights are shrunk this far toward their tensor's mean Fisher (see row_weights).
+ROW_SHRINK = 0.5
+
+
+def row_weights(rows: np.ndarray, tensor_mean: float, fbar: float, shrink: float = ROW_SHRINK) -> np.ndarray:
+    """Per-row weights ((1 − shrink)·F̄_r + shrink·F̄_t) / F̄, at least WEIGHT_FLOOR.
+
+    Why shrink: F̂_r comes from a few thousand calibration tokens, and rows whose gradient depends on
+    which tokens occur — an input embedding's row of a token absent from the Fisher windows has F̂ = 0
+    exactly — would be rounded to nothing and cost KL on any other text. On the Wikipedia LM
+    (docs/benchmarks.md) raw F̂_r with a floor of 0.1·F̄_t needed 3.26 bits/param for KL 0.01, the
+    geometric mean √(F̂_r·F̄_t) 3.52, max(F̂_r, F̄_t) 2.99 and the half-way mix 3.00 — the only one whose
+    predicted KL matched the measured one (0.0097 vs 0.0098)."""
+    return np.maximum(((1 - shrink) * rows + shrink * tensor_mean) / fbar, WEIGHT_FLOOR)
+
+
+def _floored_rows(c: rdalloc.RowCurves, min_sqnr_db: float) -> rdalloc.RowCurves:
+    """``c`` with each row's steps whose error exceeds its signal / 10^(min_sqnr_db/10) marked unusable
+    (bits +inf; the finest step always stays): the per-row form of _floored."""
+    bad = c.noise * 10 ** (min_sqnr_db / 10) > c.signal[:, None]
+    bad[:, -1] = False
+    return replace(c, bits=np.where(bad, np.inf, c.bits))
+
+
+def search_rows(curves: Sequence[rdalloc.RowCurves], cal: Calibration, max_kl: float, *,
+                max_evals: int = MAX_EVALS, bits_tol: float = BITS_TOL, min_sqnr_db: float = MIN_SQNR_DB,
+                row_shrink: float = ROW_SHRINK) -> KLAllocation:
+    """``search`` with one step per row (rdalloc.allocate_rows): weights F̄_r / F̄ per row (the row's
+    mean Fisher, floored at WEIGHT_FLOOR), the weighted-error budget moved until the measured KL ≤ K.
+    Steps are dicts name -> int8 S per row; bits include the stored S arrays."""
+    if not (math.isfinite(max_kl) and max_kl > 0):
+        raise GGError(f"--max-kl {max_kl!r}: must be a positive number of nats")
+    if not curves:
+        raise GGError("no tensors to allocate steps to (nothing is eligible for quantization)")
+    t0 = time.process_time()
+    kl0 = cal.probe.seconds_cpu
+    curves = [_floored_rows(c, min_sqnr_db) for c in curves]
+    names = [c.name for c in curves]
+    _, fbar = cal.weights(names)
+    missing = [n for n in names if n not in cal.fisher_rows]
+    if missing:
+        raise GGError(f"no per-row Fisher for {missing[0]!r}")
+    weights = {n: row_weights(cal.fisher_rows[n], cal.fisher_mean[n], fbar, row_shrink) for n in names}
+    per_token = cal.info["window_tokens"] - 1
+    side = rdalloc.ROW_SIDE_BITS * sum(c.rows for c in curves)
+    w_all = np.concatenate([weights[n] for n in names])
+    d_min = float((w_all * np.concatenate([c.noise[:, -1] for c in curves])).sum())
+    # the coarsest usable step of every row (bits +inf marks the steps under the SQNR floor)
+    d_max = float((w_all * np.concatenate([np.where(np.isfinite(c.bits), c.noise, 0.0).max(axis=1)
+                                           for c in curves])).sum())
+    allocs: dict[bytes, rdalloc.RowAllocation] = {}
+
+    def allocation(d: float) -> bytes:
+        a = rdalloc.allocate_rows(curves, max_distortion=d, weights=weights)
+        key = b"".join(a.steps[n].tobytes() for n in names)
+        allocs.setdefault(key, a)
+        return key
+
+    measured: dict[bytes, KLEvaluation] = {}
+
+    def evaluate(budget: float, key: bytes) -> KLEvaluation:
+        if key not in measured:
+            a = allocs[key]
+            m = cal.probe.kl(a.steps)
+            pred = 0.5 * per_token * fbar * a.distortion
+            measured[key] = KLEvaluation(budget, dict(a.steps), a.bits, pred, m, m <= max_kl)
+        return measured[key]
+
+    trace = _search_d(allocation, d_min, d_max, fbar * per_token, evaluate, max_kl, max_evals, bits_tol)
+    ok = [e for e in trace if e.meets]
+    if not ok:
+        e = evaluate(math.nan, allocation(d_min))
+        if all(e is not t for t in trace):
+            trace.append(e)
+        if not e.meets:
+            cal.probe.restore()
+            raise GGError(f"KL {max_kl:g} nats is out of reach: the finest steps (2^-{curves[0].s[-1]:g}) "
+                          f"give {e.measured_kl:.4g} on the calibration text")
+        ok = [e]
+    best = min(ok, key=lambda e: (e.bits, e.measured_kl))
+    key = b"".join(best.steps[n].tobytes() for n in names)
+    a = allocs[key]
+    cal.probe.restore()
+    return KLAllocation("fisher-rows", float(max_kl), best.steps, best.bits, a.params, a.signal, a.noise,
+                        best.predicted_kl, best.measured_kl, trace, dict(cal.info),
+                        time.process_time() - t0, cal.probe.seconds_cpu - kl0,
+                        {"min_row_sqnr_db": min_sqnr_db, "row_shrink": row_shrink, "granularity": "row",
+                         "rows": len(w_all),
+                         "row_steps_bits": side})

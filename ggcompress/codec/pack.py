@@ -36,7 +36,7 @@ import torch
 from ggcompress import __version__
 from ggcompress.codec import coders
 from ggcompress.codec import lossless as lossless_codec
-from ggcompress.codec.header import validate_header
+from ggcompress.codec.header import ROW_STEPS_VERSION, validate_header
 from ggcompress.errors import GGError, check_patterns, nothing_selected
 from ggcompress.io.checkpoint import (
     DTYPES,
@@ -67,7 +67,10 @@ MAGIC = b"\x89GGZ\r\n\x1a\n"
 FORMAT_VERSION = 1
 #: Version of containers holding a ``lossless`` tensor (docs/format.md); the newest this module reads.
 LOSSLESS_VERSION = 2
-READ_VERSION = LOSSLESS_VERSION
+#: Version of containers holding per-row steps (``row_steps``, pack --step-granularity row): codec/header.py.
+READ_VERSION = ROW_STEPS_VERSION
+#: Range of a stored per-row S (step 2^-S) this reader accepts.
+ROW_S_RANGE = (0, 24)
 #: magic, format version, CRC-32 of the header, header length, data length (little-endian).
 PREAMBLE = struct.Struct("<8sIIQQ")
 ALIGN = 8
@@ -104,6 +107,7 @@ class PackOptions:
     calibration: str | None = None  # the text --max-kl is measured on (.txt / .jsonl / a folder of them)
     calibration_windows: int = 8  # windows for the Fisher, and as many held out for the KL
     calibration_length: int = 128  # tokens per window, clamped to the model's context
+    step_granularity: str = "tensor"  # RD modes: one step per tensor, or per row (output channel)
 
     def checked(self) -> PackOptions:
         mode, _ = parse_quant(self.quant)
@@ -138,6 +142,14 @@ class PackOptions:
             target = self.target_sqnr_db if self.target_sqnr_db is not None else self.bits_per_param
             if not (isinstance(target, int | float) and math.isfinite(target) and target > 0):
                 raise GGError(f"target {target!r}: must be a positive number")
+        if self.step_granularity not in ("tensor", "row"):
+            raise GGError(f"step granularity {self.step_granularity!r}: choose tensor or row")
+        if self.step_granularity == "row":
+            if self.target_sqnr_db is None and self.bits_per_param is None and self.max_kl is None:
+                raise GGError("--step-granularity row applies to the allocation targets (--target-sqnr, "
+                              "--bits-per-param, --max-kl); give one")
+            if self.rdoq:
+                raise GGError("--rdoq does not combine with --step-granularity row")
         if not (isinstance(self.workers, int) and 0 <= self.workers <= 256):
             raise GGError(f"workers {self.workers!r}: must be an integer in 0..256 (0: automatic)")
         if self.coder not in ("eg", "rans"):
@@ -484,6 +496,8 @@ def _pack_rd(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progress
     cal = None
     if opts.max_kl is not None:  # load the model first: a model that cannot run fails before the curves
         cal = _kl_calibration(ck, opts, notify)
+    if opts.step_granularity == "row":
+        return _pack_rd_rows(ck, out, opts, force, progress, cal)
     curves = []
     done = 0
     for info, x in ck.iter_tensors():
@@ -517,6 +531,54 @@ def _pack_rd(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progress
     if opts.max_kl is not None:
         report["summary"]["kl_mean"] = allocation["measured_kl"]
     return report
+
+
+def _pack_rd_rows(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progress: Progress | None,
+                  cal: Any) -> dict[str, Any]:
+    """Per-row steps: row curves of each eligible tensor, one λ over every row (rdalloc.allocate_rows, or
+    the measured KL search klalloc.search_rows), then pack with the S arrays stored."""
+    from ggcompress.codec import rdalloc
+
+    notify = progress or (lambda desc, d, t: None)
+    curves = []
+    done = 0
+    for info, x in ck.iter_tensors():
+        if _eligible_step(info, opts):
+            curves.append(rdalloc.measure_row_curves(x, info.name))
+        done += info.numel
+        notify(f"{ck.source} (row curves)", done, ck.numel)
+    if cal is not None:
+        from ggcompress.codec import klalloc
+
+        notify(f"{ck.source} (KL search)", 0, 1)
+        found = klalloc.search_rows(curves, cal, float(opts.max_kl))
+        del cal
+        chosen, target = found.steps, {"max_kl": float(opts.max_kl)}
+        allocation = {**found.to_dict(), "calibration": {"text": str(opts.calibration), **found.calibration}}
+    else:
+        if not curves:
+            raise GGError(f"{ck.source}: no tensor is eligible for quantization")
+        alloc = rdalloc.allocate_rows(curves, target_sqnr_db=opts.target_sqnr_db,
+                                      bits_per_param=opts.bits_per_param)
+        chosen, target = alloc.steps, alloc.target
+        allocation = {**alloc.target, "lambda": alloc.lam, "predicted_sqnr_db": alloc.sqnr_db,
+                      "predicted_coded_bits_per_param": alloc.bits_per_param}
+    report = _pack_checkpoint(ck, ck, out, opts, force, progress, row_steps=chosen, target=target)
+    labels = {name: _rows_label(s) for name, s in chosen.items()}
+    for row in report["tensors"]:
+        if row["name"] in labels:
+            row["step"] = labels[row["name"]]
+    report["allocation"] = {**allocation, "granularity": "row", "steps": labels,
+                            "rows": sum(int(s.size) for s in chosen.values())}
+    if opts.max_kl is not None:
+        report["summary"]["kl_mean"] = allocation["measured_kl"]
+    return report
+
+
+def _rows_label(s: np.ndarray) -> str:
+    """'rows 2^-a..2^-b' (or one step when every row has it)."""
+    lo, hi = int(s.min()), int(s.max())
+    return f"rows 2^-{lo}" if lo == hi else f"rows 2^-{lo}..2^-{hi}"
 
 
 def _kl_calibration(ck: Checkpoint, opts: PackOptions, notify: Progress) -> Any:
@@ -579,7 +641,8 @@ def _eligible_step(info: TensorInfo, opts: PackOptions) -> bool:
 def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOptions, force: bool,
                      progress: Progress | None, *, step: float | None = None, scheme: Any = None,
                      lossless: bool = False, steps: dict[str, float] | None = None,
-                     target: dict[str, float] | None = None) -> dict[str, Any]:
+                     target: dict[str, float] | None = None,
+                     row_steps: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Write ``ck`` as a container; ``origin`` is what sizes are compared with (the dense source)."""
     from ggcompress.io.qlayout import weight_name
 
@@ -605,6 +668,10 @@ def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOp
                 coded = _code_lossless(info, x, opts)
             elif scheme is not None and info.name in code_tensors:
                 coded = _code_codes(info, x, opts)
+            elif row_steps is not None and info.name in row_steps:
+                coded, sig, err = _code_step_rows(info, x, row_steps[info.name], opts)
+                signal += sig
+                noise += err
             elif steps is not None and info.name in steps:
                 coded, sig, err = _code_step(info, x, steps[info.name], opts)
                 coded.entry["step"] = steps[info.name]
@@ -631,14 +698,19 @@ def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOp
                             else _lossless_row(info, coded, length))
                 if "step" in entry:
                     rows[-1]["step"] = rate.format_step(entry["step"])
+                elif "row_steps" in entry:
+                    rows[-1]["step"] = _rows_label(row_steps[info.name])
             container.tensors.append(entry)
             done += info.numel
             notify(ck.source, done, total)
             del x, coded
         header = {
             "format": "ggcompress.ggz",
-            "format_version": LOSSLESS_VERSION if lossless or steps is not None else FORMAT_VERSION,
-            "quantization": ({"method": "none"} if lossless else {"method": "steps", **(target or {})}
+            "format_version": (ROW_STEPS_VERSION if row_steps is not None else
+                               LOSSLESS_VERSION if lossless or steps is not None else FORMAT_VERSION),
+            "quantization": ({"method": "none"} if lossless else
+                             {"method": "steps", "granularity": "row", **(target or {})}
+                             if row_steps is not None else {"method": "steps", **(target or {})}
                              if steps is not None else _quant_header(step, scheme)),
             "coder": ({"name": "lossless", "chunk": lossless_codec.CHUNK} if lossless else
                       {"name": opts.coder, **({"k": opts.eg_k} if opts.coder == "eg" else {}),
@@ -655,7 +727,7 @@ def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOp
         "source": ck.source,
         "output": str(out),
         "summary": _summary(rows, origin, size, container.files, signal, noise,
-                            step is not None or steps is not None),
+                            step is not None or steps is not None or row_steps is not None),
         "quantization": header["quantization"],
         "tensors": rows,
     }
@@ -685,6 +757,71 @@ def _code_step(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOptions
     coded.entry = {"dtype": TORCH_TO_ST[dtype], "source_dtype": info.dtype, "encoding": "step", **coded.entry}
     restored = torch.from_numpy(coded.restored).view(dtype).reshape(x.shape)
     sig, err = _energies(x, restored)
+    return coded, sig, err
+
+
+def _rows_restored(q: torch.Tensor, s_rows: np.ndarray, source: torch.dtype) -> torch.Tensor:
+    """Per-row restore: q·2^-S_r in float64 rounded once to the first of (source, float32, float64)
+    whose values give the symbols back (always the source dtype for float weights: the steps are powers
+    of two)."""
+    scale = torch.exp2(-torch.as_tensor(np.asarray(s_rows), dtype=torch.float64)).reshape(-1, 1)
+    v = q.to(torch.float64) * scale
+    for dtype in (source, torch.float32, torch.float64):
+        if not dtype.is_floating_point:
+            continue
+        y = v.to(dtype)
+        back = y.to(torch.float64)
+        if bool(torch.isfinite(back).all()) and torch.equal(torch.round(back / scale), q.to(torch.float64)):
+            return y
+    raise GGError("per-row steps: symbols cannot be restored in float64")
+
+
+def restore_rows(x: torch.Tensor, s_rows: np.ndarray, name: str = "tensor") -> torch.Tensor:
+    """What unpack restores for ``x`` packed with per-row steps 2^-S_r (rows = dim 0), in x's shape."""
+    from ggcompress.codec.rdalloc import row_symbols
+
+    _check_row_steps(s_rows, x.shape, name)
+    try:
+        q = row_symbols(x, s_rows)
+    except GGError as exc:
+        raise GGError(f"{name}: {exc}") from None
+    return _rows_restored(q, s_rows, x.dtype).reshape(x.shape)
+
+
+def _check_row_steps(s_rows: np.ndarray, shape: Sequence[int], name: str) -> None:
+    s = np.asarray(s_rows)
+    lo, hi = ROW_S_RANGE
+    if len(shape) < 2 or s.shape != (int(shape[0]),):
+        raise GGError(f"{name}: {s.size} per-row steps for shape {list(shape)}")
+    if s.size and (int(s.min()) < lo or int(s.max()) > hi):
+        raise GGError(f"{name}: per-row S outside {lo}..{hi}")
+
+
+def _code_step_rows(info: TensorInfo, x: torch.Tensor, s_rows: np.ndarray, opts: PackOptions
+                    ) -> tuple[_Coded, float, float]:
+    """Per-row-step quantize one tensor: symbols of all rows ranked and coded with one table (as
+    _code_step), the int8 S per row appended as the ``row_steps`` section (counted in table_bits)."""
+    from ggcompress.codec.rdalloc import row_symbols
+
+    s_rows = np.asarray(s_rows, dtype=np.int8)
+    _check_row_steps(s_rows, x.shape, info.name)
+    try:
+        q = row_symbols(x, s_rows)
+    except GGError as exc:
+        raise GGError(f"{info.name}: {exc}") from None
+    hist = rate.SymbolHistogram(1.0).update(q.reshape(-1).to(torch.float64), info.name)
+    restored = _rows_restored(q, s_rows, x.dtype)
+    by_rank = hist.symbols_by_rank()
+    coded = _code_symbols(hist, q.reshape(-1), by_rank.numpy(), opts, info.name)
+    parts = [coded.blob]
+    offset = _aligned(len(coded.blob))
+    _pad_to(parts, offset, s_rows.tobytes())
+    coded.blob = b"".join(parts)
+    coded.restored = _int_view(restored)
+    coded.costs["table_bits"] += 8.0 * s_rows.size
+    coded.entry = {"dtype": TORCH_TO_ST[restored.dtype], "source_dtype": info.dtype, "encoding": "step",
+                   **coded.entry, "row_steps": {"offset": offset, "length": int(s_rows.size)}}
+    sig, err = _energies(x, restored.reshape(x.shape))
     return coded, sig, err
 
 
@@ -971,6 +1108,8 @@ def _decode_symbols(packed: PackedFile, entry: dict[str, Any], data: bytes, n: i
     d, lo, width = int(sym["count"]), int(sym["min"]), int(sym["bits"])
     offsets = coders.unpack_uints(_part(data, sym), width, d)
     by_rank = torch.from_numpy(offsets.astype(np.int64)) + lo
+    if entry["encoding"] == "step" and "row_steps" in entry:
+        return _decode_rows(packed, entry, data, n, dtype, by_rank)
     if entry["encoding"] == "step":
         q = packed.header["quantization"]
         if q.get("method") == "step":
@@ -988,6 +1127,29 @@ def _decode_symbols(packed: PackedFile, entry: dict[str, Any], data: bytes, n: i
         values = by_rank.to(torch.uint8).numpy()
     else:
         raise ValueError(f"unknown encoding {entry['encoding']!r}")
+    return _decode_ranks(entry, data, n, d, values, name)
+
+
+def _decode_rows(packed: PackedFile, entry: dict[str, Any], data: bytes, n: int, dtype: torch.dtype,
+                 by_rank: torch.Tensor) -> np.ndarray:
+    """A per-row-step tensor (format version 3): symbols, then symbol·2^-S_r row by row."""
+    shape = [int(v) for v in entry["shape"]]
+    s_rows = np.frombuffer(_part(data, entry["row_steps"]), dtype=np.int8)
+    try:
+        _check_row_steps(s_rows, shape, entry["name"])
+    except GGError as exc:
+        raise ValueError(str(exc).split(": ", 1)[-1]) from None
+    if not dtype.is_floating_point:
+        raise ValueError("a per-row-step tensor must restore to a float dtype")
+    sym = _decode_ranks(entry, data, n, by_rank.numel(), by_rank.numpy(), entry["name"])
+    q = torch.from_numpy(np.ascontiguousarray(sym, dtype=np.int64)).reshape(shape[0], -1)
+    scale = torch.exp2(-torch.as_tensor(s_rows.astype(np.float64))).reshape(-1, 1)
+    return _int_view((q.to(torch.float64) * scale).to(dtype))
+
+
+def _decode_ranks(entry: dict[str, Any], data: bytes, n: int, d: int, values: np.ndarray, name: str
+                  ) -> np.ndarray:
+    """values[rank] of the n coded ranks."""
     coder = entry["coder"]
     if coder == "const":
         if d != 1:

@@ -266,3 +266,232 @@ def _refine(curves: Sequence[Curve], low: list[int], high: list[int], ok, w: np.
         bits += db
         noise += dn
     return idx
+
+
+# --------------------------------------------------------------------------------- per-row steps
+
+
+@dataclass
+class RowCurves:
+    """Estimated coded bits and error energy of every row (dim 0, output channel) of one tensor at each
+    whole S in s (power-of-two steps: exact restores in every float dtype).
+
+    Rate estimate: a row's bits at S are its symbols' code lengths under the *tensor's* symbol
+    distribution at S, −Σ log2 p_S(q), plus its share (cols / numel) of the tensor's table cost at S.
+    Why this and not the row's own entropy: the rows of a tensor are coded with one table (one rANS
+    model), so a row pays the shared model's code lengths, not its own; the sum over rows at a common S
+    is exactly the per-tensor curve (measure_curve, direct rounding). With mixed S per row the model is
+    the mixture of the rows' distributions, which the estimate does not see; pack reports the stored
+    bits. Errors are exact per row: Σ (w − 2^-S·round(w·2^S))² in float64.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    s: np.ndarray  # candidate whole S, ascending
+    bits: np.ndarray  # (rows, len(s))
+    noise: np.ndarray  # (rows, len(s))
+    signal: np.ndarray  # (rows,) Σ w² per row
+
+    @property
+    def rows(self) -> int:
+        return int(self.shape[0])
+
+    @property
+    def numel(self) -> int:
+        return int(math.prod(self.shape))
+
+
+def row_symbols(x: torch.Tensor, s_rows: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """round_half_even(w · 2^S_r) per row as int64 (rows, cols): the symbols of a per-row-step tensor.
+
+    Multiplying by a power of two is exact in float64, so this is the same rounding as rate.quantize
+    at step 2^-S_r for every row."""
+    rows = x.shape[0]
+    m = x.reshape(rows, -1).to(torch.float64)
+    if not bool(torch.isfinite(m).all()):
+        raise GGError("a tensor with non-finite values cannot be step-quantized")
+    scale = torch.exp2(torch.as_tensor(np.asarray(s_rows), dtype=torch.float64)).reshape(rows, 1)
+    return torch.round(m * scale).to(torch.int64)
+
+
+def measure_row_curves(x: torch.Tensor, name: str, s_min: int = S_MIN, s_max: int = S_MAX) -> RowCurves:
+    """Every row's curve (RowCurves); one rounding pass over the tensor per candidate S."""
+    if s_min > s_max:
+        raise GGError(f"{name}: step range S {s_min}..{s_max} is empty")
+    if x.dim() < 2 or x.numel() == 0:
+        raise GGError(f"{name}: per-row steps need a non-empty tensor of 2+ dims")
+    rows = int(x.shape[0])
+    m = x.reshape(rows, -1).to(torch.float64)
+    if not bool(torch.isfinite(m).all()):
+        raise GGError(f"{name}: non-finite values cannot be step-quantized")
+    n = m.numel()
+    cols = n // rows
+    signal = (m * m).sum(1).numpy()
+    ss = np.arange(s_min, s_max + 1, dtype=np.float64)
+    bits = np.empty((rows, ss.size))
+    noise = np.empty((rows, ss.size))
+    for i, s in enumerate(ss):
+        scaled = m * 2.0 ** s
+        q = torch.round(scaled)
+        d = (scaled - q) * 2.0 ** -s  # exact: w − q·2^-S
+        noise[:, i] = (d * d).sum(1).numpy()
+        qi = q.to(torch.int64)
+        lo, hi = int(qi.min()), int(qi.max())
+        if hi - lo < 1 << 24:
+            counts = torch.bincount((qi - lo).reshape(-1), minlength=hi - lo + 1).to(torch.float64)
+            present = counts > 0
+            distinct = int(present.sum())
+            nlp = torch.where(present, -torch.log2(counts.clamp(min=1) / n), torch.zeros_like(counts))
+            code = nlp[qi - lo]
+        else:
+            uq, inv, counts = torch.unique(qi, return_inverse=True, return_counts=True)
+            distinct = uq.numel()
+            code = -torch.log2(counts.to(torch.float64) / n)[inv]
+        h = code.sum(1).numpy() if distinct > 1 else np.zeros(rows)
+        table = distinct * (max((hi - lo).bit_length(), 1) + TABLE_BITS_PER_SYMBOL)
+        bits[:, i] = h + table * cols / n
+    return RowCurves(name, tuple(int(d) for d in x.shape), ss, bits, noise, signal)
+
+
+@dataclass
+class RowAllocation:
+    """Chosen S per row of each tensor and what the row curves predict for it."""
+
+    steps: dict[str, np.ndarray]  # tensor -> int8 S per row
+    bits: float  # predicted coded bits, with the stored S arrays (8 bits per row)
+    noise: float
+    signal: float
+    params: int
+    lam: float
+    target: dict[str, float]
+    distortion: float  # Σ weight·noise
+    side_bits: float  # of bits: the per-row S arrays
+
+    @property
+    def sqnr_db(self) -> float:
+        return 10 * math.log10(self.signal / self.noise) if self.noise > 0 and self.signal > 0 else math.inf
+
+    @property
+    def bits_per_param(self) -> float:
+        return self.bits / self.params if self.params else math.nan
+
+
+#: Bits the container spends per row on its S (one int8).
+ROW_SIDE_BITS = 8.0
+
+
+def allocate_rows(curves: Sequence[RowCurves], *, target_sqnr_db: float | None = None,
+                  bits_per_param: float | None = None, max_distortion: float | None = None,
+                  weights: Mapping[str, np.ndarray] | None = None) -> RowAllocation:
+    """Per-row S by the same Lagrangian as ``allocate`` (one λ for every row of every tensor: each row
+    takes the S minimizing bits + λ·weight·error on its own curve), vectorized over all rows.
+
+    Steps excluded from a row's choices can be marked with bits = +inf. After the λ bisection the rows
+    whose choice differs between the two sides of the target λ are moved one by one, best weighted error
+    per bit first, until the target is met (quality) or while the budget holds (bits): with thousands of
+    rows this closes the gap the Lagrangian leaves to a fraction of a row.
+    """
+    if sum(t is not None for t in (target_sqnr_db, bits_per_param, max_distortion)) != 1:
+        raise GGError("give exactly one of target_sqnr_db, bits_per_param and max_distortion")
+    if not curves:
+        raise GGError("no tensors to allocate steps to (nothing is eligible for quantization)")
+    ks = {c.s.size for c in curves}
+    if len(ks) != 1 or any(not np.array_equal(c.s, curves[0].s) for c in curves):
+        raise GGError("row curves must share their candidate steps")
+    b = np.concatenate([c.bits for c in curves])
+    e = np.concatenate([c.noise for c in curves])
+    w = np.concatenate([np.broadcast_to(np.asarray((weights or {}).get(c.name, 1.0), dtype=np.float64),
+                                        (c.rows,)) for c in curves])
+    if not (np.isfinite(w).all() and (w >= 0).all()):
+        raise GGError("allocation weights must be finite and non-negative")
+    signal = float(sum(c.signal.sum() for c in curves))
+    params = sum(c.numel for c in curves)
+    side = ROW_SIDE_BITS * b.shape[0]
+    ew = e * w[:, None]
+    # the constrained error: weighted for a distortion budget, plain for an SQNR target
+    con = ew if max_distortion is not None else e
+    rows = np.arange(b.shape[0])
+    bfin = np.where(np.isfinite(b), b, np.inf)
+
+    def choose(lam: float) -> np.ndarray:
+        return np.argmin(bfin + lam * ew, axis=1)
+
+    quality = bits_per_param is None
+    if target_sqnr_db is not None:
+        budget = signal / 10 ** (target_sqnr_db / 10)
+        target = {"target_sqnr_db": float(target_sqnr_db)}
+    elif max_distortion is not None:
+        budget = float(max_distortion)
+        target = {"max_distortion": budget}
+    else:
+        assert bits_per_param is not None
+        budget = bits_per_param * params - side
+        target = {"bits_per_param": float(bits_per_param)}
+
+    def value(idx: np.ndarray) -> float:
+        return float(con[rows, idx].sum()) if quality else float(b[rows, idx].sum())
+
+    def ok(lam: float) -> bool:
+        v = value(choose(lam))
+        return v <= budget if quality else v > budget
+    lo, hi = -60.0, 80.0
+    if quality and not ok(2.0 ** hi):
+        least = value(choose(2.0 ** hi))
+        if target_sqnr_db is not None:
+            raise GGError(f"SQNR {target_sqnr_db} dB is out of reach with steps down to "
+                          f"2^-{curves[0].s[-1]:g} (at most {10 * math.log10(signal / least):.1f} dB)")
+        raise GGError(f"weighted distortion {max_distortion:.4g} is out of reach with steps down to "
+                      f"2^-{curves[0].s[-1]:g} (at least {least:.4g})")
+    if not quality and ok(2.0 ** lo):
+        least = (value(choose(2.0 ** lo)) + side) / params
+        raise GGError(f"{bits_per_param} bits/param is below the coarsest allocation "
+                      f"({least:.3f} bits/param at steps up to 2^-{curves[0].s[0]:g}, S arrays included)")
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if ok(2.0 ** mid):
+            hi = mid
+        else:
+            lo = mid
+    low, high = choose(2.0 ** lo), choose(2.0 ** hi)
+    idx = low.copy()
+    moved = np.nonzero(low != high)[0]
+    if moved.size:
+        db = b[moved, high[moved]] - b[moved, low[moved]]
+        dc = con[moved, high[moved]] - con[moved, low[moved]]
+        gain = -(ew[moved, high[moved]] - ew[moved, low[moved]]) / np.maximum(db, 1e-9)
+        order = np.argsort(-gain, kind="stable")
+        if quality:
+            have = value(low) + np.cumsum(dc[order])
+            meets = np.nonzero(have <= budget)[0]  # the shortest prefix of moves meeting the target
+            k = 0 if value(low) <= budget else int(meets[0]) + 1 if meets.size else order.size
+        else:
+            spent = value(low) + np.cumsum(db[order])
+            k = int(np.searchsorted(spent, budget, side="right"))
+        idx[moved[order[:k]]] = high[moved[order[:k]]]
+        if quality and value(idx) > budget:
+            idx = high
+    lam = 2.0 ** (hi if quality else lo)
+    steps, start = {}, 0
+    for c in curves:
+        steps[c.name] = c.s[idx[start:start + c.rows]].astype(np.int8)
+        start += c.rows
+    return RowAllocation(steps, float(b[rows, idx].sum()) + side, float(e[rows, idx].sum()), signal, params,
+                         lam, target, float(ew[rows, idx].sum()), side)
+
+
+def row_coding_bits(x: torch.Tensor, s_rows: np.ndarray) -> dict[str, float]:
+    """Estimated bits of a per-row-step tensor coded with one table for all rows vs one table per group
+    of rows with equal S (empirical entropy + TABLE_BITS_PER_SYMBOL-style table cost, S arrays excluded):
+    what decides the container layout (docs/pack.md)."""
+    q = row_symbols(x, s_rows)
+
+    def cost(sym: torch.Tensor) -> float:
+        u, c = torch.unique(sym, return_counts=True)
+        p = c.to(torch.float64) / sym.numel()
+        h = float(-(c * torch.log2(p)).sum()) if u.numel() > 1 else 0.0
+        return h + u.numel() * (max(int(u.max() - u.min()).bit_length(), 1) + TABLE_BITS_PER_SYMBOL)
+
+    groups = 0.0
+    for s in np.unique(s_rows):
+        groups += cost(q[torch.from_numpy(np.asarray(s_rows) == s)])
+    return {"one_table": cost(q), "table_per_group": groups}
