@@ -9,8 +9,9 @@ the same measured search (codec/klalloc.search) with three families of allocatio
   whole S when a tensor is bf16) whose measured KL ≤ K;
 - ``mse``: per-tensor steps, weights 1 (what --target-sqnr does), the error budget moved until KL ≤ K;
 - ``fisher``: per-tensor steps, weights F̄_t (what --max-kl does);
-- ``fisher-rows``: one power-of-two step per row (output channel), weights F̄_r per row
-  (--max-kl --step-granularity row); bits include the int8 S per row. For each chosen per-row
+- ``fisher-rows``: one step per row (output channel; quarter S for fp32, whole S for bf16), weights
+  (F̄_r + F̄_t)/2 per row (klalloc.row_weights; --max-kl --step-granularity row); bits include the int8
+  step code per row. For each chosen per-row
   allocation the script also estimates one rANS table per tensor (what the container does) against one
   table per group of rows with equal S (rdalloc.row_coding_bits).
 
@@ -102,7 +103,8 @@ def run_model(name: str, kls: list[float], text: str, do_pack: bool, work: Path)
               for i, x in ck.iter_tensors(names)]
     curve_cpu = time.process_time() - c0
     c0 = time.process_time()
-    row_curves = [rdalloc.measure_row_curves(x, i.name) for i, x in ck.iter_tensors(names)]
+    row_curves = [rdalloc.measure_row_curves(x, i.name, per_octave=4 if i.dtype in ("F32", "F64") else 1)
+                  for i, x in ck.iter_tensors(names)]
     row_curve_cpu = time.process_time() - c0
     rel, _ = cal.weights(names)
     numel = np.array([c.numel for c in curves], dtype=np.float64)
@@ -124,7 +126,8 @@ def run_model(name: str, kls: list[float], text: str, do_pack: bool, work: Path)
             row = {"model": name, "max_kl": k, "method": m, "bits": r.bits_per_param,
                    "measured_kl": r.measured_kl, "predicted_kl": r.predicted_kl,
                    "evaluations": len(r.evaluations), "cpu_s": cpu,
-                   "steps": sorted({float(v) for s in r.steps.values() for v in np.atleast_1d(s)}),
+                   "steps": sorted({float(v) / (4 if m == "fisher-rows" else 1)
+                                    for s in r.steps.values() for v in np.atleast_1d(s)}),
                    "uniform_s": next(iter(r.steps.values())) if m == "uniform" else None}
             if m == "fisher-rows":
                 one = groups = 0.0

@@ -228,7 +228,7 @@ def test_cli_prints_the_search_and_json_has_it(lm, tmp_path: Path) -> None:
 
 def test_row_steps_meet_the_kl_and_restore_each_row_at_its_step(lm, tmp_path: Path) -> None:
     """--max-kl --step-granularity row: the .ggz's own KL (computed here from its restored weights) is
-    within the target, every row restores as round(w · 2^S_r) · 2^-S_r with the stored S_r."""
+    within the target, every row restores as round(w / step_r) · step_r with the stored step code."""
     folder, calib, text = lm
     out = tmp_path / "rows.ggz"
     doc = P.pack(folder, out, P.PackOptions(max_kl=0.01, calibration=str(calib), coder="rans",
@@ -250,7 +250,8 @@ def test_row_steps_meet_the_kl_and_restore_each_row_at_its_step(lm, tmp_path: Pa
         s_rows = np.frombuffer(blob[at:at + t["row_steps"]["length"]], dtype=np.int8)
         x = source[t["name"]]
         m = x.reshape(x.shape[0], -1).to(torch.float64)
-        want = torch.stack([torch.round(m[r] * 2.0 ** int(s)) / 2.0 ** int(s) for r, s in enumerate(s_rows)])
+        steps = [2.0 ** -(int(k) / 4) for k in s_rows]  # step codes are quarter octaves
+        want = torch.stack([torch.round(m[r] / st) * st for r, st in enumerate(steps)])
         assert torch.equal(restored[t["name"]], want.to(x.dtype).reshape(x.shape)), t["name"]
         distinct |= set(s_rows.tolist())
     assert len(distinct) > 1

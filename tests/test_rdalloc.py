@@ -177,18 +177,19 @@ def rowwise(tmp_path: Path) -> Path:
     return path
 
 
-def reference_rows(x: torch.Tensor, s_rows: np.ndarray) -> torch.Tensor:
-    """Independent float64 recomputation: each row r rounded half to even at 2^-S_r, in x's dtype."""
+def reference_rows(x: torch.Tensor, codes: np.ndarray) -> torch.Tensor:
+    """Independent float64 recomputation: each row r rounded half to even at its step 2^-(code_r / 4),
+    in x's dtype."""
     out = torch.empty(x.shape, dtype=torch.float64)
     flat, dst = x.reshape(x.shape[0], -1).to(torch.float64), out.view(x.shape[0], -1)
     for r in range(x.shape[0]):
-        step = 2.0 ** -int(s_rows[r])
+        step = 2.0 ** -(int(codes[r]) / 4)
         dst[r] = torch.round(flat[r] / step) * step
     return out.to(x.dtype)
 
 
 def stored_row_steps(path: Path) -> dict[str, np.ndarray]:
-    """The int8 S arrays read straight from the container bytes (docs/format.md §4)."""
+    """The int8 step-code arrays read straight from the container bytes (docs/format.md §4)."""
     packed = P.open_packed(path)
     blob = path.read_bytes()
     out = {}
@@ -228,6 +229,7 @@ def test_row_steps_meet_the_sqnr_and_restore_each_row_exactly(rowwise: Path, tmp
     steps = stored_row_steps(out)
     assert set(steps) == {"a.weight", "b.weight", "c.weight"}
     assert len(set(steps["a.weight"].tolist())) > 1  # rows of different scales get different steps
+    assert all(k % 4 == 0 for k in steps["a.weight"].tolist())  # bf16: whole octaves (exact bf16 restores)
     source = {i.name: x for i, x in open_checkpoint(rowwise).iter_tensors()}
     sig = err = 0.0
     for name, y in P.read_packed(out):
@@ -275,7 +277,7 @@ def test_allocate_rows_weights_move_steps() -> None:
 def test_row_step_containers_refused_cleanly_when_unreadable_or_corrupt(rowwise: Path, tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch
                                                                         ) -> None:
-    """An older reader (read version 2) refuses version 3; a corrupted S array (out of range, wrong
+    """An older reader (read version 2) refuses version 3; a corrupted step-code array (out of range, wrong
     length, in a version-2 container) gives one clean `error:` line."""
     from hostile import join_ggz, split_ggz
 
@@ -317,11 +319,24 @@ def test_row_step_containers_refused_cleanly_when_unreadable_or_corrupt(rowwise:
     assert "2+ dims" in unpack_error(variant("flat", flat))
 
     t = header["tensors"][entry]
-    for bad in (100, -3, 25):
+    for bad in (100, -3, 97):
         section = bytearray(body[t["offset"]:t["offset"] + t["length"]])
         section[t["row_steps"]["offset"] + 5] = bad & 0xFF
         data = body[:t["offset"]] + bytes(section) + body[t["offset"] + t["length"]:]
 
         def recrc(h, section=section):
             h["tensors"][entry]["crc32"] = zlib.crc32(section)  # checksum matches: the decoder must refuse
-        assert "per-row S outside 0..24" in unpack_error(variant(f"range{bad}", recrc, data=data))
+        assert "per-row step code outside 0..96" in unpack_error(variant(f"range{bad}", recrc, data=data))
+
+
+def test_cli_step_granularity_row(rowwise: Path, tmp_path: Path) -> None:
+    r = CliRunner().invoke(cli, ["pack", str(rowwise), "-o", str(tmp_path / "c.ggz"), "--target-sqnr", "35",
+                                 "--step-granularity", "row", "--coder", "rans", "--json"])
+    assert r.exit_code == 0, r.output
+    ck = json.loads(r.output)["checkpoints"][0]
+    assert ck["allocation"]["granularity"] == "row" and ck["allocation"]["rows"] == 96 + 64 + 12
+    assert ck["allocation"]["steps"]["a.weight"].startswith("rows 2^-")
+    r = CliRunner().invoke(cli, ["pack", str(rowwise), "-o", str(tmp_path / "d.ggz"),
+                                 "--step-granularity", "row"])
+    assert r.exit_code == 1 and r.output.startswith("error: ") and "allocation targets" in r.output
+    assert not (tmp_path / "d.ggz").exists()

@@ -69,8 +69,6 @@ FORMAT_VERSION = 1
 LOSSLESS_VERSION = 2
 #: Version of containers holding per-row steps (``row_steps``, pack --step-granularity row): codec/header.py.
 READ_VERSION = ROW_STEPS_VERSION
-#: Range of a stored per-row S (step 2^-S) this reader accepts.
-ROW_S_RANGE = (0, 24)
 #: magic, format version, CRC-32 of the header, header length, data length (little-endian).
 PREAMBLE = struct.Struct("<8sIIQQ")
 ALIGN = 8
@@ -544,7 +542,8 @@ def _pack_rd_rows(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, pro
     done = 0
     for info, x in ck.iter_tensors():
         if _eligible_step(info, opts):
-            curves.append(rdalloc.measure_row_curves(x, info.name))
+            curves.append(rdalloc.measure_row_curves(x, info.name,
+                                                     per_octave=4 if info.dtype in ("F32", "F64") else 1))
         done += info.numel
         notify(f"{ck.source} (row curves)", done, ck.numel)
     if cal is not None:
@@ -575,10 +574,10 @@ def _pack_rd_rows(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, pro
     return report
 
 
-def _rows_label(s: np.ndarray) -> str:
-    """'rows 2^-a..2^-b' (or one step when every row has it)."""
-    lo, hi = int(s.min()), int(s.max())
-    return f"rows 2^-{lo}" if lo == hi else f"rows 2^-{lo}..2^-{hi}"
+def _rows_label(codes: np.ndarray) -> str:
+    """'rows 2^-a..2^-b' (or one step when every row has it); codes are quarter octaves."""
+    lo, hi = int(codes.min()) / 4, int(codes.max()) / 4
+    return f"rows 2^-{lo:g}" if lo == hi else f"rows 2^-{lo:g}..2^-{hi:g}"
 
 
 def _kl_calibration(ck: Checkpoint, opts: PackOptions, notify: Progress) -> Any:
@@ -760,11 +759,13 @@ def _code_step(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOptions
     return coded, sig, err
 
 
-def _rows_restored(q: torch.Tensor, s_rows: np.ndarray, source: torch.dtype) -> torch.Tensor:
-    """Per-row restore: q·2^-S_r in float64 rounded once to the first of (source, float32, float64)
-    whose values give the symbols back (always the source dtype for float weights: the steps are powers
-    of two)."""
-    scale = torch.exp2(-torch.as_tensor(np.asarray(s_rows), dtype=torch.float64)).reshape(-1, 1)
+def _rows_restored(q: torch.Tensor, codes: np.ndarray, source: torch.dtype) -> torch.Tensor:
+    """Per-row restore: q·step_r in float64 rounded once to the first of (source, float32, float64)
+    whose values give the symbols back (the source dtype for float weights at power-of-two steps, and
+    for fp32 at the quarter steps checked so far)."""
+    from ggcompress.codec.rdalloc import row_step_values
+
+    scale = torch.from_numpy(row_step_values(codes)).reshape(-1, 1)
     v = q.to(torch.float64) * scale
     for dtype in (source, torch.float32, torch.float64):
         if not dtype.is_floating_point:
@@ -777,7 +778,8 @@ def _rows_restored(q: torch.Tensor, s_rows: np.ndarray, source: torch.dtype) -> 
 
 
 def restore_rows(x: torch.Tensor, s_rows: np.ndarray, name: str = "tensor") -> torch.Tensor:
-    """What unpack restores for ``x`` packed with per-row steps 2^-S_r (rows = dim 0), in x's shape."""
+    """What unpack restores for ``x`` packed with per-row step codes (rows = dim 0; code k is step
+    2^-(k/4), rdalloc.row_step_values), in x's shape."""
     from ggcompress.codec.rdalloc import row_symbols
 
     _check_row_steps(s_rows, x.shape, name)
@@ -789,18 +791,20 @@ def restore_rows(x: torch.Tensor, s_rows: np.ndarray, name: str = "tensor") -> t
 
 
 def _check_row_steps(s_rows: np.ndarray, shape: Sequence[int], name: str) -> None:
+    from ggcompress.codec.rdalloc import ROW_CODE_MAX
+
     s = np.asarray(s_rows)
-    lo, hi = ROW_S_RANGE
     if len(shape) < 2 or s.shape != (int(shape[0]),):
         raise GGError(f"{name}: {s.size} per-row steps for shape {list(shape)}")
-    if s.size and (int(s.min()) < lo or int(s.max()) > hi):
-        raise GGError(f"{name}: per-row S outside {lo}..{hi}")
+    if s.size and (int(s.min()) < 0 or int(s.max()) > ROW_CODE_MAX):
+        raise GGError(f"{name}: per-row step code outside 0..{ROW_CODE_MAX}")
 
 
 def _code_step_rows(info: TensorInfo, x: torch.Tensor, s_rows: np.ndarray, opts: PackOptions
                     ) -> tuple[_Coded, float, float]:
     """Per-row-step quantize one tensor: symbols of all rows ranked and coded with one table (as
-    _code_step), the int8 S per row appended as the ``row_steps`` section (counted in table_bits)."""
+    _code_step), the int8 step code per row appended as the ``row_steps`` section (counted in
+    table_bits)."""
     from ggcompress.codec.rdalloc import row_symbols
 
     s_rows = np.asarray(s_rows, dtype=np.int8)
@@ -1142,8 +1146,10 @@ def _decode_rows(packed: PackedFile, entry: dict[str, Any], data: bytes, n: int,
     if not dtype.is_floating_point:
         raise ValueError("a per-row-step tensor must restore to a float dtype")
     sym = _decode_ranks(entry, data, n, by_rank.numel(), by_rank.numpy(), entry["name"])
+    from ggcompress.codec.rdalloc import row_step_values
+
     q = torch.from_numpy(np.ascontiguousarray(sym, dtype=np.int64)).reshape(shape[0], -1)
-    scale = torch.exp2(-torch.as_tensor(s_rows.astype(np.float64))).reshape(-1, 1)
+    scale = torch.from_numpy(row_step_values(s_rows)).reshape(-1, 1)
     return _int_view((q.to(torch.float64) * scale).to(dtype))
 
 

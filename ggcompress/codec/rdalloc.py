@@ -274,7 +274,8 @@ def _refine(curves: Sequence[Curve], low: list[int], high: list[int], ok, w: np.
 @dataclass
 class RowCurves:
     """Estimated coded bits and error energy of every row (dim 0, output channel) of one tensor at each
-    whole S in s (power-of-two steps: exact restores in every float dtype).
+    candidate S in s (step 2^-S: whole S for bf16/fp16, whose restores are exact only at powers of two;
+    quarter S for fp32, as measure_curve).
 
     Rate estimate: a row's bits at S are its symbols' code lengths under the *tensor's* symbol
     distribution at S, −Σ log2 p_S(q), plus its share (cols / numel) of the tensor's table cost at S.
@@ -282,7 +283,7 @@ class RowCurves:
     model), so a row pays the shared model's code lengths, not its own; the sum over rows at a common S
     is exactly the per-tensor curve (measure_curve, direct rounding). With mixed S per row the model is
     the mixture of the rows' distributions, which the estimate does not see; pack reports the stored
-    bits. Errors are exact per row: Σ (w − 2^-S·round(w·2^S))² in float64.
+    bits. Errors are exact per row: Σ (w − step·round(w/step))² in float64.
     """
 
     name: str
@@ -301,23 +302,37 @@ class RowCurves:
         return int(math.prod(self.shape))
 
 
-def row_symbols(x: torch.Tensor, s_rows: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """round_half_even(w · 2^S_r) per row as int64 (rows, cols): the symbols of a per-row-step tensor.
+#: Per-row steps are stored in quarter octaves: code k (int8, 0..ROW_CODE_MAX) is step 2^-(k/4) =
+#: ldexp(ROW_MANTISSAS[k % 4], -(k // 4)), exact float64 constants (docs/format.md §4), so every reader
+#: computes the same step without calling pow.
+ROW_STEP_UNITS = 4
+ROW_MANTISSAS = np.array([1.0, 2.0 ** -0.25, 2.0 ** -0.5, 2.0 ** -0.75])
+ROW_CODE_MAX = 24 * ROW_STEP_UNITS
 
-    Multiplying by a power of two is exact in float64, so this is the same rounding as rate.quantize
-    at step 2^-S_r for every row."""
+
+def row_step_values(codes: np.ndarray) -> np.ndarray:
+    """float64 step of each per-row step code (quarter octaves)."""
+    k = np.asarray(codes).astype(np.int64)
+    return np.ldexp(ROW_MANTISSAS[k % ROW_STEP_UNITS], -(k // ROW_STEP_UNITS))
+
+
+def row_symbols(x: torch.Tensor, codes: np.ndarray) -> torch.Tensor:
+    """round_half_even(w / step_r) per row in float64, as int64 (rows, cols): the symbols of a tensor
+    with per-row step codes (row_step_values; exact division for whole octaves)."""
     rows = x.shape[0]
     m = x.reshape(rows, -1).to(torch.float64)
     if not bool(torch.isfinite(m).all()):
         raise GGError("a tensor with non-finite values cannot be step-quantized")
-    scale = torch.exp2(torch.as_tensor(np.asarray(s_rows), dtype=torch.float64)).reshape(rows, 1)
-    return torch.round(m * scale).to(torch.int64)
+    step = torch.from_numpy(row_step_values(codes)).reshape(rows, 1)
+    return torch.round(m / step).to(torch.int64)
 
 
-def measure_row_curves(x: torch.Tensor, name: str, s_min: int = S_MIN, s_max: int = S_MAX) -> RowCurves:
-    """Every row's curve (RowCurves); one rounding pass over the tensor per candidate S."""
-    if s_min > s_max:
-        raise GGError(f"{name}: step range S {s_min}..{s_max} is empty")
+def measure_row_curves(x: torch.Tensor, name: str, s_min: int = S_MIN, s_max: int = S_MAX,
+                       per_octave: int = 1) -> RowCurves:
+    """Every row's curve (RowCurves) at steps 2^-S, S = s_min..s_max in 1/per_octave (1, 2 or 4; whole S
+    keeps bf16/fp16 restores exact in their dtype); one rounding pass over the tensor per candidate S."""
+    if s_min > s_max or ROW_STEP_UNITS % per_octave or s_min < 0 or s_max * ROW_STEP_UNITS > ROW_CODE_MAX:
+        raise GGError(f"{name}: step range S {s_min}..{s_max} / {per_octave} per octave cannot be stored")
     if x.dim() < 2 or x.numel() == 0:
         raise GGError(f"{name}: per-row steps need a non-empty tensor of 2+ dims")
     rows = int(x.shape[0])
@@ -327,13 +342,13 @@ def measure_row_curves(x: torch.Tensor, name: str, s_min: int = S_MIN, s_max: in
     n = m.numel()
     cols = n // rows
     signal = (m * m).sum(1).numpy()
-    ss = np.arange(s_min, s_max + 1, dtype=np.float64)
+    ss = np.arange(s_min * per_octave, s_max * per_octave + 1) / per_octave
     bits = np.empty((rows, ss.size))
     noise = np.empty((rows, ss.size))
     for i, s in enumerate(ss):
-        scaled = m * 2.0 ** s
-        q = torch.round(scaled)
-        d = (scaled - q) * 2.0 ** -s  # exact: w − q·2^-S
+        step = float(row_step_values(np.array([round(s * ROW_STEP_UNITS)]))[0])
+        q = torch.round(m / step)
+        d = m - q * step
         noise[:, i] = (d * d).sum(1).numpy()
         qi = q.to(torch.int64)
         lo, hi = int(qi.min()), int(qi.max())
@@ -357,7 +372,7 @@ def measure_row_curves(x: torch.Tensor, name: str, s_min: int = S_MIN, s_max: in
 class RowAllocation:
     """Chosen S per row of each tensor and what the row curves predict for it."""
 
-    steps: dict[str, np.ndarray]  # tensor -> int8 S per row
+    steps: dict[str, np.ndarray]  # tensor -> int8 step code per row: step 2^-(code/4) (row_step_values)
     bits: float  # predicted coded bits, with the stored S arrays (8 bits per row)
     noise: float
     signal: float
@@ -395,11 +410,12 @@ def allocate_rows(curves: Sequence[RowCurves], *, target_sqnr_db: float | None =
         raise GGError("give exactly one of target_sqnr_db, bits_per_param and max_distortion")
     if not curves:
         raise GGError("no tensors to allocate steps to (nothing is eligible for quantization)")
-    ks = {c.s.size for c in curves}
-    if len(ks) != 1 or any(not np.array_equal(c.s, curves[0].s) for c in curves):
-        raise GGError("row curves must share their candidate steps")
-    b = np.concatenate([c.bits for c in curves])
-    e = np.concatenate([c.noise for c in curves])
+    width = max(c.s.size for c in curves)  # curves may have different candidates: pad with unusable steps
+
+    def pad(a: np.ndarray) -> np.ndarray:
+        return np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=np.inf)
+    b = np.concatenate([pad(c.bits) for c in curves])
+    e = np.concatenate([pad(c.noise) for c in curves])
     w = np.concatenate([np.broadcast_to(np.asarray((weights or {}).get(c.name, 1.0), dtype=np.float64),
                                         (c.rows,)) for c in curves])
     if not (np.isfinite(w).all() and (w >= 0).all()):
@@ -407,7 +423,7 @@ def allocate_rows(curves: Sequence[RowCurves], *, target_sqnr_db: float | None =
     signal = float(sum(c.signal.sum() for c in curves))
     params = sum(c.numel for c in curves)
     side = ROW_SIDE_BITS * b.shape[0]
-    ew = e * w[:, None]
+    ew = np.where(np.isfinite(e), e * w[:, None], np.inf)
     # the constrained error: weighted for a distortion budget, plain for an SQNR target
     con = ew if max_distortion is not None else e
     rows = np.arange(b.shape[0])
@@ -473,17 +489,17 @@ def allocate_rows(curves: Sequence[RowCurves], *, target_sqnr_db: float | None =
     lam = 2.0 ** (hi if quality else lo)
     steps, start = {}, 0
     for c in curves:
-        steps[c.name] = c.s[idx[start:start + c.rows]].astype(np.int8)
+        steps[c.name] = np.round(c.s[idx[start:start + c.rows]] * ROW_STEP_UNITS).astype(np.int8)
         start += c.rows
     return RowAllocation(steps, float(b[rows, idx].sum()) + side, float(e[rows, idx].sum()), signal, params,
                          lam, target, float(ew[rows, idx].sum()), side)
 
 
-def row_coding_bits(x: torch.Tensor, s_rows: np.ndarray) -> dict[str, float]:
+def row_coding_bits(x: torch.Tensor, codes: np.ndarray) -> dict[str, float]:
     """Estimated bits of a per-row-step tensor coded with one table for all rows vs one table per group
     of rows with equal S (empirical entropy + TABLE_BITS_PER_SYMBOL-style table cost, S arrays excluded):
     what decides the container layout (docs/pack.md)."""
-    q = row_symbols(x, s_rows)
+    q = row_symbols(x, codes)
 
     def cost(sym: torch.Tensor) -> float:
         u, c = torch.unique(sym, return_counts=True)
@@ -492,6 +508,6 @@ def row_coding_bits(x: torch.Tensor, s_rows: np.ndarray) -> dict[str, float]:
         return h + u.numel() * (max(int(u.max() - u.min()).bit_length(), 1) + TABLE_BITS_PER_SYMBOL)
 
     groups = 0.0
-    for s in np.unique(s_rows):
-        groups += cost(q[torch.from_numpy(np.asarray(s_rows) == s)])
+    for k in np.unique(codes):
+        groups += cost(q[torch.from_numpy(np.asarray(codes) == k)])
     return {"one_table": cost(q), "table_per_group": groups}
