@@ -318,6 +318,15 @@ def test_row_step_containers_refused_cleanly_when_unreadable_or_corrupt(rowwise:
         h["tensors"][entry]["shape"] = [96 * 128]
     assert "2+ dims" in unpack_error(variant("flat", flat))
 
+    def overlap(h):
+        groups = h["tensors"][entry]["groups"]
+        groups[-1]["codes"] = groups[0]["codes"] if len(groups) > 1 else [200]
+    assert "must be distinct ascending step codes" in unpack_error(variant("overlap", overlap))
+
+    def miscount(h):
+        h["tensors"][entry]["groups"][0]["rows"] += 1
+    assert "row groups hold 97 rows, the shape has 96" in unpack_error(variant("miscount", miscount))
+
     t = header["tensors"][entry]
     for bad in (100, -3, 97):
         section = bytearray(body[t["offset"]:t["offset"] + t["length"]])

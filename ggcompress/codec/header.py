@@ -146,6 +146,17 @@ def _tensor(path: Path, header: dict[str, Any], entry: dict[str, Any], what: str
     elif dtype != "U8":
         raise GGError(f"{path}: {what}: codes must restore to U8, not {dtype}")
     _uint(path, entry, "decoded_crc32", what, _U32)
+    if "row_steps" in entry:
+        extra = _row_groups(path, entry, what, shape, length, itemsize) + 16 * n  # int64 symbols, float64
+    else:
+        extra = _coded(path, entry, what, n, length, itemsize)
+    check_alloc(2 * nbytes + extra, f"{path}: {what} (shape {shape} {dtype})")
+
+
+def _coded(path: Path, entry: dict[str, Any], what: str, n: int, length: int, itemsize: int) -> int:
+    """A symbol table and coder over n values (a tensor, or one row group); returns the decoder's
+    working memory beyond the output, in bytes."""
+    nbytes = n * itemsize
     sym = _obj(path, entry, "symbols", what)
     count = _uint(path, sym, "count", f"{what} symbols")
     width = _uint(path, sym, "bits", f"{what} symbols", 64)
@@ -175,9 +186,41 @@ def _tensor(path: Path, header: dict[str, Any], entry: dict[str, Any], what: str
         _sub(path, rans, length, f"{what} rANS stream")
         _plausible(path, what, nbytes, length)
         extra = 4 * n  # the decoded ranks (int32)
-    if "row_steps" in entry:
-        extra += 16 * n  # int64 symbols and their float64 products
-    check_alloc(2 * nbytes + extra, f"{path}: {what} (shape {shape} {dtype})")
+    return extra
+
+
+def _row_groups(path: Path, entry: dict[str, Any], what: str, shape: list[int], length: int,
+                itemsize: int) -> int:
+    """The row groups of a per-row-step tensor: disjoint sets of step codes whose row counts add up to
+    the rows, each a coded sub-entry over its rows' values (docs/format.md §4)."""
+    from ggcompress.codec.rdalloc import ROW_CODE_MAX
+
+    groups = entry.get("groups")
+    if not isinstance(groups, list) or not groups:
+        raise GGError(f"{path}: {what}: per-row steps need a non-empty list of row groups — malformed header")
+    rows, cols = shape[0], math.prod(shape[1:])
+    total, extra = 0, 0
+    seen: set[int] = set()
+    for i, g in enumerate(groups):
+        gwhat = f"{what} row group #{i}"
+        if not isinstance(g, dict):
+            raise GGError(f"{path}: {gwhat} is not an object — malformed header")
+        codes = g.get("codes")
+        if not isinstance(codes, list) or not codes or len(codes) > ROW_CODE_MAX + 1 or not all(
+                is_int(k) and 0 <= k <= ROW_CODE_MAX for k in codes) or codes != sorted(set(codes)) \
+                or seen & set(codes):
+            raise GGError(f"{path}: {gwhat}: codes {_clip(codes)} must be distinct ascending step codes in "
+                          f"0..{ROW_CODE_MAX}, each in one group — malformed header")
+        seen |= set(codes)
+        count = _uint(path, g, "rows", gwhat, rows)
+        if count < 1:
+            raise GGError(f"{path}: {gwhat} holds no rows — malformed header")
+        total += count
+        extra = max(extra, _coded(path, g, gwhat, count * cols, length, itemsize))
+    if total != rows:
+        raise GGError(f"{path}: {what}: row groups hold {total} rows, the shape has {rows} — malformed "
+                      "header")
+    return extra
 
 
 def _sub(path: Path, d: dict[str, Any], length: int, what: str, exact: int | None = None) -> None:
