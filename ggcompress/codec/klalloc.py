@@ -28,6 +28,11 @@ allocations: there the second-order model fails badly (see the constant). The sa
 tensor, the coarsest that meets K), which is how benchmarks/bench_pack_kl.py measures what the
 sensitivity weighting buys.
 
+Per-row steps (``search_rows``, pack --max-kl --step-granularity row): the same loop over
+``rdalloc.allocate_rows``, each row (output channel) weighted by its own mean Fisher F̄_r shrunk half-way
+toward its tensor's F̄_t (``row_weights``: a few thousand calibration tokens estimate rows poorly, and an
+input embedding's rows of tokens absent from them have F̂ = 0), with the per-row SQNR floor.
+
 Costs: one model load (float32), N forward+backward passes (Fisher), one forward pass over the N
 held-out windows per KL evaluation, and the original model's logits on them kept in memory
 (N·(T−1)·vocab float32: 200 MB for SmolLM2 at N = 8, T = 128). The library returns data, never prints.

@@ -1,4 +1,4 @@
-"""Rate–distortion allocation of per-tensor steps: the fewest coded bits at a named quality.
+"""Rate–distortion allocation of per-tensor (or per-row) steps: the fewest coded bits at a named quality.
 
 Why: one uniform step 2^-S for every tensor (``--quant step:S``) can only hit quality targets in whole
 steps of ~6 dB / ~1 bit per parameter, and it cannot trade rate between tensors whose rate and error
@@ -16,6 +16,10 @@ The curves are estimates (re-rounding from the fine symbols differs from direct 
 values within half a fine step of a coarse boundary); pack reports the measured SQNR and bits next to
 the predicted ones. ``weights`` (e.g. a sensitivity per tensor) multiply each tensor's error; with
 ``max_distortion`` the target is the weighted error itself, Σ weight·error (pack --max-kl, codec/klalloc.py).
+
+Per-row steps (pack --step-granularity row): ``measure_row_curves`` gives every row (output channel) of
+a tensor its own curve and ``allocate_rows`` runs the same Lagrangian over all rows of all tensors at
+once (vectorized); the steps are stored as int8 codes in quarter octaves (``row_step_values``).
 """
 
 from __future__ import annotations
@@ -279,11 +283,14 @@ class RowCurves:
 
     Rate estimate: a row's bits at S are its symbols' code lengths under the *tensor's* symbol
     distribution at S, −Σ log2 p_S(q), plus its share (cols / numel) of the tensor's table cost at S.
-    Why this and not the row's own entropy: the rows of a tensor are coded with one table (one rANS
-    model), so a row pays the shared model's code lengths, not its own; the sum over rows at a common S
-    is exactly the per-tensor curve (measure_curve, direct rounding). With mixed S per row the model is
-    the mixture of the rows' distributions, which the estimate does not see; pack reports the stored
-    bits. Errors are exact per row: Σ (w − step·round(w/step))² in float64.
+    Why this and not the row's own entropy: rows are coded in groups sharing one table (one rANS model;
+    pack groups the rows of equal S), so a row pays a shared model's code lengths, not its own, and a
+    row's symbols alone are far too few to estimate a distribution. The tensor's distribution at S is
+    the one such estimate every row can be given: the sum over rows at a common S is exactly the tensor
+    at that step (direct rounding), and for a group of rows at S it is exact when the rows are alike.
+    It ignores how the group's rows differ from the tensor's and that each group pays its own table;
+    pack reports the stored bits (within 1% on the Wikipedia LM, docs/pack.md). Errors are exact per
+    row: Σ (w − step·round(w/step))² in float64.
     """
 
     name: str
@@ -497,8 +504,8 @@ def allocate_rows(curves: Sequence[RowCurves], *, target_sqnr_db: float | None =
 
 def row_coding_bits(x: torch.Tensor, codes: np.ndarray) -> dict[str, float]:
     """Estimated bits of a per-row-step tensor coded with one table for all rows vs one table per group
-    of rows with equal S (empirical entropy + TABLE_BITS_PER_SYMBOL-style table cost, S arrays excluded):
-    what decides the container layout (docs/pack.md)."""
+    of rows with equal S (empirical entropy + the curves' table cost, step codes excluded): the
+    measurement behind pack's grouping (docs/pack.md)."""
     q = row_symbols(x, codes)
 
     def cost(sym: torch.Tensor) -> float:
