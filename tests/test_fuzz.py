@@ -185,7 +185,9 @@ def work(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Work:
     P.pack(folder, root / "rf8.ggz", P.PackOptions(quant="rf8"))
     P.pack(folder, root / "lossless.ggz", P.PackOptions(quant="none"))  # format version 2
     P.pack(folder, root / "steps.ggz", P.PackOptions(coder="rans", target_sqnr_db=30.0))  # per-tensor steps
-    for name in ("eg", "rans", "rf8", "lossless", "steps"):
+    P.pack(folder, root / "rows.ggz", P.PackOptions(target_sqnr_db=30.0, step_granularity="row"))  # version 3
+    assert any("groups" in t for t in P.open_packed(root / "rows.ggz").tensors)
+    for name in ("eg", "rans", "rf8", "lossless", "steps", "rows"):
         blob = (root / f"{name}.ggz").read_bytes()
         containers[name] = (blob, by_offset(root / f"{name}.ggz"))
     out["ggz"] = containers
@@ -329,7 +331,7 @@ def check_ggz(path: Path, original: dict[int, bytes]) -> None:
         assert original.get(entry["offset"]) == blob, entry
 
 
-@pytest.mark.parametrize("kind", ["eg", "rans", "rf8", "lossless", "steps"])
+@pytest.mark.parametrize("kind", ["eg", "rans", "rf8", "lossless", "steps", "rows"])
 @given(data=st.data())
 @fuzz_settings(120)
 def test_fuzz_ggz_header_fields(work: dict[str, Any], kind: str, data: st.DataObject) -> None:
@@ -341,7 +343,7 @@ def test_fuzz_ggz_header_fields(work: dict[str, Any], kind: str, data: st.DataOb
     check_ggz(path, original)
 
 
-@pytest.mark.parametrize("kind", ["eg", "rans", "lossless"])
+@pytest.mark.parametrize("kind", ["eg", "rans", "lossless", "rows"])
 @given(data=st.data())
 @fuzz_settings(100)
 def test_fuzz_ggz_bytes(work: dict[str, Any], kind: str, data: st.DataObject) -> None:
@@ -358,7 +360,7 @@ def test_fuzz_ggz_data_with_matching_checksums(work: dict[str, Any], data: st.Da
     """Corrupt coded bytes *and* fix the section checksum, so the decoders themselves meet the damage."""
     import zlib
 
-    blob, original = work["ggz"][data.draw(st.sampled_from(["eg", "rans"]))]
+    blob, original = work["ggz"][data.draw(st.sampled_from(["eg", "rans", "rows"]))]
     version, header, body = split_ggz(blob)
     coded = [t for t in header["tensors"] if t["encoding"] != "raw" and t["length"]]
     entry = data.draw(st.sampled_from(coded))
