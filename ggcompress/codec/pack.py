@@ -534,7 +534,7 @@ def _pack_rd(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progress
 def _pack_rd_rows(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progress: Progress | None,
                   cal: Any) -> dict[str, Any]:
     """Per-row steps: row curves of each eligible tensor, one λ over every row (rdalloc.allocate_rows, or
-    the measured KL search klalloc.search_rows), then pack with the S arrays stored."""
+    the measured KL search klalloc.search_rows), then pack with the step codes stored."""
     from ggcompress.codec import rdalloc
 
     notify = progress or (lambda desc, d, t: None)
