@@ -65,10 +65,12 @@ def _doc(saving: float, ds_red: float, ds_ppl: float, init_steps: tuple[int, int
         # the target is the worst median final loss (β=2's 4.9); β=1 reaches it at step `gg`, β=2 at `ref`
         runs[f"β=2 {rule}"] = [{"seed": s, "curve": [[0, 9.0], [ref, 4.9], [400, 4.9]]} for s in range(3)]
         runs[f"β=1 {rule}"] = [{"seed": s, "curve": [[0, 9.0], [gg, 4.9], [400, 4.8]]} for s in range(3)]
+        runs[f"β measured {rule}"] = [dict(r) for r in runs[f"β=2 {rule}"]]
     return {"budget": "cpu", "schema": rc.SCHEMA,
             "sizes": {"bs_steps": 250, "bs_lams": [3e-4], "bs_seeds": 1, "ft_steps": 500,
                       "ds_sweep": "0.8:0.6", "ds_steps": 200, "minilm_steps": 100, "init_steps": 400,
-                      "init_batch": 4, "init_block": 64, "init_seeds": 3, "notes": ["a note"]},
+                      "init_batch": 4, "init_block": 64, "init_seeds": 3, "init_betas": [1.0, 2.0],
+                      "notes": ["a note"]},
             "backslash": {"scratch": [_bs_row("plain", 0, 100.0, 10.0),
                                       _bs_row("loss", 0, 100.5, 10.0 * (1 - saving), 3e-4)], "finetune": []},
             "deepshape": {"points": [{"shape_scale": 0.8, "scale_scale": 0.6, "vs_original": {
@@ -96,6 +98,28 @@ def test_init_needs_twenty_percent_fewer_steps(steps, word):
     row = {r["claim"]: r for r in rc.verdicts(doc)}["GG init converges faster"]
     assert row["verdict"].startswith(word + ":")
     assert "3–3 seeds per init" in row["setup"] and "4 × 64 tokens" in row["setup"]
+
+
+def test_steps_to_target_is_interpolated_between_evaluations():
+    curve = [[0, 9.0], [200, 6.0], [400, 5.0], [600, 4.0]]
+    assert rc.steps_to(curve, 5.5) == pytest.approx(300.0)  # halfway between the evaluations at 200 and 400
+    assert rc.steps_to(curve, 5.0) == 400.0 and rc.steps_to(curve, 9.5) == 0.0
+    assert rc.steps_to(curve, 3.0) is None
+
+
+def test_init_with_missing_seeds_claims_no_verdict():
+    doc = _doc(0.0, 0.0, 0.0, (100, 200))
+    runs = {label: [{"seed": 0, "curve": [[0, 9.0], [200, 4.9]]}] for label in doc["init"]["summary"]}
+    doc["init"] = {"target_loss": 4.9, **rc.summarize_init(runs)}
+    row = {r["claim"]: r for r in rc.verdicts(doc)}["GG init converges faster"]
+    assert row["verdict"] == "incomplete (6 of 18 runs): no verdict yet"
+
+
+def test_backslash_tradeoffs_are_medians_against_each_seeds_plain():
+    rows = [_bs_row("plain", 0, 100.0, 8.0), _bs_row("plain", 1, 200.0, 10.0),
+            _bs_row("loss", 0, 110.0, 4.0, 3e-4), _bs_row("loss", 1, 240.0, 4.0, 3e-4)]
+    # medians of (−50%, −60%) bits and (+10%, +20%) perplexity
+    assert rc.backslash_tradeoffs(rows) == "loss 0.0003: -55.0% bits, +15.0% ppl"
 
 
 def test_smoke_budget_never_claims_a_verdict():
