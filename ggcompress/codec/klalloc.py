@@ -336,18 +336,8 @@ def search(curves: Sequence[rdalloc.Curve], cal: Calibration, max_kl: float, *, 
     else:
         weights = rel if method == "fisher" else dict.fromkeys(names, 1.0)
         trace = _search_budget(curves, weights, fbar * per_token, evaluate, max_kl, max_evals, bits_tol)
-    ok = [e for e in trace if e.meets]
-    if not ok:
-        finest = [c.s.size - 1 for c in curves]
-        e = evaluate(math.nan, finest)
-        if all(e is not t for t in trace):
-            trace.append(e)
-        if not e.meets:
-            cal.probe.restore()
-            raise GGError(f"KL {max_kl:g} nats is out of reach: the finest steps (2^-{curves[0].s[-1]:g}) "
-                          f"give {e.measured_kl:.4g} on the calibration text")
-        ok = [e]
-    best = min(ok, key=lambda e: (e.bits, e.measured_kl))
+    best = _cheapest_meeting(trace, lambda: evaluate(math.nan, [c.s.size - 1 for c in curves]), cal, max_kl,
+                             curves[0].s[-1])
     idx = _indices(curves, best.steps)
     noise = float(sum(c.noise[i] for c, i in zip(curves, idx, strict=True)))
     cal.probe.restore()
@@ -581,17 +571,8 @@ def search_rows(curves: Sequence[rdalloc.RowCurves], cal: Calibration, max_kl: f
         return measured[key]
 
     trace = _search_d(allocation, d_min, d_max, fbar * per_token, evaluate, max_kl, max_evals, bits_tol)
-    ok = [e for e in trace if e.meets]
-    if not ok:
-        e = evaluate(math.nan, allocation(d_min))
-        if all(e is not t for t in trace):
-            trace.append(e)
-        if not e.meets:
-            cal.probe.restore()
-            raise GGError(f"KL {max_kl:g} nats is out of reach: the finest steps (2^-{curves[0].s[-1]:g}) "
-                          f"give {e.measured_kl:.4g} on the calibration text")
-        ok = [e]
-    best = min(ok, key=lambda e: (e.bits, e.measured_kl))
+    best = _cheapest_meeting(trace, lambda: evaluate(math.nan, allocation(d_min)), cal, max_kl,
+                             curves[0].s[-1])
     key = b"".join(best.steps[n].tobytes() for n in names)
     a = allocs[key]
     cal.probe.restore()
@@ -601,3 +582,19 @@ def search_rows(curves: Sequence[rdalloc.RowCurves], cal: Calibration, max_kl: f
                         {"min_row_sqnr_db": min_sqnr_db, "row_shrink": row_shrink, "granularity": "row",
                          "rows": len(w_all),
                          "row_steps_bits": side})
+
+
+def _cheapest_meeting(trace: list, finest: Any, cal: Any, max_kl: float, finest_s: float) -> Any:
+    """The cheapest evaluation in ``trace`` meeting the KL; else the finest allocation's (``finest()``,
+    appended to the trace), or a refusal when even that misses (the model's weights restored first)."""
+    ok = [e for e in trace if e.meets]
+    if not ok:
+        e = finest()
+        if all(e is not t for t in trace):
+            trace.append(e)
+        if not e.meets:
+            cal.probe.restore()
+            raise GGError(f"KL {max_kl:g} nats is out of reach: the finest steps (2^-{finest_s:g}) "
+                          f"give {e.measured_kl:.4g} on the calibration text")
+        ok = [e]
+    return min(ok, key=lambda e: (e.bits, e.measured_kl))
