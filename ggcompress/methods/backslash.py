@@ -454,11 +454,11 @@ def run_backslash(
     run_key = {"backslash": cfg.to_dict(), "model": source, "data": str(data_spec)}
     barrier()
     if info.is_main:
-        folder.start(run_key)
-    # Every rank writes its DCP shards into the work folder rank 0 made (hidden beside OUT with --force).
-    work = _shared_path(folder.work if folder.work is not None else folder.out)
-    resume = resume and folder.mode == "resume"
-    try:
+        folder.start(run_key)  # removes what it made itself if interrupted inside
+    try:  # from here on an interruption (SIGTERM, Ctrl-C) goes through folder.abort() below
+        # Every rank writes its DCP shards into the work folder rank 0 made (hidden beside OUT with --force).
+        work = _shared_path(folder.work if folder.work is not None else folder.out)
+        resume = resume and folder.mode == "resume"
         notify({"event": "phase", "phase": "measure", "what": "before"})
         before = measure(model, data, params, cfg, tcfg)
 

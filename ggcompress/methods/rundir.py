@@ -127,6 +127,9 @@ class RunFolder:
         except OSError as e:
             self.abort()
             raise output_error(self.out, e) from e
+        except BaseException:  # SIGTERM / Ctrl-C while the folder or its marker is being created
+            self.abort()
+            raise
         return self.work
 
     def commit(self) -> Path:
