@@ -496,15 +496,7 @@ def _pack_rd(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progress
         cal = _kl_calibration(ck, opts, notify)
     if opts.step_granularity == "row":
         return _pack_rd_rows(ck, out, opts, force, progress, cal)
-    curves = []
-    done = 0
-    for info, x in ck.iter_tensors():
-        if _eligible_step(info, opts):
-            # fractional octaves only where the restored values stay in the source dtype (fp32/fp64)
-            curves.append(rdalloc.measure_curve(x, info.name,
-                                                per_octave=4 if info.dtype in ("F32", "F64") else 1))
-        done += info.numel
-        notify(f"{ck.source} (curves)", done, ck.numel)
+    curves = _curves(ck, opts, notify, rdalloc.measure_curve, "curves")
     if cal is not None:
         from ggcompress.codec import klalloc
 
@@ -531,6 +523,19 @@ def _pack_rd(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progress
     return report
 
 
+def _curves(ck: Checkpoint, opts: PackOptions, notify: Any, measure: Any, what: str) -> list:
+    """One pass over the checkpoint: ``measure(x, name, per_octave=...)`` of every eligible tensor.
+    Fractional octaves only where the restored values stay in the source dtype (fp32/fp64)."""
+    curves = []
+    done = 0
+    for info, x in ck.iter_tensors():
+        if _eligible_step(info, opts):
+            curves.append(measure(x, info.name, per_octave=4 if info.dtype in ("F32", "F64") else 1))
+        done += info.numel
+        notify(f"{ck.source} ({what})", done, ck.numel)
+    return curves
+
+
 def _pack_rd_rows(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progress: Progress | None,
                   cal: Any) -> dict[str, Any]:
     """Per-row steps: row curves of each eligible tensor, one λ over every row (rdalloc.allocate_rows, or
@@ -538,14 +543,7 @@ def _pack_rd_rows(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, pro
     from ggcompress.codec import rdalloc
 
     notify = progress or (lambda desc, d, t: None)
-    curves = []
-    done = 0
-    for info, x in ck.iter_tensors():
-        if _eligible_step(info, opts):
-            curves.append(rdalloc.measure_row_curves(x, info.name,
-                                                     per_octave=4 if info.dtype in ("F32", "F64") else 1))
-        done += info.numel
-        notify(f"{ck.source} (row curves)", done, ck.numel)
+    curves = _curves(ck, opts, notify, rdalloc.measure_row_curves, "row curves")
     if cal is not None:
         from ggcompress.codec import klalloc
 
