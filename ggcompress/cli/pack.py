@@ -69,6 +69,10 @@ class _EgOrder(click.ParamType):
 @click.option("--rdoq", is_flag=True,
               help="Rate-distortion-optimized rounding of step symbols: a weight moves one step toward zero "
                    "when the bits saved outweigh the added error (decoding unchanged).")
+@click.option("--trellis", is_flag=True,
+              help="Dependent (trellis-coded) quantization at the step, as NNCodec/VVC: two interleaved "
+                   "quantizers and a 4-state machine, Viterbi-searched; about step:S's SQNR in ~0.15 "
+                   "bit/param less (best with --coder rans; format version 4).")
 @click.option("--workers", type=click.IntRange(0, 256), default=0, show_default=True,
               help="Threads coding lossless chunks (0: the usable CPUs, at most 4).")
 @click.option("--coder", type=click.Choice(["eg", "rans"]), default="eg", show_default=True,
@@ -91,7 +95,7 @@ class _EgOrder(click.ParamType):
 def pack_cmd(checkpoints: tuple[str, ...], output: str, quant: str | None, lossless: bool,
              target_sqnr: float | None, bits_per_param: float | None, max_kl: float | None,
              calibration: str | None, calibration_windows: int, calibration_length: int,
-             step_granularity: str, rdoq: bool, workers: int, coder: str, eg_k: int | None,
+             step_granularity: str, rdoq: bool, trellis: bool, workers: int, coder: str, eg_k: int | None,
              granularity: str, include: str | None, exclude: str | None, fail_if: tuple[str, ...],
              per_tensor: bool, as_json: bool, force: bool) -> None:
     """Quantize and entropy-code checkpoints into self-describing .ggz containers.
@@ -119,7 +123,7 @@ def pack_cmd(checkpoints: tuple[str, ...], output: str, quant: str | None, lossl
                           bits_per_param=bits_per_param, rdoq=rdoq, max_kl=max_kl, calibration=calibration,
                           calibration_windows=calibration_windows,
                           calibration_length=calibration_length,
-                          step_granularity=step_granularity).checked()
+                          step_granularity=step_granularity, trellis=trellis).checked()
     sources = expand_inputs(checkpoints)
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), console=console,

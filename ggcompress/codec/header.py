@@ -20,9 +20,13 @@ from ggcompress.io.limits import check_alloc, format_bytes, is_int, valid_shape
 from ggcompress.stats.rate import MAX_K
 
 #: Encodings and coders this reader decodes (docs/format.md §4-§5).
-ENCODINGS = ("raw", "step", "codes", "lossless")
+ENCODINGS = ("raw", "step", "codes", "lossless", "trellis")
 #: Format version that introduced per-row steps (a ``row_steps`` section in a step entry).
 ROW_STEPS_VERSION = 3
+#: Format version that introduced trellis-coded tensors (encoding ``trellis``, pack --trellis).
+TRELLIS_VERSION = 4
+#: Contexts of a trellis entry's coded groups: the indices whose state uses quantizer Q0, and Q1.
+TRELLIS_CONTEXTS = ("q0", "q1")
 CODERS = ("const", "eg", "rans")
 #: Largest exp-Golomb lane the writer makes is 4096 symbols; anything past this is not a lane size.
 MAX_LANE = 1 << 16
@@ -143,6 +147,11 @@ def _tensor(path: Path, header: dict[str, Any], entry: dict[str, Any], what: str
         elif not number or not (math.isfinite(step) and step > 0):
             raise GGError(f"{path}: {what} is step-coded but has no positive finite step (quantization "
                           f"{_clip(q)}, tensor step {_clip(entry.get('step'))}) — malformed header")
+    elif encoding == "trellis":
+        _uint(path, entry, "decoded_crc32", what, _U32)
+        extra = _trellis(path, header, entry, what, n, length, itemsize)
+        check_alloc(2 * nbytes + extra, f"{path}: {what} (shape {shape} {dtype})")
+        return
     elif dtype != "U8":
         raise GGError(f"{path}: {what}: codes must restore to U8, not {dtype}")
     _uint(path, entry, "decoded_crc32", what, _U32)
@@ -187,6 +196,48 @@ def _coded(path: Path, entry: dict[str, Any], what: str, n: int, length: int, it
         _plausible(path, what, nbytes, length)
         extra = 4 * n  # the decoded ranks (int32)
     return extra
+
+
+def _trellis(path: Path, header: dict[str, Any], entry: dict[str, Any], what: str, n: int, length: int,
+             itemsize: int) -> int:
+    """A trellis entry (codec/trellis.py, docs/format.md §4): its parameters and its context groups (q0,
+    q1; an empty one is left out) whose counts add up to the lanes' padded length. Returns the decoder's
+    working memory beyond the output."""
+    q = header.get("quantization")
+    if header["format_version"] < TRELLIS_VERSION or not isinstance(q, dict) or q.get("method") != "trellis":
+        raise GGError(f"{path}: {what} is trellis-coded, which needs format version {TRELLIS_VERSION} and "
+                      "quantization method trellis — malformed header")
+    if entry["dtype"] not in FLOAT_DTYPES:
+        raise GGError(f"{path}: {what}: a trellis-coded tensor must restore to a float dtype")
+    spec = _obj(path, entry, "trellis", what)
+    delta = spec.get("delta")
+    if not (isinstance(delta, int | float) and not isinstance(delta, bool) and math.isfinite(delta)
+            and delta > 0):
+        raise GGError(f"{path}: {what}: trellis delta {_clip(delta)} must be a positive finite number")
+    if _uint(path, spec, "lane", what, MAX_LANE) < 1 or _uint(path, spec, "states", what) != 4:
+        raise GGError(f"{path}: {what}: trellis lane {spec.get('lane')} / states {spec.get('states')}: this "
+                      "reader decodes lanes of 1..65536 and 4 states — malformed header")
+    groups = entry.get("groups")
+    if not isinstance(groups, list) or not groups or not all(isinstance(g, dict) for g in groups):
+        raise GGError(f"{path}: {what}: a trellis entry needs a non-empty list of groups — malformed header")
+    contexts = [g.get("context") for g in groups]
+    if any(c not in TRELLIS_CONTEXTS for c in contexts) or len(set(contexts)) != len(contexts):
+        raise GGError(f"{path}: {what}: trellis contexts {_clip(contexts)} must be distinct ones of "
+                      f"{', '.join(TRELLIS_CONTEXTS)} — malformed header")
+    lane = spec["lane"]
+    padded = -(-n // lane) * lane
+    extra, total = 0, 0
+    for g in groups:
+        gwhat = f"{what} context {g['context']}"
+        count = _uint(path, g, "count", gwhat, padded)
+        if count < 1:
+            raise GGError(f"{path}: {gwhat} holds no values — malformed header")
+        total += count
+        extra = max(extra, _coded(path, g, gwhat, count, length, itemsize))
+    if total != padded:
+        raise GGError(f"{path}: {what}: trellis contexts hold {total} values, {padded} expected (shape "
+                      f"{n} in lanes of {lane}) — malformed header")
+    return extra + 40 * padded  # both streams, the walked indices and states (int64), the float64 levels
 
 
 def _row_groups(path: Path, entry: dict[str, Any], what: str, shape: list[int], length: int,

@@ -36,7 +36,7 @@ import torch
 from ggcompress import __version__
 from ggcompress.codec import coders
 from ggcompress.codec import lossless as lossless_codec
-from ggcompress.codec.header import ROW_STEPS_VERSION, validate_header
+from ggcompress.codec.header import ROW_STEPS_VERSION, TRELLIS_VERSION, validate_header
 from ggcompress.errors import GGError, check_patterns, nothing_selected
 from ggcompress.io.checkpoint import (
     DTYPES,
@@ -68,7 +68,8 @@ FORMAT_VERSION = 1
 #: Version of containers holding a ``lossless`` tensor (docs/format.md); the newest this module reads.
 LOSSLESS_VERSION = 2
 #: Version of containers holding per-row steps (``row_steps``, pack --step-granularity row): codec/header.py.
-READ_VERSION = ROW_STEPS_VERSION
+#: Version of containers holding trellis-coded tensors (pack --trellis): codec/trellis.py, docs/format.md.
+READ_VERSION = TRELLIS_VERSION
 #: magic, format version, CRC-32 of the header, header length, data length (little-endian).
 PREAMBLE = struct.Struct("<8sIIQQ")
 ALIGN = 8
@@ -106,6 +107,7 @@ class PackOptions:
     calibration_windows: int = 8  # windows for the Fisher, and as many held out for the KL
     calibration_length: int = 128  # tokens per window, clamped to the model's context
     step_granularity: str = "tensor"  # RD modes: one step per tensor, or per row (output channel)
+    trellis: bool = False  # dependent (trellis-coded) quantization at the step (codec/trellis.py)
 
     def checked(self) -> PackOptions:
         mode, _ = parse_quant(self.quant)
@@ -148,6 +150,13 @@ class PackOptions:
                               "--bits-per-param, --max-kl); give one")
             if self.rdoq:
                 raise GGError("--rdoq does not combine with --step-granularity row")
+        if self.trellis:
+            if mode not in ("step", "auto") or self.rdoq or self.target_sqnr_db is not None \
+                    or self.bits_per_param is not None or self.max_kl is not None:
+                what = ("--rdoq" if self.rdoq else "a quality target" if mode == "auto"
+                        else f"--quant {self.quant}")
+                raise GGError(f"--trellis quantizes at one step (--quant step:S); it does not combine with "
+                              f"{what}")
         if not (isinstance(self.workers, int) and 0 <= self.workers <= 256):
             raise GGError(f"workers {self.workers!r}: must be an integer in 0..256 (0: automatic)")
         if self.coder not in ("eg", "rans"):
@@ -675,7 +684,7 @@ def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOp
                 signal += sig
                 noise += err
             elif step is not None and _eligible_step(info, opts):
-                coded, sig, err = _code_step(info, x, step, opts)
+                coded, sig, err = (_code_trellis if opts.trellis else _code_step)(info, x, step, opts)
                 signal += sig
                 noise += err
             else:
@@ -703,12 +712,13 @@ def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOp
             del x, coded
         header = {
             "format": "ggcompress.ggz",
-            "format_version": (ROW_STEPS_VERSION if row_steps is not None else
+            "format_version": (TRELLIS_VERSION if opts.trellis and step is not None else
+                               ROW_STEPS_VERSION if row_steps is not None else
                                LOSSLESS_VERSION if lossless or steps is not None else FORMAT_VERSION),
             "quantization": ({"method": "none"} if lossless else
                              {"method": "steps", "granularity": "row", **(target or {})}
                              if row_steps is not None else {"method": "steps", **(target or {})}
-                             if steps is not None else _quant_header(step, scheme)),
+                             if steps is not None else _quant_header(step, scheme, opts.trellis)),
             "coder": ({"name": "lossless", "chunk": lossless_codec.CHUNK} if lossless else
                       {"name": opts.coder, **({"k": opts.eg_k} if opts.coder == "eg" else {}),
                        **({"precision": coders.RANS_PRECISION} if opts.coder == "rans" else {})}),
@@ -730,9 +740,14 @@ def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOp
     }
 
 
-def _quant_header(step: float | None, scheme: Any) -> dict[str, Any]:
+def _quant_header(step: float | None, scheme: Any, trellis: bool = False) -> dict[str, Any]:
     if scheme is not None:
         return {"method": "codes", "scheme": scheme.to_dict(with_version=False)}
+    if trellis:
+        from ggcompress.codec import trellis as tq
+
+        return {"method": "trellis", "step": step, "step_label": rate.format_step(step),
+                "delta": step * tq.STEP_FACTOR, "lane": tq.LANE, "states": len(tq.NEXT), "lambda": tq.LAMBDA}
     return {"method": "step", "step": step, "step_label": rate.format_step(step)}
 
 
@@ -755,6 +770,48 @@ def _code_step(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOptions
     restored = torch.from_numpy(coded.restored).view(dtype).reshape(x.shape)
     sig, err = _energies(x, restored)
     return coded, sig, err
+
+
+def _code_trellis(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOptions
+                  ) -> tuple[_Coded, float, float]:
+    """Trellis-quantize one tensor (codec/trellis.py) at union step Δ = STEP_FACTOR·step and code its
+    indices in two contexts, by the quantizer of their state (trellis.interleave), each with its own
+    table. Restored values are level·Δ rounded once from float64 to the source dtype."""
+    from ggcompress.codec import trellis
+
+    delta = step * trellis.STEP_FACTOR
+    k = trellis.trellis_indices(x, delta, name=info.name)
+    qid = trellis.states(k & 1, k.numel())
+    restored = _trellis_restored(trellis.levels(k, qid), delta, x.dtype, info.name)
+    parts: list[bytes] = []
+    offset = 0
+    groups = []
+    costs = dict.fromkeys(COST_KEYS, 0.0)
+    for context, sym in zip(("q0", "q1"), trellis.interleave(k), strict=True):
+        if sym.numel() == 0:
+            continue
+        hist = rate.SymbolHistogram(1.0).update(sym.to(torch.float64), info.name)
+        g = _code_symbols(hist, sym, hist.symbols_by_rank().numpy(), opts, info.name)
+        groups.append({"context": context, "count": int(sym.numel()), **_shifted(g.entry, offset)})
+        offset = _pad_to(parts, offset, g.blob)
+        for key in COST_KEYS:
+            costs[key] += g.costs[key]
+    entry = {"dtype": TORCH_TO_ST[restored.dtype], "source_dtype": info.dtype, "encoding": "trellis",
+             "trellis": {"delta": delta, "lane": trellis.LANE, "states": len(trellis.NEXT)}, "groups": groups}
+    coded = _Coded(entry, b"".join(parts), _int_view(restored), costs)
+    sig, err = _energies(x, restored.reshape(x.shape))
+    return coded, sig, err
+
+
+def _trellis_restored(levels: torch.Tensor, delta: float, source: torch.dtype, name: str) -> torch.Tensor:
+    """level·Δ in float64, rounded once to the first of (source, float32, float64) that holds it finitely."""
+    v = levels.to(torch.float64) * delta
+    for dtype in (source, torch.float32, torch.float64):
+        if dtype.is_floating_point:
+            y = v.to(dtype)
+            if bool(torch.isfinite(y).all()):
+                return y
+    raise GGError(f"{name}: trellis levels overflow float64")
 
 
 def _rows_restored(q: torch.Tensor, codes: np.ndarray, source: torch.dtype) -> torch.Tensor:
@@ -921,7 +978,7 @@ def _coder_fields(entry: dict[str, Any]) -> dict[str, Any]:
         coders_used = sorted({g["coder"] for g in entry["groups"]})
         return {"coder": "groups:" + "+".join(coders_used),
                 "distinct": sum(g["symbols"]["count"] for g in entry["groups"]), "k": None,
-                "row_groups": len(entry["groups"])}
+                ("contexts" if entry["encoding"] == "trellis" else "row_groups"): len(entry["groups"])}
     return {"coder": entry["coder"], "distinct": entry["symbols"]["count"], "k": entry.get("eg", {}).get("k")}
 
 
@@ -1140,6 +1197,8 @@ def _decode_symbols(packed: PackedFile, entry: dict[str, Any], data: bytes, n: i
     name = entry["name"]
     if entry["encoding"] == "step" and "row_steps" in entry:
         return _decode_rows(entry, data, dtype)
+    if entry["encoding"] == "trellis":
+        return _decode_trellis(entry, data, n, dtype)
     by_rank = _symbol_table(entry, data)
     d = by_rank.numel()
     if entry["encoding"] == "step":
@@ -1160,6 +1219,36 @@ def _decode_symbols(packed: PackedFile, entry: dict[str, Any], data: bytes, n: i
     else:
         raise ValueError(f"unknown encoding {entry['encoding']!r}")
     return _decode_ranks(entry, data, n, d, values, name)
+
+
+def _decode_trellis(entry: dict[str, Any], data: bytes, n: int, dtype: torch.dtype) -> np.ndarray:
+    """A trellis-coded tensor (format version 4): both context streams in bulk, the lockstep walk of the
+    state machine that puts each index in place (trellis.deinterleave), then level·Δ."""
+    from ggcompress.codec import trellis
+
+    spec = entry["trellis"]
+    delta, lane = float(spec["delta"]), int(spec["lane"])
+    if not (math.isfinite(delta) and delta > 0) or not 1 <= lane <= 1 << 16 \
+            or spec["states"] != len(trellis.NEXT):
+        raise ValueError(f"trellis parameters {spec} are not ones this reader decodes")
+    if not dtype.is_floating_point:
+        raise ValueError("a trellis-coded tensor must restore to a float dtype")
+    streams = {"q0": torch.zeros(0, dtype=torch.int64), "q1": torch.zeros(0, dtype=torch.int64)}
+    for g in entry["groups"]:
+        if g["context"] not in streams or streams[g["context"]].numel():
+            contexts = [g.get("context") for g in entry["groups"]]
+            raise ValueError(f"trellis contexts {contexts} are not q0 / q1")
+        by_rank = _symbol_table(g, data)
+        if by_rank.numel() and int(by_rank.abs().max()) > 1 << 50:
+            raise ValueError("a trellis index is out of range")
+        count = int(g["count"])
+        sym = _decode_ranks(g, data, count, by_rank.numel(), by_rank.numpy(), entry["name"])
+        streams[g["context"]] = torch.from_numpy(sym)
+    k = trellis.deinterleave(streams["q0"], streams["q1"], n, lane)
+    v = trellis.restore(k, delta, n, lane).to(dtype)
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError("a trellis level overflows the restored dtype")
+    return _int_view(v)
 
 
 def _symbol_table(spec: dict[str, Any], data: bytes) -> torch.Tensor:
