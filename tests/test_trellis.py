@@ -19,25 +19,29 @@ from ggcompress.cli import cli
 from ggcompress.codec import pack as P
 from ggcompress.codec import trellis as T
 
-# VVC's dependent quantization, written out independently of the module's tables.
-REF_NEXT = {0: (0, 2), 1: (2, 0), 2: (1, 3), 3: (3, 1)}
+# The trellises written out independently of the module's tables: next state by parity, and whether a
+# state uses Q1 (VVC's 4-state dependent quantization; the 8-state TCQ of NNCodec, Q1 in odd states).
+REF = {4: ({0: (0, 2), 1: (2, 0), 2: (1, 3), 3: (3, 1)}, lambda s: s >= 2),
+       8: ({0: (0, 2), 1: (7, 5), 2: (1, 3), 3: (6, 4), 4: (2, 0), 5: (5, 7), 6: (3, 1), 7: (4, 6)},
+           lambda s: s % 2 == 1)}
 
 
-def ref_level(k: int, state: int) -> int:
-    if state < 2:
+def ref_level(k: int, q1: bool) -> int:
+    if not q1:
         return 2 * k
     return 2 * k - (k > 0) + (k < 0)
 
 
-def ref_restore(k: np.ndarray, lane: int) -> np.ndarray:
+def ref_restore(k: np.ndarray, lane: int, states: int) -> np.ndarray:
     """Level of each index (units of Δ), one symbol at a time, the state reset at each lane start."""
+    nxt, uses_q1 = REF[states]
     out = np.empty(k.size, dtype=np.int64)
     state = 0
     for i, v in enumerate(k.tolist()):
         if i % lane == 0:
             state = 0
-        out[i] = ref_level(v, state)
-        state = REF_NEXT[state][v & 1]
+        out[i] = ref_level(v, uses_q1(state))
+        state = nxt[state][v & 1]
     return out
 
 
@@ -45,32 +49,38 @@ def laplace(n: int, seed: int, scale: float = 0.02) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(seed).laplace(0, scale, n)).to(torch.float32)
 
 
-def test_search_is_the_minimum_distortion_path_at_lambda_zero() -> None:
+@pytest.mark.parametrize("states", [4, 8])
+def test_search_is_the_minimum_distortion_path_at_lambda_zero(states: int) -> None:
     """With λ = 0 the Viterbi search must find the least squared error over every index sequence."""
     lane, count = 5, 30
+    nxt_ref, uses_q1 = REF[states]
     rng = np.random.default_rng(0)
     x = rng.uniform(-4, 4, size=(count, lane))
     ks = np.arange(-5, 6)
     seqs = np.array(list(itertools.product(ks, repeat=lane)))  # 11^5 sequences
     levels = np.empty(seqs.shape, dtype=np.int64)
     state = np.zeros(len(seqs), dtype=np.int64)
-    nxt = np.array([REF_NEXT[s] for s in range(4)])
+    nxt = np.array([nxt_ref[s] for s in range(states)])
+    q1 = np.array([uses_q1(s) for s in range(states)])
     for t in range(lane):
         k = seqs[:, t]
-        levels[:, t] = np.where(state < 2, 2 * k, 2 * k - np.sign(k))
+        levels[:, t] = np.where(q1[state], 2 * k - np.sign(k), 2 * k)
         state = nxt[state, k & 1]
-    got = T.trellis_indices(torch.from_numpy(x.reshape(-1)), 1.0, lam=0.0, lane=lane).numpy()
-    restored = ref_restore(got, lane).reshape(count, lane)
+    got = T.trellis_indices(torch.from_numpy(x.reshape(-1)), 1.0, lam=0.0, lane=lane, states=states).numpy()
+    restored = ref_restore(got, lane, states).reshape(count, lane)
     for i in range(count):
         best = ((x[i] - levels) ** 2).sum(1).min()
         assert ((x[i] - restored[i]) ** 2).sum() == pytest.approx(best, rel=1e-9, abs=1e-12)
 
 
-def test_decoder_follows_the_state_machine_across_lanes() -> None:
+@pytest.mark.parametrize("states", [4, 8])
+def test_decoder_follows_the_state_machine_across_lanes(states: int) -> None:
     k = torch.from_numpy(np.random.default_rng(1).integers(-9, 10, size=1000))
     for lane in (1, 7, 128):
-        got = T.restore(k, 0.25, k.numel(), lane)
-        assert torch.equal(got, torch.from_numpy(ref_restore(k.numpy(), lane)).double() * 0.25)
+        got = T.restore(k, 0.25, k.numel(), lane, states)
+        assert torch.equal(got, torch.from_numpy(ref_restore(k.numpy(), lane, states)).double() * 0.25)
+        k0, k1 = T.interleave(k, lane, states)
+        assert torch.equal(T.deinterleave(k0, k1, 1000, lane, states), k)
 
 
 def entropy(s: torch.Tensor) -> float:
@@ -216,11 +226,16 @@ def test_trellis_containers_refused_cleanly_when_unreadable_or_corrupt(
 
     def twice(h):
         h["tensors"][entry]["groups"][1]["context"] = "q0"
-    assert "must be distinct" in unpack_error(variant("twice", twice))
+    assert "must be q0 and/or q1, or all" in unpack_error(variant("twice", twice))
 
     def states(h):
-        h["tensors"][entry]["trellis"]["states"] = 8
-    assert "4 states" in unpack_error(variant("states", states))
+        h["tensors"][entry]["trellis"]["states"] = 16
+    assert "4 or 8 states" in unpack_error(variant("states", states))
+
+    def other(h):  # a valid trellis, but not the one the indices were searched on
+        h["tensors"][entry]["trellis"]["states"] = 4
+    assert "fail their checksum" in unpack_error(variant("other", other)) or "ends before the walk" in \
+        unpack_error(variant("other", other))
 
     def delta(h):
         h["tensors"][entry]["trellis"]["delta"] = -1.0

@@ -25,8 +25,9 @@ ENCODINGS = ("raw", "step", "codes", "lossless", "trellis")
 ROW_STEPS_VERSION = 3
 #: Format version that introduced trellis-coded tensors (encoding ``trellis``, pack --trellis).
 TRELLIS_VERSION = 4
-#: Contexts of a trellis entry's coded groups: the indices whose state uses quantizer Q0, and Q1.
-TRELLIS_CONTEXTS = ("q0", "q1")
+#: Contexts of a trellis entry's coded groups: the indices whose state uses quantizer Q0, and Q1; or all
+#: of them in one stream.
+TRELLIS_CONTEXTS = ("q0", "q1", "all")
 CODERS = ("const", "eg", "rans")
 #: Largest exp-Golomb lane the writer makes is 4096 symbols; anything past this is not a lane size.
 MAX_LANE = 1 << 16
@@ -201,8 +202,8 @@ def _coded(path: Path, entry: dict[str, Any], what: str, n: int, length: int, it
 def _trellis(path: Path, header: dict[str, Any], entry: dict[str, Any], what: str, n: int, length: int,
              itemsize: int) -> int:
     """A trellis entry (codec/trellis.py, docs/format.md §4): its parameters and its context groups (q0,
-    q1; an empty one is left out) whose counts add up to the lanes' padded length. Returns the decoder's
-    working memory beyond the output."""
+    q1 — an empty one is left out —, or all) whose counts add up to the lanes' padded length. Returns the
+    decoder's working memory beyond the output."""
     q = header.get("quantization")
     if header["format_version"] < TRELLIS_VERSION or not isinstance(q, dict) or q.get("method") != "trellis":
         raise GGError(f"{path}: {what} is trellis-coded, which needs format version {TRELLIS_VERSION} and "
@@ -214,16 +215,17 @@ def _trellis(path: Path, header: dict[str, Any], entry: dict[str, Any], what: st
     if not (isinstance(delta, int | float) and not isinstance(delta, bool) and math.isfinite(delta)
             and delta > 0):
         raise GGError(f"{path}: {what}: trellis delta {_clip(delta)} must be a positive finite number")
-    if _uint(path, spec, "lane", what, MAX_LANE) < 1 or _uint(path, spec, "states", what) != 4:
+    if _uint(path, spec, "lane", what, MAX_LANE) < 1 or _uint(path, spec, "states", what) not in (4, 8):
         raise GGError(f"{path}: {what}: trellis lane {spec.get('lane')} / states {spec.get('states')}: this "
-                      "reader decodes lanes of 1..65536 and 4 states — malformed header")
+                      "reader decodes lanes of 1..65536 and 4 or 8 states — malformed header")
     groups = entry.get("groups")
     if not isinstance(groups, list) or not groups or not all(isinstance(g, dict) for g in groups):
         raise GGError(f"{path}: {what}: a trellis entry needs a non-empty list of groups — malformed header")
     contexts = [g.get("context") for g in groups]
-    if any(c not in TRELLIS_CONTEXTS for c in contexts) or len(set(contexts)) != len(contexts):
-        raise GGError(f"{path}: {what}: trellis contexts {_clip(contexts)} must be distinct ones of "
-                      f"{', '.join(TRELLIS_CONTEXTS)} — malformed header")
+    if any(c not in TRELLIS_CONTEXTS for c in contexts) or len(set(contexts)) != len(contexts) or (
+            "all" in contexts and len(contexts) > 1):
+        raise GGError(f"{path}: {what}: trellis contexts {_clip(contexts)} must be q0 and/or q1, or all — "
+                      "malformed header")
     lane = spec["lane"]
     padded = -(-n // lane) * lane
     extra, total = 0, 0

@@ -21,6 +21,7 @@ bits: 0.28 bit/weight against coding the parity first); the full state adds < 0.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -28,9 +29,6 @@ from ggcompress.errors import GGError
 
 #: Weights per lane (the trellis restarts in state 0 at each lane; docs/format.md).
 LANE = 128
-#: next state [state][parity of k] and the quantizer of each state: VVC's 4-state dependent quantization.
-NEXT = ((0, 2), (2, 0), (1, 3), (3, 1))
-QUANTIZER = (0, 0, 1, 1)
 #: λ in units of Δ² per bit (tuned on MiniLM: benchmarks/bench_pack_rd.py --trellis-sweep).
 LAMBDA = 0.35
 #: Union step Δ as a fraction of the plain step it replaces: at Δ = 9/16·step the trellis has about the
@@ -41,61 +39,64 @@ STEP_FACTOR = 9 / 16
 CHUNK = 1 << 20
 _UNSEEN_BITS = 32.0
 
-_NEXT = torch.tensor(NEXT, dtype=torch.int64)
-_QID = torch.tensor(QUANTIZER, dtype=torch.int64)
+#: The trellises: next state [state][parity of k], and the quantizer (0: Q0, 1: Q1) of each state.
+#: 4 states: VVC's dependent quantization; 8 states: the 8-state TCQ NNCodec uses (quantizer = state & 1).
+TRELLISES = {
+    4: (((0, 2), (2, 0), (1, 3), (3, 1)), (0, 0, 1, 1)),
+    8: (((0, 2), (7, 5), (1, 3), (6, 4), (2, 0), (5, 7), (3, 1), (4, 6)), (0, 1, 0, 1, 0, 1, 0, 1)),
+}
+STATES = 8
 
 
-def _predecessors() -> tuple[torch.Tensor, torch.Tensor]:
-    """For each state the two (previous state, parity) pairs that lead to it."""
-    pred: list[list[tuple[int, int]]] = [[] for _ in NEXT]
-    for s, row in enumerate(NEXT):
-        for p, s2 in enumerate(row):
-            pred[s2].append((s, p))
-    if any(len(p) != 2 for p in pred):
-        raise AssertionError("every trellis state needs exactly two predecessors")
-    return (torch.tensor([[s for s, _ in p] for p in pred]), torch.tensor([[q for _, q in p] for p in pred]))
+class _Machine:
+    """One trellis as tensors: transitions, quantizers and, per state, the two incoming branches."""
+
+    def __init__(self, states: int) -> None:
+        if states not in TRELLISES:
+            raise GGError(f"trellis states {states!r}: choose from {', '.join(map(str, TRELLISES))}")
+        nxt, qid = TRELLISES[states]
+        self.states = states
+        self.next = torch.tensor(nxt, dtype=torch.int64).reshape(-1)  # index: state·2 + parity
+        self.qid = torch.tensor(qid, dtype=torch.int64)
+        pred: list[list[tuple[int, int]]] = [[] for _ in nxt]
+        for s, row in enumerate(nxt):
+            for p, s2 in enumerate(row):
+                pred[s2].append((s, p))
+        if any(len(p) != 2 for p in pred):
+            raise AssertionError("every trellis state needs exactly two predecessors")
+        self.pred_s = torch.tensor([[s for s, _ in p] for p in pred])
+        pred_p = torch.tensor([[q for _, q in p] for p in pred])
+        self.pred_qp = self.qid[self.pred_s] * 2 + pred_p  # column (quantizer·2 + parity) per branch
+        #: per column, the (state, branch) pairs it feeds
+        self.uses = [[(s2, b) for s2 in range(states) for b in (0, 1) if int(self.pred_qp[s2, b]) == col]
+                     for col in range(4)]
 
 
-_PRED_S, _PRED_P = _predecessors()
-_PRED_QP = _QID[_PRED_S] * 2 + _PRED_P  # column (quantizer·2 + parity) on each incoming branch
-#: per column, the (state, branch) pairs it feeds
-_USES = [[(s2, b) for s2 in range(len(NEXT)) for b in (0, 1) if int(_PRED_QP[s2, b]) == col]
-         for col in range(4)]
+_MACHINES = {n: _Machine(n) for n in TRELLISES}
+
+
+def machine(states: int) -> _Machine:
+    if states not in _MACHINES:
+        raise GGError(f"trellis states {states!r}: choose from {', '.join(map(str, TRELLISES))}")
+    return _MACHINES[states]
 
 
 def levels(k: torch.Tensor, qid: torch.Tensor) -> torch.Tensor:
     """Reconstruction level in units of Δ: 2k in Q0, 2k − sgn(k) in Q1 (int64)."""
-    return torch.where(qid == 1, 2 * k - torch.sign(k), 2 * k)
-
-
-def states(parity: torch.Tensor, n: int, lane: int = LANE) -> torch.Tensor:
-    """Quantizer id (0/1, int64) of each of the n weights, from the parities of their indices."""
-    if n == 0:
-        return torch.zeros(0, dtype=torch.int64)
-    lanes = -(-n // lane)
-    p = torch.zeros(lanes * lane, dtype=torch.int64)
-    p[:n] = parity.reshape(-1)[:n].to(torch.int64)
-    p = p.reshape(lanes, lane).T.contiguous()
-    out = torch.empty((lane, lanes), dtype=torch.int64)
-    s = torch.zeros(lanes, dtype=torch.int64)
-    nxt = _NEXT.reshape(-1)
-    for t in range(lane):
-        out[t] = s
-        s = nxt[s * 2 + p[t]]
-    return _QID[out.T.reshape(-1)[:n]]
+    return 2 * k - qid.to(torch.int64) * torch.sign(k)
 
 
 class _Rates:
     """−log2 p(k | quantizer) from counts, as dense float32 tables over k ∈ [−span, span]; symbols never
     seen cost ``_UNSEEN_BITS``. ``span`` covers every candidate index of values up to ``amax`` (in Δ)."""
 
-    def __init__(self, k: torch.Tensor, qid: torch.Tensor, amax: float) -> None:
+    def __init__(self, by_quantizer: tuple[torch.Tensor, torch.Tensor], amax: float) -> None:
         self.span = int(math.ceil(amax / 2)) + 4
-        if k.numel() and int(k.abs().max()) > self.span:
-            raise AssertionError("trellis index outside the rate table")
         self.tables = []
-        for q in (0, 1):
-            kk = k[qid == q] + self.span
+        for k in by_quantizer:
+            if k.numel() and int(k.abs().max()) > self.span:
+                raise AssertionError("trellis index outside the rate table")
+            kk = k + self.span
             c = torch.bincount(kk, minlength=2 * self.span + 1).to(torch.float32)
             bits = torch.where(c > 0, -torch.log2(c / max(kk.numel(), 1)), torch.full_like(c, _UNSEEN_BITS))
             self.tables.append(bits)
@@ -106,7 +107,8 @@ class _Rates:
         return self.tables[q][(k + self.span).to(torch.int64)]
 
 
-def _branch_costs(x: torch.Tensor, rates: _Rates, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _branch_costs(x: torch.Tensor, rates: _Rates, lam: float, m: _Machine
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per weight (x in units of Δ) and per (quantizer, parity): the cheapest index and its cost.
 
     Each (quantizer, parity) pair allows one level set, symmetric about zero (magnitudes: Q0 even k
@@ -119,7 +121,7 @@ def _branch_costs(x: torch.Tensor, rates: _Rates, lam: float) -> tuple[torch.Ten
     sign = torch.sign(x)
     sign[sign == 0] = 1
     a2 = a.square()
-    shape = (x.shape[0], len(NEXT)) + x.shape[1:]
+    shape = (x.shape[0], m.states) + x.shape[1:]
     j0, j1, k0, k1 = (torch.empty(shape, dtype=x.dtype) for _ in range(4))
     for col, (q, offset) in enumerate(((0, 0.0), (0, 2.0), (1, 3.0), (1, 1.0))):
         mag = torch.round((a - offset) * 0.25).clamp_(min=0).mul_(4).add_(offset)  # nearest level >= offset
@@ -133,55 +135,88 @@ def _branch_costs(x: torch.Tensor, rates: _Rates, lam: float) -> tuple[torch.Ten
             use0 = jz < jc
             jc = torch.where(use0, jz, jc)
             k.masked_fill_(use0, 0.0)
-        for s2, branch in _USES[col]:
+        for s2, branch in m.uses[col]:
             (j1 if branch else j0)[:, s2] = jc
             (k1 if branch else k0)[:, s2] = k
     return j0, j1, k0, k1
 
 
-def _viterbi(x: torch.Tensor, rates: _Rates, lam: float) -> torch.Tensor:
-    """Indices k (int64, x's shape) for x of shape (lane, lanes) in units of Δ, each lane from state 0."""
+def _viterbi(x: torch.Tensor, rates: _Rates, lam: float, m: _Machine) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices k and the quantizer of their state (int64, x's shape) for x of shape (lane, lanes) in units
+    of Δ, each lane from state 0."""
     lane, lanes = x.shape
-    j0, j1, k0, k1 = _branch_costs(x, rates, lam)  # (lane, states, lanes): contiguous per step
-    cost = torch.full((len(NEXT), lanes), math.inf, dtype=j0.dtype)
+    j0, j1, k0, k1 = _branch_costs(x, rates, lam, m)  # (lane, states, lanes): contiguous per step
+    cost = torch.full((m.states, lanes), math.inf, dtype=j0.dtype)
     cost[0] = 0
-    took1 = torch.empty((lane, len(NEXT), lanes), dtype=torch.bool)
-    ps0, ps1 = _PRED_S[:, 0].contiguous(), _PRED_S[:, 1].contiguous()
+    took1 = torch.empty((lane, m.states, lanes), dtype=torch.bool)
+    ps0, ps1 = m.pred_s[:, 0].contiguous(), m.pred_s[:, 1].contiguous()
     for t in range(lane):
         c0 = cost.index_select(0, ps0).add_(j0[t])
         c1 = cost.index_select(0, ps1).add_(j1[t])
         torch.lt(c1, c0, out=took1[t])
         cost = torch.minimum(c0, c1)
-    s = cost.argmin(0, keepdim=True)  # (1, lanes)
+    s = cost.argmin(0, keepdim=True)  # (1, lanes): the state after the last step
     out = torch.empty((lane, lanes), dtype=k0.dtype)
+    qid = torch.empty((lane, lanes), dtype=torch.int64)
     for t in range(lane - 1, -1, -1):
         a = took1[t].gather(0, s)
         out[t] = torch.where(a, k1[t].gather(0, s), k0[t].gather(0, s))[0]
-        s = torch.where(a, ps1[s], ps0[s])
-    return out.to(torch.int64)
+        s = torch.where(a, ps1[s], ps0[s])  # the state before step t
+        qid[t] = m.qid[s[0]]
+    return out.to(torch.int64), qid
 
 
 def _initial_rates(x: torch.Tensor, amax: float) -> _Rates:
     """Rates from each quantizer used alone (nearest level), before any search."""
     k0 = torch.round(x * 0.5)
     k1 = torch.floor(x * 0.5)  # nearest odd level 2·k1 + 1 (zero is left to the search) ...
-    k1 = k1 + (k1 >= 0).to(k1.dtype)  # ... is index k1 + 1 above zero, k1 below
-    return _Rates(torch.stack([k0, k1]).to(torch.int64), torch.tensor([[0], [1]]).expand(2, x.numel()), amax)
+    k1 += (k1 >= 0).to(k1.dtype)  # ... is index k1 + 1 above zero, k1 below
+    return _Rates((k0.to(torch.int64), k1.to(torch.int64)), amax)
 
 
-def trellis_indices(x: torch.Tensor, delta: float, lam: float = LAMBDA, passes: int = 1,
-                    lane: int = LANE, name: str = "tensor") -> torch.Tensor:
-    """Trellis indices k (int64, flat) of ``x`` at union step ``delta``; decode with ``states`` + ``levels``.
+@dataclass
+class Coded:
+    """A searched (or decoded) tensor in the trellis's step-major layout: ``k[t, l]`` is the index of weight
+    ``l·lane + t`` (lanes past the n weights are padding), ``qid`` the quantizer of its state."""
+
+    k: torch.Tensor  # (lane, lanes) int64
+    qid: torch.Tensor  # (lane, lanes) int64, 0 or 1
+    n: int
+    states: int
+
+    def indices(self) -> torch.Tensor:
+        """The n indices in weight (row-major) order."""
+        return self.k.T.reshape(-1)[:self.n]
+
+    def levels(self) -> torch.Tensor:
+        """The n reconstruction levels (units of Δ) in weight order."""
+        return levels(self.k, self.qid).T.reshape(-1)[:self.n]
+
+    def streams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two context streams (indices of Q0 states, of Q1 states), each step-major over the lanes."""
+        return self.k[self.qid == 0], self.k[self.qid == 1]
+
+    def merged(self) -> torch.Tensor:
+        """Every index, step-major (one stream for one shared table)."""
+        return self.k.reshape(-1)
+
+
+def search(x: torch.Tensor, delta: float, lam: float = LAMBDA, passes: int = 1, lane: int = LANE,
+           name: str = "tensor", states: int = STATES) -> Coded:
+    """Trellis-quantize ``x`` (flattened, row-major) at union step ``delta``.
 
     ``passes`` Viterbi searches, the first with rates from each quantizer used alone, each later one with
     the rates of the indices the previous pass chose (a second pass saved < 0.001 bit/weight on MiniLM).
     """
     if not (math.isfinite(delta) and delta > 0):
         raise GGError(f"{name}: trellis step {delta!r} must be a positive number")
+    m = machine(states)
     flat = x.reshape(-1)
     n = flat.numel()
+    lanes = -(-n // lane)
     if n == 0:
-        return torch.zeros(0, dtype=torch.int64)
+        return Coded(torch.zeros((lane, 0), dtype=torch.int64), torch.zeros((lane, 0), dtype=torch.int64), 0,
+                     states)
     if not bool(torch.isfinite(flat).all()):
         raise GGError(f"{name}: NaN or Inf: a trellis needs finite weights")
     amax = float(flat.abs().max()) / delta
@@ -189,61 +224,107 @@ def trellis_indices(x: torch.Tensor, delta: float, lam: float = LAMBDA, passes: 
         raise GGError(f"{name}: values up to {amax:.3g} steps: too many levels for a trellis")
     # float32 holds the search exactly enough while levels stay below 2^22 (Δ/2 resolution to spare)
     work = torch.float32 if amax < 2.0**22 else torch.float64
-    lanes = -(-n // lane)
     padded = torch.zeros(lanes * lane, dtype=work)
     torch.div(flat.to(work), delta, out=padded[:n])
-    xl = padded.reshape(lanes, lane)
+    xl = padded.reshape(lanes, lane).T.contiguous()
     rates = _initial_rates(padded[:n], amax)
-    k = torch.empty((lanes, lane), dtype=torch.int64)
+    k = torch.empty((lane, lanes), dtype=torch.int64)
+    qid = torch.empty((lane, lanes), dtype=torch.int64)
     per = max(1, CHUNK // lane)
     for i in range(max(1, passes)):
         if i:
-            kf = k.reshape(-1)[:n]
-            rates = _Rates(kf, states(kf & 1, n, lane), amax)
+            rates = _Rates((k[qid == 0], k[qid == 1]), amax)
         for c in range(0, lanes, per):
-            k[c:c + per] = _viterbi(xl[c:c + per].T.contiguous(), rates, lam).T
-    return k.reshape(-1)[:n].clone()
+            k[:, c:c + per], qid[:, c:c + per] = _viterbi(xl[:, c:c + per].contiguous(), rates, lam, m)
+    return Coded(k, qid, n, states)
 
 
-def interleave(k: torch.Tensor, lane: int = LANE) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two context streams of n indices: those whose state uses Q0, and Q1, each step-major over the
-    lanes (the last lane padded with zeros)."""
+def trellis_indices(x: torch.Tensor, delta: float, lam: float = LAMBDA, passes: int = 1,
+                    lane: int = LANE, name: str = "tensor", states: int = STATES) -> torch.Tensor:
+    """The trellis indices of ``x`` (int64, flat, weight order): ``search(...).indices()``."""
+    return search(x, delta, lam, passes, lane, name, states).indices()
+
+
+def from_indices(k: torch.Tensor, lane: int = LANE, states: int = STATES) -> Coded:
+    """The layout of n indices given in weight order (padding lanes with zero indices), states walked."""
     n = k.numel()
     lanes = -(-n // lane)
     kp = torch.zeros(lanes * lane, dtype=torch.int64)
     kp[:n] = k.reshape(-1)
-    qid = states(kp & 1, kp.numel(), lane).reshape(lanes, lane).T
-    kt = kp.reshape(lanes, lane).T
-    return kt[qid == 0], kt[qid == 1]
+    kt = kp.reshape(lanes, lane).T.contiguous()
+    return Coded(kt, _walk_states(kt, machine(states)), n, states)
 
 
-def deinterleave(k0: torch.Tensor, k1: torch.Tensor, n: int, lane: int = LANE) -> torch.Tensor:
-    """Inverse of ``interleave``: walk every lane's state machine in lockstep, each lane taking its next
-    index from the stream of its state's quantizer. Raises ValueError when the streams' lengths do not
-    match the walk."""
+def _walk_states(kt: torch.Tensor, m: _Machine) -> torch.Tensor:
+    """Quantizer of the state before each index of a (lane, lanes) layout, every lane from state 0."""
+    lane, lanes = kt.shape
+    qid = torch.empty_like(kt)
+    s = torch.zeros(lanes, dtype=torch.int64)
+    for t in range(lane):
+        qid[t] = m.qid[s]
+        s = m.next[s * 2 + (kt[t] & 1)]
+    return qid
+
+
+def states(parity: torch.Tensor, n: int, lane: int = LANE, states: int = STATES) -> torch.Tensor:
+    """Quantizer (0/1, int64) of the state of each of n weights (weight order), from the parities of
+    their indices."""
+    return from_indices(parity.reshape(-1)[:n].to(torch.int64) & 1, lane, states).qid.T.reshape(-1)[:n]
+
+
+def interleave(k: torch.Tensor, lane: int = LANE, states: int = STATES) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two context streams of n indices given in weight order (the last lane padded with zeros)."""
+    return from_indices(k, lane, states).streams()
+
+
+def walk(k0: torch.Tensor, k1: torch.Tensor, n: int, lane: int = LANE, states: int = STATES) -> Coded:
+    """The decoder: walk every lane's state machine in lockstep, each lane taking its next index from the
+    stream of its state's quantizer. Raises ValueError when the streams do not match the walk."""
     lanes = -(-n // lane)
     if k0.numel() + k1.numel() != lanes * lane:
         raise ValueError(f"trellis streams hold {k0.numel() + k1.numel()} indices, {lanes * lane} expected")
-    out = torch.empty((lane, lanes), dtype=torch.int64)
+    m = machine(states)
+    k = torch.empty((lane, lanes), dtype=torch.int64)
+    qid = torch.empty((lane, lanes), dtype=torch.int64)
     s = torch.zeros(lanes, dtype=torch.int64)
-    nxt = _NEXT.reshape(-1)
     ptr0 = ptr1 = 0
     for t in range(lane):
-        is1 = _QID[s].bool()
-        c1 = int(is1.sum())
+        q = m.qid[s]
+        qid[t] = q
+        is1 = q.bool()
+        c1 = int(q.sum())
         c0 = lanes - c1
         if ptr0 + c0 > k0.numel() or ptr1 + c1 > k1.numel():
             raise ValueError("a trellis context stream ends before the walk does")
-        kt = out[t]
-        kt[~is1] = k0[ptr0:ptr0 + c0]
-        kt[is1] = k1[ptr1:ptr1 + c1]
+        kt = k[t]
+        if c1 == 0:
+            kt.copy_(k0[ptr0:ptr0 + c0])
+        elif c0 == 0:
+            kt.copy_(k1[ptr1:ptr1 + c1])
+        else:
+            kt.masked_scatter_(~is1, k0[ptr0:ptr0 + c0])
+            kt.masked_scatter_(is1, k1[ptr1:ptr1 + c1])
         ptr0 += c0
         ptr1 += c1
-        s = nxt[s * 2 + (kt & 1)]
-    return out.T.reshape(-1)[:n]
+        s = m.next[s * 2 + (kt & 1)]
+    return Coded(k, qid, n, states)
 
 
-def restore(k: torch.Tensor, delta: float, n: int, lane: int = LANE) -> torch.Tensor:
-    """Level · Δ in float64 of n trellis indices (flat)."""
-    qid = states(k & 1, n, lane)
-    return levels(k.reshape(-1)[:n], qid).to(torch.float64) * delta
+def deinterleave(k0: torch.Tensor, k1: torch.Tensor, n: int, lane: int = LANE, states: int = STATES
+                 ) -> torch.Tensor:
+    """Inverse of ``interleave``: the n indices in weight order."""
+    return walk(k0, k1, n, lane, states).indices()
+
+
+def walk_merged(k: torch.Tensor, n: int, lane: int = LANE, states: int = STATES) -> Coded:
+    """The decoder for one merged stream (step-major, one shared table)."""
+    lanes = -(-n // lane)
+    if k.numel() != lanes * lane:
+        raise ValueError(f"trellis stream holds {k.numel()} indices, {lanes * lane} expected")
+    kt = k.reshape(lane, lanes)
+    return Coded(kt, _walk_states(kt, machine(states)), n, states)
+
+
+def restore(k: torch.Tensor, delta: float, n: int, lane: int = LANE, states: int = STATES) -> torch.Tensor:
+    """Level · Δ in float64 of n trellis indices (flat, weight order)."""
+    return from_indices(k.reshape(-1)[:n], lane, states).levels().to(torch.float64) * delta
