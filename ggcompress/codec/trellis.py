@@ -4,18 +4,20 @@ Why: plain rounding codes each weight on its own, so the cell of every quantizer
 interleaved quantizers, Q0 with the even multiples of a step Δ and Q1 with the odd multiples and zero,
 and a small state machine driven by the parity of the transmitted index (which quantizer the next
 weight uses) make the reachable sequences a trellis code: a Viterbi search picks the sequence that
-minimizes squared error + λ·bits, and at the same SQNR the indices cost ~0.13–0.15 bit/weight less
-than plain rounding (the granular gain of 4-state trellis-coded quantization, ~0.9 dB). The decoder
-only tracks the state: level = 2k·Δ in Q0 states, (2k − sgn k)·Δ in Q1 states.
+minimizes squared error + λ·bits, and at the same SQNR the indices cost ~0.16–0.17 bit/weight less
+than plain rounding with 8 states (~0.15 with VVC's 4: the granular gain of trellis-coded quantization,
+~1 dB), from ~1.6 bits/weight up (tests/test_trellis.py). The decoder only tracks the state: level =
+2k·Δ in Q0 states, (2k − sgn k)·Δ in Q1 states.
 
 Layout choices (ours): a tensor is flattened in row-major order and cut into *lanes* of ``LANE``
 weights (the last one padded with zero indices); every lane starts in state 0 and is searched on its own
 (the search is a Python loop over ``LANE`` steps, vectorized over all lanes). Indices are coded in two
-contexts, by the quantizer of their state (``interleave``): the stream of each context lists its indices
-step-major (step 0 of every lane, then step 1, ...), so the decoder can decode both streams in bulk and
-then walk all lanes in lockstep, taking each lane's next index from the stream of its current state
-(``deinterleave``). Conditioning on the quantizer matters at low rates (MiniLM-like Laplacian at ~1.9
-bits: 0.28 bit/weight against coding the parity first); the full state adds < 0.003 bit.
+contexts, by the quantizer of their state (``Coded.streams``): the stream of each context lists its
+indices step-major (step 0 of every lane, then step 1, ...), so the decoder can decode both streams in
+bulk and then walk all lanes in lockstep, taking each lane's next index from the stream of its current
+state (``walk``). Conditioning on the quantizer matters at low rates (a Laplacian at ~1.9 bits: 0.28
+bit/weight against coding the parity first); the full state adds < 0.003 bit. At high rates one shared
+table (``Coded.merged``) costs less than the contexts save; pack picks per tensor.
 """
 
 from __future__ import annotations
