@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -163,7 +164,8 @@ def test_pack_trellis_restores_the_search_and_saves_bits(model: Path, tmp_path: 
 
 
 def test_trellis_refuses_what_it_does_not_combine_with(model: Path, tmp_path: Path) -> None:
-    for extra in (["--rdoq"], ["--target-sqnr", "30"], ["--quant", "rf8"], ["--lossless"]):
+    for extra in (["--rdoq"], ["--bits-per-param", "4"], ["--quant", "rf8"], ["--lossless"],
+                  ["--target-sqnr", "30", "--step-granularity", "row"]):
         args = ["pack", str(model), "-o", str(tmp_path / "x.ggz"), "--trellis", *extra]
         r = CliRunner().invoke(cli, args)
         assert r.exit_code in (1, 2) and "Traceback" not in r.output, r.output
@@ -173,6 +175,25 @@ def test_trellis_refuses_what_it_does_not_combine_with(model: Path, tmp_path: Pa
                                  "rans", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["checkpoints"][0]["quantization"]["method"] == "trellis"
+
+
+def test_target_sqnr_with_trellis_meets_the_target_in_fewer_bits(model: Path, tmp_path: Path) -> None:
+    """Steps allocated for the target; each tensor trellis-coded only while the error saved so far covers
+    its excess over rounding at its step (else Δ shrunk once, else rounded): the target holds."""
+    opts = P.PackOptions(target_sqnr_db=24.0, coder="rans")
+    plain = P.pack(model, tmp_path / "p.ggz", opts)["checkpoints"][0]
+    doc = P.pack(model, tmp_path / "t.ggz", replace(opts, trellis=True))["checkpoints"][0]
+    assert doc["summary"]["sqnr_db"] >= 24.0 and plain["summary"]["sqnr_db"] >= 24.0
+    assert doc["summary"]["coded_bits_per_param"] < plain["summary"]["coded_bits_per_param"] - 0.05
+    assert doc["quantization"]["trellis"] >= 1
+    assert P.open_packed(tmp_path / "t.ggz").header["format_version"] == 4
+    got = dict(P.read_packed(tmp_path / "t.ggz"))
+    from safetensors.torch import load_file
+
+    src = load_file(str(model / "model.safetensors"))
+    sig = sum(float(src[k].double().square().sum()) for k in ("a.weight", "b.weight"))
+    err = sum(float((got[k].double() - src[k].double()).square().sum()) for k in ("a.weight", "b.weight"))
+    assert 10 * math.log10(sig / err) == pytest.approx(doc["summary"]["sqnr_db"], abs=1e-6)
 
 
 def test_trellis_containers_refused_cleanly_when_unreadable_or_corrupt(

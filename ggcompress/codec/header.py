@@ -205,9 +205,10 @@ def _trellis(path: Path, header: dict[str, Any], entry: dict[str, Any], what: st
     q1 — an empty one is left out —, or all) whose counts add up to the lanes' padded length. Returns the
     decoder's working memory beyond the output."""
     q = header.get("quantization")
-    if header["format_version"] < TRELLIS_VERSION or not isinstance(q, dict) or q.get("method") != "trellis":
+    if header["format_version"] < TRELLIS_VERSION or not isinstance(q, dict) or q.get("method") not in (
+            "trellis", "steps"):
         raise GGError(f"{path}: {what} is trellis-coded, which needs format version {TRELLIS_VERSION} and "
-                      "quantization method trellis — malformed header")
+                      "quantization method trellis or steps — malformed header")
     if entry["dtype"] not in FLOAT_DTYPES:
         raise GGError(f"{path}: {what}: a trellis-coded tensor must restore to a float dtype")
     spec = _obj(path, entry, "trellis", what)

@@ -151,12 +151,13 @@ class PackOptions:
             if self.rdoq:
                 raise GGError("--rdoq does not combine with --step-granularity row")
         if self.trellis:
-            if mode not in ("step", "auto") or self.rdoq or self.target_sqnr_db is not None \
-                    or self.bits_per_param is not None or self.max_kl is not None:
-                what = ("--rdoq" if self.rdoq else "a quality target" if mode == "auto"
-                        else f"--quant {self.quant}")
-                raise GGError(f"--trellis quantizes at one step (--quant step:S); it does not combine with "
-                              f"{what}")
+            clash = ("--rdoq" if self.rdoq else "--bits-per-param" if self.bits_per_param is not None
+                     else "--max-kl" if self.max_kl is not None
+                     else "--step-granularity row" if self.step_granularity == "row"
+                     else f"--quant {self.quant}" if mode not in ("step", "auto") else None)
+            if clash:
+                raise GGError(f"--trellis applies to --quant step:S and --target-sqnr; it does not combine "
+                              f"with {clash}")
         if not (isinstance(self.workers, int) and 0 <= self.workers <= 256):
             raise GGError(f"workers {self.workers!r}: must be an integer in 0..256 (0: automatic)")
         if self.coder not in ("eg", "rans"):
@@ -663,6 +664,7 @@ def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOp
     total = ck.numel
     done = 0
     signal = noise = 0.0
+    slack, trellised = 0.0, 0  # --trellis with allocated steps: error saved so far, tensors trellis-coded
     notify = progress or (lambda desc, d, t: None)
     try:
         for rel, data in _read_support(ck.root):
@@ -679,8 +681,21 @@ def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOp
                 signal += sig
                 noise += err
             elif steps is not None and info.name in steps:
-                coded, sig, err = _code_step(info, x, steps[info.name], opts)
-                coded.entry["step"] = steps[info.name]
+                coded, sig, err = None, 0.0, 0.0
+                if opts.trellis:  # keep the allocation's error budget: trellis only within the slack
+                    allowed = _step_error(x, steps[info.name], info.name)
+                    coded, sig, err = _code_trellis(info, x, steps[info.name], opts)
+                    if err > allowed + slack and err > 0:  # once more, Δ shrunk to the error left (~Δ²)
+                        shrink = 0.995 * math.sqrt(max(allowed + slack, 0.0) / err)
+                        coded, sig, err = _code_trellis(info, x, steps[info.name], opts, shrink)
+                    if err <= allowed + slack:
+                        slack += allowed - err
+                        trellised += 1
+                    else:
+                        coded = None
+                if coded is None:
+                    coded, sig, err = _code_step(info, x, steps[info.name], opts)
+                    coded.entry["step"] = steps[info.name]
                 signal += sig
                 noise += err
             elif step is not None and _eligible_step(info, opts):
@@ -712,10 +727,12 @@ def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOp
             del x, coded
         header = {
             "format": "ggcompress.ggz",
-            "format_version": (TRELLIS_VERSION if opts.trellis and step is not None else
+            "format_version": (TRELLIS_VERSION if opts.trellis and (step is not None or trellised) else
                                ROW_STEPS_VERSION if row_steps is not None else
                                LOSSLESS_VERSION if lossless or steps is not None else FORMAT_VERSION),
             "quantization": ({"method": "none"} if lossless else
+                             {"method": "steps", **(target or {}), "trellis": trellised}
+                             if steps is not None and trellised else
                              {"method": "steps", "granularity": "row", **(target or {})}
                              if row_steps is not None else {"method": "steps", **(target or {})}
                              if steps is not None else _quant_header(step, scheme, opts.trellis)),
@@ -772,17 +789,17 @@ def _code_step(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOptions
     return coded, sig, err
 
 
-def _code_trellis(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOptions
+def _code_trellis(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOptions, shrink: float = 1.0
                   ) -> tuple[_Coded, float, float]:
     """Trellis-quantize one tensor (codec/trellis.py) at union step Δ = STEP_FACTOR·step and code its
     indices either in two contexts, by the quantizer of their state (q0, q1: each stream its own table),
     or as one stream with one table (all) — whichever is smaller: the contexts pay at low rates, where
     they save up to ~0.3 bit/weight, the single table at high rates, where a second table of thousands of
     symbols costs more than the contexts save. Restored values are level·Δ rounded once from float64 to
-    the source dtype."""
+    the source dtype. ``shrink`` < 1 narrows Δ (allocated steps: to fit an error budget)."""
     from ggcompress.codec import trellis
 
-    delta = step * trellis.STEP_FACTOR
+    delta = step * trellis.STEP_FACTOR * shrink
     found = trellis.search(x, delta, name=info.name)
     restored = _trellis_restored(found.levels(), delta, x.dtype, info.name)
     best = None
@@ -808,6 +825,11 @@ def _code_trellis(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOpti
     coded = _Coded(entry, b"".join(parts), _int_view(restored), costs)
     sig, err = _energies(x, restored.reshape(x.shape))
     return coded, sig, err
+
+
+def _step_error(x: torch.Tensor, step: float, name: str) -> float:
+    """Squared error (float64) of what plain rounding at ``step`` restores for ``x``."""
+    return float((restore_step(x, step, name).to(torch.float64) - x.to(torch.float64)).square().sum())
 
 
 def _trellis_restored(levels: torch.Tensor, delta: float, source: torch.dtype, name: str) -> torch.Tensor:
