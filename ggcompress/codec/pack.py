@@ -813,6 +813,10 @@ def _code_trellis(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOpti
                 continue
             hist = rate.SymbolHistogram(1.0).update(sym.to(torch.float64), info.name)
             g = _code_symbols(hist, sym, hist.symbols_by_rank().numpy(), opts, info.name)
+            if g.entry["coder"] == "rans":  # the count table, when smaller than the ranked one
+                counted = _code_counted(hist, sym)
+                if counted is not None and len(counted.blob) < len(g.blob):
+                    g = counted
             groups.append({"context": context, "count": int(sym.numel()), **_shifted(g.entry, offset)})
             offset = _pad_to(parts, offset, g.blob)
             for key in COST_KEYS:
@@ -830,6 +834,35 @@ def _code_trellis(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOpti
 def _step_error(x: torch.Tensor, step: float, name: str) -> float:
     """Squared error (float64) of what plain rounding at ``step`` restores for ``x``."""
     return float((restore_step(x, step, name).to(torch.float64) - x.to(torch.float64)).square().sum())
+
+
+def _code_counted(hist: rate.SymbolHistogram, symbols: torch.Tensor) -> _Coded | None:
+    """rANS over a dense count table (coders.count_table_encode): the alphabet is the symbols present in
+    lo..hi in ascending order, the weights are rans_weights of their counts in that order (the reader
+    computes them). None when the span is too wide for a dense table."""
+    lo, hi = int(hist.symbols[0]), int(hist.symbols[-1])
+    span = hi - lo + 1
+    if span > coders.RANS_MAX_SYMBOLS or hist.symbols.numel() < 2:
+        return None
+    counts = np.zeros(span, dtype=np.int64)
+    counts[(hist.symbols - lo).numpy()] = hist.counts.numpy()
+    table = coders.count_table_encode(counts)
+    present = np.flatnonzero(counts)
+    index = np.full(span, -1, dtype=np.int32)
+    index[present] = np.arange(present.size, dtype=np.int32)
+    weights = coders.rans_weights(counts[present])
+    payload = coders.rans_encode(index[symbols.reshape(-1).numpy() - lo], weights)
+    entry = {"coder": "rans", "table": {"kind": "counts", "min": lo, "span": span,
+                                        "present": int(present.size), "offset": 0, "length": len(table)},
+             "rans": {"precision": coders.RANS_PRECISION}}
+    parts = [table]
+    offset = _aligned(len(table))
+    entry["rans"].update(offset=offset, length=len(payload))
+    _pad_to(parts, offset, payload)
+    st = hist.stats(0, huffman=False)
+    costs = {"entropy_bits": st.entropy_bits_per_param * st.n, "eg_bits": float(st.eg_bits),
+             "payload_bits": 8.0 * len(payload), "table_bits": 8.0 * len(table)}
+    return _Coded(entry, b"".join(parts), np.empty(0), costs)
 
 
 def _trellis_restored(levels: torch.Tensor, delta: float, source: torch.dtype, name: str) -> torch.Tensor:
@@ -1006,7 +1039,8 @@ def _coder_fields(entry: dict[str, Any]) -> dict[str, Any]:
     if "groups" in entry:
         coders_used = sorted({g["coder"] for g in entry["groups"]})
         return {"coder": "groups:" + "+".join(coders_used),
-                "distinct": sum(g["symbols"]["count"] for g in entry["groups"]), "k": None,
+                "distinct": sum(g["symbols"]["count"] if "symbols" in g else g["table"]["present"]
+                                for g in entry["groups"]), "k": None,
                 ("contexts" if entry["encoding"] == "trellis" else "row_groups"): len(entry["groups"])}
     return {"coder": entry["coder"], "distinct": entry["symbols"]["count"], "k": entry.get("eg", {}).get("k")}
 
@@ -1269,11 +1303,14 @@ def _decode_trellis(entry: dict[str, Any], data: bytes, n: int, dtype: torch.dty
     for g in entry["groups"]:
         if g["context"] not in streams or streams[g["context"]].numel():
             raise ValueError(f"trellis contexts {contexts} are not q0 / q1, or all")
-        by_rank = _symbol_table(g, data)
-        if by_rank.numel() and int(by_rank.abs().max()) > 1 << 50:
-            raise ValueError("a trellis index is out of range")
         count = int(g["count"])
-        sym = _decode_ranks(g, data, count, by_rank.numel(), by_rank.numpy(), entry["name"])
+        if "table" in g:
+            sym = _decode_counted(g, data, count, entry["name"])
+        else:
+            by_rank = _symbol_table(g, data)
+            if by_rank.numel() and int(by_rank.abs().max()) > 1 << 50:
+                raise ValueError("a trellis index is out of range")
+            sym = _decode_ranks(g, data, count, by_rank.numel(), by_rank.numpy(), entry["name"])
         streams[g["context"]] = torch.from_numpy(sym)
     states = int(spec["states"])
     walked = (trellis.walk_merged(streams["all"], n, lane, states) if "all" in streams
@@ -1282,6 +1319,24 @@ def _decode_trellis(entry: dict[str, Any], data: bytes, n: int, dtype: torch.dty
     if not bool(torch.isfinite(v).all()):
         raise ValueError("a trellis level overflows the restored dtype")
     return _int_view(v)
+
+
+def _decode_counted(g: dict[str, Any], data: bytes, n: int, name: str) -> np.ndarray:
+    """n symbols (int64) of a group coded over a dense count table (``_code_counted``)."""
+    table = g["table"]
+    lo, span = int(table["min"]), int(table["span"])
+    if table.get("kind") != "counts" or not 2 <= span <= coders.RANS_MAX_SYMBOLS or abs(lo) > 1 << 50 \
+            or abs(lo + span) > 1 << 50 or g.get("coder") != "rans":
+        raise ValueError(f"count table {table} is not one this reader decodes")
+    if int(g["rans"]["precision"]) != coders.RANS_PRECISION:
+        raise ValueError(f"rANS precision {g['rans']['precision']} (this reader: {coders.RANS_PRECISION})")
+    counts = coders.count_table_decode(_part(data, table), span, n)
+    present = np.flatnonzero(counts)
+    if present.size < 2 or present.size != table["present"]:
+        raise ValueError(f"a count table holds {present.size} symbols (at least 2, {table['present']} "
+                         "declared)")
+    ranks = coders.rans_decode(_part(data, g["rans"]), n, coders.rans_weights(counts[present]), name)
+    return present[ranks].astype(np.int64) + lo
 
 
 def _symbol_table(spec: dict[str, Any], data: bytes) -> torch.Tensor:
