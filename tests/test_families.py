@@ -127,6 +127,33 @@ def test_quantize_load_forward_equals_dequantized(models, family, tmp_path) -> N
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_pack_trellis_unpack_load(models, family, tmp_path) -> None:
+    """pack --trellis on every family: shapes and dtypes kept (GPT-2's Conv1D [in, out] included), the
+    restored weights within the trellis's error of the source, and the container runs as it unpacks."""
+    import ggcompress
+    from ggcompress.codec.pack import PackOptions, pack, unpack
+
+    doc = pack(str(models[family]), tmp_path / "t.ggz", PackOptions(trellis=True, coder="rans"))
+    plain = pack(str(models[family]), tmp_path / "p.ggz", PackOptions(coder="rans"))
+    t, p = doc["checkpoints"][0]["summary"], plain["checkpoints"][0]["summary"]
+    assert abs(t["sqnr_db"] - p["sqnr_db"]) < 0.5 and t["coded_bits_per_param"] < p["coded_bits_per_param"]
+    unpack(tmp_path / "t.ggz", tmp_path / "u")
+    original = load_file(models[family] / "model.safetensors")
+    restored = load_file(tmp_path / "u" / "model.safetensors")
+    for name, w in original.items():
+        r = restored[name]
+        assert r.shape == w.shape and r.dtype == w.dtype, name
+        if w.is_floating_point() and w.ndim >= 2:  # levels are multiples of Δ = 9/16·2^-8, |error| < 2Δ
+            assert float((r.double() - w.double()).abs().max()) < 2 * 9 / 16 * 2.0**-8, name
+        else:
+            assert torch.equal(r, w), name
+    model = ggcompress.load(str(tmp_path / "t.ggz"))
+    reference = _reference_model(tmp_path / "u", family)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=_ids()).logits, reference(input_ids=_ids()).logits)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_pack_unpack_load(models, family, tmp_path) -> None:
     """Default pack (step 2^-8 on 2-D float tensors): unpacked weights equal round(w/step)·step exactly."""
     import ggcompress
