@@ -2,7 +2,8 @@
 
 Rows per model: `pack --quant step:S` (one uniform step), `pack --target-sqnr DB` (rate–distortion
 allocation of per-tensor steps, codec/rdalloc.py) at the uniform rows' SQNRs and between them,
-`pack --quant step:S --rdoq` (codec/rdoq.py), the GGUF legacy quantizers Q8_0 / Q5_0 / Q4_0 (the `gguf`
+`pack --quant step:S --rdoq` (codec/rdoq.py), `pack --quant step:S --trellis` and `--target-sqnr DB
+--trellis` at the midpoints (codec/trellis.py), the GGUF legacy quantizers Q8_0 / Q5_0 / Q4_0 (the `gguf`
 package's reference quantizers; their nominal 8.5 / 5.5 / 4.5 bits/param include the fp16 block
 scales), and NNCodec (the MPEG NNR reference codec, `nncodec` 2.1.3) plain and with dependent
 quantization, driven in its own interpreter by benchmarks/peers/nncodec_driver.py.
@@ -179,7 +180,8 @@ def equal_sqnr_lines(rows: list[dict]) -> list[str]:
     def curve(method: str) -> list[tuple[float, float]]:
         return [(r["sqnr"], r["bits"]) for r in rows if r.get("method") == method]
 
-    names = ("uniform step", "RD allocation", "RDOQ", "NNCodec plain", "NNCodec DQ")
+    names = ("uniform step", "RD allocation", "RDOQ", "trellis", "RD + trellis", "NNCodec plain",
+             "NNCodec DQ")
     methods = [m for m in names if curve(m)]
     ref = "uniform step" if curve("uniform step") else "NNCodec plain"
     if ref not in methods:
@@ -198,7 +200,8 @@ def equal_sqnr_lines(rows: list[dict]) -> list[str]:
         return lines
     lines.append("")
     for r in rows:
-        if r.get("method") not in ("RD allocation", "RDOQ", "NNCodec plain", "NNCodec DQ"):
+        if r.get("method") not in ("RD allocation", "RDOQ", "trellis", "RD + trellis", "NNCodec plain",
+                                   "NNCodec DQ"):
             continue
         cheapest = min((b for q, b in uni if q >= r["sqnr"] - 0.005), default=None)
         note = (f"vs the cheapest uniform step meeting its SQNR: {r['bits'] / cheapest - 1:+.1%}"
@@ -207,6 +210,12 @@ def equal_sqnr_lines(rows: list[dict]) -> list[str]:
         note += (f"; {r['sqnr']:.2f} dB is outside the uniform rows' SQNR range" if interp is None else
                  f"; vs the uniform curve interpolated at {r['sqnr']:.2f} dB: {r['bits'] / interp - 1:+.2%}")
         lines.append(f"- {r['method']} {r['setting']}: {note}")
+    ours, theirs = curve("trellis"), curve("NNCodec DQ")
+    for q, _ in sorted(curve(ref)) if ours and theirs else []:
+        a, b = at_sqnr(ours, q), at_sqnr(theirs, q)
+        if a is not None and b is not None:
+            lines.append(f"- at {q:.2f} dB: pack --trellis {a:.3f} vs NNCodec DQ {b:.3f} bits/param "
+                         f"({a / b - 1:+.2%})")
     by_step = {r["setting"]: r for r in rows if r.get("method") == "uniform step"}
     for r in rows:
         if r.get("method") == "NNCodec plain" and r["qp"] % 4 == 0 and f"step:{-r['qp'] // 4}" in by_step:
@@ -252,6 +261,12 @@ def main() -> None:
                 for s in args.steps:
                     r = run_pack(src, out, PackOptions(quant=f"step:{s}", coder="rans", rdoq=True))
                     rows.append({"method": "RDOQ", "setting": f"step:{s} --rdoq", **r})
+                for s in args.steps:
+                    r = run_pack(src, out, PackOptions(quant=f"step:{s}", coder="rans", trellis=True))
+                    rows.append({"method": "trellis", "setting": f"step:{s} --trellis", **r})
+                for t in sorted(mids):
+                    r = run_pack(src, out, PackOptions(target_sqnr_db=t, coder="rans", trellis=True))
+                    rows.append({"method": "RD + trellis", "setting": f"--target-sqnr {t} --trellis", **r})
                 rows += gguf_rows(src)
             if not args.no_nncodec:
                 rows += nncodec_rows(args.peer_python, src, args.steps, args.dq_qp_offsets, Path(tmpdir))
