@@ -70,9 +70,6 @@ class _Machine:
         self.pred_s = torch.tensor([[s for s, _ in p] for p in pred])
         pred_p = torch.tensor([[q for _, q in p] for p in pred])
         self.pred_qp = self.qid[self.pred_s] * 2 + pred_p  # column (quantizer·2 + parity) per branch
-        #: per column, the (state, branch) pairs it feeds
-        self.uses = [[(s2, b) for s2 in range(states) for b in (0, 1) if int(self.pred_qp[s2, b]) == col]
-                     for col in range(4)]
 
 
 _MACHINES = {n: _Machine(n) for n in TRELLISES}
@@ -110,22 +107,21 @@ class _Rates:
         return self.tables[q][(k + self.span).to(torch.int64)]
 
 
-def _branch_costs(x: torch.Tensor, rates: _Rates, lam: float, m: _Machine
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _branch_costs(x: torch.Tensor, rates: _Rates, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per weight (x in units of Δ) and per (quantizer, parity): the cheapest index and its cost.
 
     Each (quantizer, parity) pair allows one level set, symmetric about zero (magnitudes: Q0 even k
     0, 4, 8…; Q0 odd 2, 6, 10…; Q1 odd 1, 5, 9…; Q1 even 0, 3, 7…). The candidate is the set's level
     nearest to x, and for the even sets also zero (rounding to zero when the bits saved are worth it).
-    Returns (cost, index as float) of the two branches into every state: four tensors of shape
-    (x.shape[0], states, *x.shape[1:]) — cost of branch 0, of branch 1, index of branch 0, of branch 1.
+    Returns (cost, index as float), each of shape (x.shape[0], 4, *x.shape[1:]), column = quantizer·2 +
+    parity: contiguous per step for the search loop.
     """
     a = x.abs()
     sign = torch.sign(x)
     sign[sign == 0] = 1
     a2 = a.square()
-    shape = (x.shape[0], m.states) + x.shape[1:]
-    j0, j1, k0, k1 = (torch.empty(shape, dtype=x.dtype) for _ in range(4))
+    shape = (x.shape[0], 4) + x.shape[1:]
+    j, kk = torch.empty(shape, dtype=x.dtype), torch.empty(shape, dtype=x.dtype)
     for col, (q, offset) in enumerate(((0, 0.0), (0, 2.0), (1, 3.0), (1, 1.0))):
         mag = torch.round((a - offset) * 0.25).clamp_(min=0).mul_(4).add_(offset)  # nearest level >= offset
         if offset == 3.0:  # Q1 even also holds 0: nearer than 3 below 1.5
@@ -138,32 +134,33 @@ def _branch_costs(x: torch.Tensor, rates: _Rates, lam: float, m: _Machine
             use0 = jz < jc
             jc = torch.where(use0, jz, jc)
             k.masked_fill_(use0, 0.0)
-        for s2, branch in m.uses[col]:
-            (j1 if branch else j0)[:, s2] = jc
-            (k1 if branch else k0)[:, s2] = k
-    return j0, j1, k0, k1
+        j[:, col] = jc
+        kk[:, col] = k
+    return j, kk
 
 
 def _viterbi(x: torch.Tensor, rates: _Rates, lam: float, m: _Machine) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices k and the quantizer of their state (int64, x's shape) for x of shape (lane, lanes) in units
     of Δ, each lane from state 0."""
     lane, lanes = x.shape
-    j0, j1, k0, k1 = _branch_costs(x, rates, lam, m)  # (lane, states, lanes): contiguous per step
-    cost = torch.full((m.states, lanes), math.inf, dtype=j0.dtype)
+    j, kk = _branch_costs(x, rates, lam)  # (lane, 4, lanes)
+    cost = torch.full((m.states, lanes), math.inf, dtype=j.dtype)
     cost[0] = 0
     took1 = torch.empty((lane, m.states, lanes), dtype=torch.bool)
     ps0, ps1 = m.pred_s[:, 0].contiguous(), m.pred_s[:, 1].contiguous()
+    qp0, qp1 = m.pred_qp[:, 0].contiguous(), m.pred_qp[:, 1].contiguous()
     for t in range(lane):
-        c0 = cost.index_select(0, ps0).add_(j0[t])
-        c1 = cost.index_select(0, ps1).add_(j1[t])
+        jt = j[t]
+        c0 = cost.index_select(0, ps0).add_(jt.index_select(0, qp0))
+        c1 = cost.index_select(0, ps1).add_(jt.index_select(0, qp1))
         torch.lt(c1, c0, out=took1[t])
         cost = torch.minimum(c0, c1)
     s = cost.argmin(0, keepdim=True)  # (1, lanes): the state after the last step
-    out = torch.empty((lane, lanes), dtype=k0.dtype)
+    out = torch.empty((lane, lanes), dtype=kk.dtype)
     qid = torch.empty((lane, lanes), dtype=torch.int64)
     for t in range(lane - 1, -1, -1):
         a = took1[t].gather(0, s)
-        out[t] = torch.where(a, k1[t].gather(0, s), k0[t].gather(0, s))[0]
+        out[t] = kk[t].gather(0, torch.where(a, qp1[s], qp0[s]))[0]
         s = torch.where(a, ps1[s], ps0[s])  # the state before step t
         qid[t] = m.qid[s[0]]
     return out.to(torch.int64), qid
