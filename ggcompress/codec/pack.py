@@ -795,40 +795,69 @@ def _code_trellis(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOpti
     indices either in two contexts, by the quantizer of their state (q0, q1: each stream its own table),
     or as one stream with one table (all) — whichever is smaller: the contexts pay at low rates, where
     they save up to ~0.3 bit/weight, the single table at high rates, where a second table of thousands of
-    symbols costs more than the contexts save. Restored values are level·Δ rounded once from float64 to
-    the source dtype. ``shrink`` < 1 narrows Δ (allocated steps: to fit an error budget)."""
+    symbols costs more than the contexts save. Each table is a ranked symbol table or, for rANS, a dense
+    count table, whichever is smaller. The choices are made on exact table sizes and the payload the
+    weights predict (one histogram pass), so only the chosen layout is coded. Restored values are
+    level·Δ rounded once from float64 to the source dtype. ``shrink`` < 1 narrows Δ (allocated steps:
+    to fit an error budget)."""
     from ggcompress.codec import trellis
 
     delta = step * trellis.STEP_FACTOR * shrink
     found = trellis.search(x, delta, name=info.name)
     restored = _trellis_restored(found.levels(), delta, x.dtype, info.name)
-    best = None
-    for layout in (tuple(zip(("q0", "q1"), found.streams(), strict=True)), (("all", found.merged()),)):
-        parts: list[bytes] = []
-        offset = 0
-        groups = []
-        costs = dict.fromkeys(COST_KEYS, 0.0)
-        for context, sym in layout:
-            if sym.numel() == 0:
-                continue
-            hist = rate.SymbolHistogram(1.0).update(sym.to(torch.float64), info.name)
-            g = _code_symbols(hist, sym, hist.symbols_by_rank().numpy(), opts, info.name)
-            if g.entry["coder"] == "rans":  # the count table, when smaller than the ranked one
-                counted = _code_counted(hist, sym)
-                if counted is not None and len(counted.blob) < len(g.blob):
-                    g = counted
-            groups.append({"context": context, "count": int(sym.numel()), **_shifted(g.entry, offset)})
-            offset = _pad_to(parts, offset, g.blob)
-            for key in COST_KEYS:
-                costs[key] += g.costs[key]
-        if best is None or offset < best[0]:
-            best = offset, parts, groups, costs
-    _, parts, groups, costs = best
+    span = int(found.k.abs().max())
+    width = 2 * span + 1
+    counts = torch.bincount((found.k + span + found.qid * width).reshape(-1), minlength=2 * width)
+    counts = counts.reshape(2, width)
+    hists = {c: rate.SymbolHistogram.from_counts(-span, counts[i]) for i, c in enumerate(("q0", "q1"))
+             if int(counts[i].sum())}
+    hists["all"] = rate.SymbolHistogram.from_counts(-span, counts.sum(0))
+    est = {c: _estimate_bytes(h, opts) for c, h in hists.items()}
+    if est["all"][0] <= sum(e[0] for c, e in est.items() if c != "all"):
+        layout = [("all", hists["all"], found.merged())]
+    else:
+        q0, q1 = found.streams()
+        layout = [(c, hists[c], sym) for c, sym in (("q0", q0), ("q1", q1)) if c in hists]
+    parts: list[bytes] = []
+    offset = 0
+    groups = []
+    costs = dict.fromkeys(COST_KEYS, 0.0)
+    for context, hist, sym in layout:
+        g = (_code_counted(hist, sym) if est[context][1] else None) or \
+            _code_symbols(hist, sym, hist.symbols_by_rank().numpy(), opts, info.name)
+        groups.append({"context": context, "count": int(sym.numel()), **_shifted(g.entry, offset)})
+        offset = _pad_to(parts, offset, g.blob)
+        for key in COST_KEYS:
+            costs[key] += g.costs[key]
     entry = {"dtype": TORCH_TO_ST[restored.dtype], "source_dtype": info.dtype, "encoding": "trellis",
              "trellis": {"delta": delta, "lane": trellis.LANE, "states": found.states}, "groups": groups}
     coded = _Coded(entry, b"".join(parts), _int_view(restored), costs)
     sig, err = _energies(x, restored.reshape(x.shape))
     return coded, sig, err
+
+
+def _estimate_bytes(hist: rate.SymbolHistogram, opts: PackOptions) -> tuple[float, bool]:
+    """(Estimated coded bytes of one symbol group, whether a count table beats the ranked one): exact
+    table sizes, the rANS payload as Σ count·log2(2^precision / weight); exp-Golomb: its exact size."""
+    by_rank = hist.symbols_by_rank()
+    counts = hist.counts[torch.searchsorted(hist.symbols, by_rank)].numpy()
+    d = counts.size
+    lo, hi = int(hist.symbols[0]), int(hist.symbols[-1])
+    ranked = (d * coders.uint_bits(hi - lo) + 7) // 8
+    if opts.coder != "rans" or d < 2 or d > coders.RANS_MAX_SYMBOLS:
+        k = hist.best_k() if opts.eg_k is None else opts.eg_k
+        return ranked + hist.stats(k, huffman=False).eg_bits / 8, False
+    weights = coders.rans_weights(counts)
+    model = rate.exp_golomb_lengths(torch.from_numpy(weights - 1), coders.best_eg_order(weights - 1))
+    payload = float((counts * (coders.RANS_PRECISION - np.log2(weights))).sum()) / 8
+    ranked += (int(model.sum()) + 7) // 8
+    span = hi - lo + 1
+    if span > coders.RANS_MAX_SYMBOLS:
+        return ranked + payload, False
+    dense = np.zeros(span, dtype=np.int64)
+    dense[(hist.symbols - lo).numpy()] = hist.counts.numpy()
+    counted = len(coders.count_table_encode(dense))
+    return min(ranked, counted) + payload, counted < ranked
 
 
 def _step_error(x: torch.Tensor, step: float, name: str) -> float:

@@ -482,6 +482,15 @@ class SymbolHistogram:
         self.source_bits += n * itemsize * 8
         return self
 
+    @classmethod
+    def from_counts(cls, lo: int, counts: torch.Tensor, step: float | str = 1.0) -> SymbolHistogram:
+        """A histogram of integer symbols given as dense counts of lo, lo + 1, ... (int64)."""
+        h = cls(step)
+        h._add_dense(lo, counts.to(torch.int64))
+        h.n = int(counts.sum())
+        h.source_bits = 64 * h.n
+        return h
+
     def _add_dense(self, lo: int, counts: torch.Tensor) -> None:
         nz = torch.nonzero(counts).squeeze(1)
         self._add(nz + lo, counts[nz])
