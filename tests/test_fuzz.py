@@ -187,7 +187,9 @@ def work(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Work:
     P.pack(folder, root / "steps.ggz", P.PackOptions(coder="rans", target_sqnr_db=30.0))  # per-tensor steps
     P.pack(folder, root / "rows.ggz", P.PackOptions(target_sqnr_db=30.0, step_granularity="row"))  # version 3
     assert any("groups" in t for t in P.open_packed(root / "rows.ggz").tensors)
-    for name in ("eg", "rans", "rf8", "lossless", "steps", "rows"):
+    P.pack(folder, root / "trellis.ggz", P.PackOptions(coder="rans", quant="step:6", trellis=True))  # version 4
+    assert any(t["encoding"] == "trellis" for t in P.open_packed(root / "trellis.ggz").tensors)
+    for name in ("eg", "rans", "rf8", "lossless", "steps", "rows", "trellis"):
         blob = (root / f"{name}.ggz").read_bytes()
         containers[name] = (blob, by_offset(root / f"{name}.ggz"))
     out["ggz"] = containers
@@ -331,7 +333,7 @@ def check_ggz(path: Path, original: dict[int, bytes]) -> None:
         assert original.get(entry["offset"]) == blob, entry
 
 
-@pytest.mark.parametrize("kind", ["eg", "rans", "rf8", "lossless", "steps", "rows"])
+@pytest.mark.parametrize("kind", ["eg", "rans", "rf8", "lossless", "steps", "rows", "trellis"])
 @given(data=st.data())
 @fuzz_settings(120)
 def test_fuzz_ggz_header_fields(work: dict[str, Any], kind: str, data: st.DataObject) -> None:
@@ -343,7 +345,7 @@ def test_fuzz_ggz_header_fields(work: dict[str, Any], kind: str, data: st.DataOb
     check_ggz(path, original)
 
 
-@pytest.mark.parametrize("kind", ["eg", "rans", "lossless", "rows"])
+@pytest.mark.parametrize("kind", ["eg", "rans", "lossless", "rows", "trellis"])
 @given(data=st.data())
 @fuzz_settings(100)
 def test_fuzz_ggz_bytes(work: dict[str, Any], kind: str, data: st.DataObject) -> None:
@@ -360,7 +362,7 @@ def test_fuzz_ggz_data_with_matching_checksums(work: dict[str, Any], data: st.Da
     """Corrupt coded bytes *and* fix the section checksum, so the decoders themselves meet the damage."""
     import zlib
 
-    blob, original = work["ggz"][data.draw(st.sampled_from(["eg", "rans", "rows"]))]
+    blob, original = work["ggz"][data.draw(st.sampled_from(["eg", "rans", "rows", "trellis"]))]
     version, header, body = split_ggz(blob)
     coded = [t for t in header["tensors"] if t["encoding"] != "raw" and t["length"]]
     entry = data.draw(st.sampled_from(coded))
