@@ -187,7 +187,7 @@ def work(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Work:
     P.pack(folder, root / "steps.ggz", P.PackOptions(coder="rans", target_sqnr_db=30.0))  # per-tensor steps
     P.pack(folder, root / "rows.ggz", P.PackOptions(target_sqnr_db=30.0, step_granularity="row"))  # version 3
     assert any("groups" in t for t in P.open_packed(root / "rows.ggz").tensors)
-    P.pack(folder, root / "trellis.ggz", P.PackOptions(coder="rans", quant="step:6", trellis=True))  # version 4
+    P.pack(folder, root / "trellis.ggz", P.PackOptions(coder="rans", quant="step:6", trellis=True))  # v4
     assert any(t["encoding"] == "trellis" for t in P.open_packed(root / "trellis.ggz").tensors)
     for name in ("eg", "rans", "rf8", "lossless", "steps", "rows", "trellis"):
         blob = (root / f"{name}.ggz").read_bytes()

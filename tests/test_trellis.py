@@ -119,6 +119,22 @@ def test_fewer_bits_than_rounding_at_equal_sqnr(s: int) -> None:
         assert abs(sqnr - 10 * math.log10(sig / float(((u - xd) ** 2).sum()))) < 0.3
 
 
+def test_row_class_contexts_round_trip() -> None:
+    k = torch.from_numpy(np.random.default_rng(8).integers(-6, 7, size=3000))
+    for lane, classes in ((128, 3), (7, 8), (1, 2)):
+        coded = T.from_indices(k, lane)
+        row_class = torch.from_numpy(np.random.default_rng(9).integers(0, classes, size=30))
+        lane_cls = T.lane_classes(row_class, 3000, 100, lane)
+        assert lane_cls.numel() == -(-3000 // lane)
+        last = ((3000 - 1) // lane) * lane // 100  # the row of the last lane's first weight
+        assert int(lane_cls[0]) == int(row_class[0]) and int(lane_cls[-1]) == int(row_class[last])
+        streams = coded.context_streams(lane_cls, classes)
+        back = T.walk_contexts(streams, lane_cls, classes, 3000, lane)
+        assert torch.equal(back.indices(), k) and torch.equal(back.qid, coded.qid)
+        with pytest.raises(ValueError):
+            T.walk_contexts([streams[-1], *streams[:-1]], lane_cls, classes, 3000, lane)
+
+
 def test_interleave_round_trip_and_short_streams() -> None:
     k = torch.from_numpy(np.random.default_rng(6).integers(-5, 6, size=1000))
     for lane in (1, 3, 128):
@@ -194,6 +210,41 @@ def test_target_sqnr_with_trellis_meets_the_target_in_fewer_bits(model: Path, tm
     sig = sum(float(src[k].double().square().sum()) for k in ("a.weight", "b.weight"))
     err = sum(float((got[k].double() - src[k].double()).square().sum()) for k in ("a.weight", "b.weight"))
     assert 10 * math.log10(sig / err) == pytest.approx(doc["summary"]["sqnr_db"], abs=1e-6)
+
+
+def test_rows_of_different_scales_get_row_contexts(tmp_path: Path) -> None:
+    """Rows whose scales differ (as in real weights, more here) are coded in contexts by row class: fewer
+    bits than without, restored exactly as the search chose, and a damaged class section is refused."""
+    from hostile import split_ggz
+    from safetensors.torch import load_file
+
+    path = tmp_path / "m"
+    path.mkdir()
+    scale = 2.0 ** torch.arange(256).remainder(6).to(torch.float32).reshape(-1, 1) / 8
+    save_file({"w.weight": laplace(256 * 384, 10).reshape(256, 384) * scale}, str(path / "model.safetensors"))
+    P.pack(path, tmp_path / "t.ggz", P.PackOptions(quant="step:7", coder="rans", trellis=True))
+    entry = P.open_packed(tmp_path / "t.ggz").header["tensors"][0]
+    assert entry["rows"]["classes"] == 8 and entry["groups"][0]["context"].startswith("q0r")
+    x = load_file(str(path / "model.safetensors"))["w.weight"]
+    delta = 2.0**-7 * T.STEP_FACTOR
+    want = T.restore(T.trellis_indices(x, delta), delta, x.numel()).to(x.dtype).reshape(x.shape)
+    assert torch.equal(dict(P.read_packed(tmp_path / "t.ggz"))["w.weight"], want)
+    _, header, body = split_ggz((tmp_path / "t.ggz").read_bytes())
+    t = header["tensors"][0]
+    section = bytearray(body[t["offset"]:t["offset"] + t["length"]])
+    section[t["rows"]["offset"] + 3] = 8  # a class beyond the 8 declared
+    data = body[:t["offset"]] + bytes(section) + body[t["offset"] + t["length"]:]
+
+    def recrc(h):
+        h["tensors"][0]["crc32"] = zlib.crc32(section)
+    out = str(tmp_path / "o")
+    r = CliRunner().invoke(cli, ["unpack", str(_variant(tmp_path, header, data, recrc)), "-o", out])
+    assert r.exit_code == 1 and "row classes" in r.output and "Traceback" not in r.output
+
+    def classes(h):
+        h["tensors"][0]["rows"]["classes"] = 1
+    r = CliRunner().invoke(cli, ["unpack", str(_variant(tmp_path, header, body, classes)), "-o", out])
+    assert r.exit_code == 1 and "2..16 classes" in r.output
 
 
 def _variant(tmp_path: Path, header: dict, body: bytes, edit) -> Path:

@@ -347,6 +347,23 @@ def count_table_encode(counts: np.ndarray) -> bytes:
     return int(bits, 2).to_bytes(len(bits) // 8, "big")
 
 
+def count_table_bits(counts: np.ndarray) -> int:
+    """Exact length in bits of count_table_encode(counts) (before the byte padding), vectorized."""
+    c = np.asarray(counts, dtype=np.int64)
+    if c.size == 0:
+        return 0
+    prev = np.concatenate([[0], c[:-1]])
+    k = _bitlen(prev) // 2
+    d = c - prev
+    x = np.where(d >= 0, 2 * d, -2 * d - 1) + (np.int64(1) << k)
+    return int((2 * _bitlen(x) - k - 1).sum())
+
+
+def _bitlen(v: np.ndarray) -> np.ndarray:
+    """Bit length of non-negative int64 values below 2^53 (0 for 0)."""
+    return np.frexp(v.astype(np.float64))[1].astype(np.int64)
+
+
 def count_table_decode(buf: bytes | memoryview, span: int, total: int) -> np.ndarray:
     """Inverse of count_table_encode: ``span`` counts (int64). ValueError unless they are non-negative
     and add up to ``total`` (checked as they are read, so a crafted table cannot run away)."""

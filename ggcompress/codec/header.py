@@ -150,7 +150,7 @@ def _tensor(path: Path, header: dict[str, Any], entry: dict[str, Any], what: str
                           f"{_clip(q)}, tensor step {_clip(entry.get('step'))}) — malformed header")
     elif encoding == "trellis":
         _uint(path, entry, "decoded_crc32", what, _U32)
-        extra = _trellis(path, header, entry, what, n, length, itemsize)
+        extra = _trellis(path, header, entry, what, shape, length, itemsize)
         check_alloc(2 * nbytes + extra, f"{path}: {what} (shape {shape} {dtype})")
         return
     elif dtype != "U8":
@@ -199,11 +199,12 @@ def _coded(path: Path, entry: dict[str, Any], what: str, n: int, length: int, it
     return extra
 
 
-def _trellis(path: Path, header: dict[str, Any], entry: dict[str, Any], what: str, n: int, length: int,
-             itemsize: int) -> int:
-    """A trellis entry (codec/trellis.py, docs/format.md §4): its parameters and its context groups (q0,
-    q1 — an empty one is left out —, or all) whose counts add up to the lanes' padded length. Returns the
-    decoder's working memory beyond the output."""
+def _trellis(path: Path, header: dict[str, Any], entry: dict[str, Any], what: str, shape: list[int],
+             length: int, itemsize: int) -> int:
+    """A trellis entry (codec/trellis.py, docs/format.md §4): its parameters, its row classes if any, and
+    its context groups (q0, q1 — an empty one is left out —, all, or q<quantizer>r<class>) whose counts
+    add up to the lanes' padded length. Returns the decoder's working memory beyond the output."""
+    n = math.prod(shape)
     q = header.get("quantization")
     if header["format_version"] < TRELLIS_VERSION or not isinstance(q, dict) or q.get("method") not in (
             "trellis", "steps"):
@@ -223,10 +224,19 @@ def _trellis(path: Path, header: dict[str, Any], entry: dict[str, Any], what: st
     if not isinstance(groups, list) or not groups or not all(isinstance(g, dict) for g in groups):
         raise GGError(f"{path}: {what}: a trellis entry needs a non-empty list of groups — malformed header")
     contexts = [g.get("context") for g in groups]
-    if any(c not in TRELLIS_CONTEXTS for c in contexts) or len(set(contexts)) != len(contexts) or (
+    allowed: tuple[str, ...] = TRELLIS_CONTEXTS
+    if "rows" in entry:  # contexts by quantizer and row class, the classes in a section of a byte a row
+        rows = _obj(path, entry, "rows", what)
+        classes = _uint(path, rows, "classes", f"{what} row classes", 16)
+        if classes < 2 or len(shape) < 2:
+            raise GGError(f"{path}: {what}: row classes need 2..16 classes and a tensor of 2+ dims — "
+                          "malformed header")
+        _sub(path, rows, length, f"{what} row classes", shape[0])
+        allowed = tuple(f"q{q}r{c}" for q in (0, 1) for c in range(classes))
+    if any(c not in allowed for c in contexts) or len(set(contexts)) != len(contexts) or (
             "all" in contexts and len(contexts) > 1):
-        raise GGError(f"{path}: {what}: trellis contexts {_clip(contexts)} must be q0 and/or q1, or all — "
-                      "malformed header")
+        raise GGError(f"{path}: {what}: trellis contexts {_clip(contexts)} must be q0 and/or q1, or all (or "
+                      "q<quantizer>r<class> with row classes) — malformed header")
     lane = spec["lane"]
     padded = -(-n // lane) * lane
     extra, total = 0, 0

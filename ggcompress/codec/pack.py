@@ -789,6 +789,10 @@ def _code_step(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOptions
     return coded, sig, err
 
 
+#: Row classes of pack --trellis's row contexts (rows grouped by RMS quantiles; docs/pack.md).
+ROW_CLASSES = 8
+
+
 def _code_trellis(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOptions, shrink: float = 1.0
                   ) -> tuple[_Coded, float, float]:
     """Trellis-quantize one tensor (codec/trellis.py) at union step Δ = STEP_FACTOR·step and code its
@@ -807,23 +811,47 @@ def _code_trellis(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOpti
     restored = _trellis_restored(found.levels(), delta, x.dtype, info.name)
     span = int(found.k.abs().max())
     width = 2 * span + 1
-    counts = torch.bincount((found.k + span + found.qid * width).reshape(-1), minlength=2 * width)
-    counts = counts.reshape(2, width)
-    hists = {c: rate.SymbolHistogram.from_counts(-span, counts[i]) for i, c in enumerate(("q0", "q1"))
-             if int(counts[i].sum())}
-    hists["all"] = rate.SymbolHistogram.from_counts(-span, counts.sum(0))
-    est = {c: _estimate_bytes(h, opts) for c, h in hists.items()}
-    if est["all"][0] <= sum(e[0] for c, e in est.items() if c != "all"):
-        layout = [("all", hists["all"], found.merged())]
+
+    def histograms(ctx: torch.Tensor, contexts: int) -> list[rate.SymbolHistogram | None]:
+        counts = torch.bincount((found.k + span + ctx * width).reshape(-1), minlength=contexts * width)
+        counts = counts.reshape(contexts, width)
+        return [rate.SymbolHistogram.from_counts(-span, c) if int(c.sum()) else None for c in counts]
+
+    def size(hists: list[rate.SymbolHistogram | None]) -> tuple[float, list[bool]]:
+        est = [_estimate_bytes(h, opts) if h is not None else (0.0, False) for h in hists]
+        return sum(e[0] for e in est), [e[1] for e in est]
+
+    by_q = histograms(found.qid, 2)
+    merged = histograms(torch.zeros_like(found.qid), 1)
+    options = [(size(merged), "all", None), (size(by_q), "q", None)]
+    rows = x.shape[0] if x.dim() >= 2 else 1
+    row_class = None
+    if rows >= 8:  # contexts by row scale too (rows differ in scale; side info: a byte a row)
+        rms = x.reshape(rows, -1).to(torch.float64).square().mean(1)
+        for classes in (ROW_CLASSES,):
+            edges = torch.quantile(rms, torch.linspace(0, 1, classes + 1, dtype=torch.float64)[1:-1])
+            cls = torch.bucketize(rms, edges).to(torch.int64)
+            lane_cls = trellis.lane_classes(cls, found.n, x.numel() // rows)
+            est, kinds = size(histograms(found.qid * classes + lane_cls.reshape(1, -1), 2 * classes))
+            options.append(((est + rows, kinds), "rows", (classes, cls, lane_cls)))
+    (_, kinds), kind, extra = min(options, key=lambda o: o[0][0])
+    if kind == "all":
+        layout = [("all", merged[0], found.merged(), kinds[0])]
+    elif kind == "q":
+        layout = [(f"q{i}", h, sym, kinds[i])
+                  for i, (h, sym) in enumerate(zip(by_q, found.streams(), strict=True)) if h is not None]
     else:
-        q0, q1 = found.streams()
-        layout = [(c, hists[c], sym) for c, sym in (("q0", q0), ("q1", q1)) if c in hists]
+        classes, row_class, lane_cls = extra
+        hists = histograms(found.qid * classes + lane_cls.reshape(1, -1), 2 * classes)
+        streams = found.context_streams(lane_cls, classes)
+        layout = [(f"q{c // classes}r{c % classes}", h, sym, kinds[c])
+                  for c, (h, sym) in enumerate(zip(hists, streams, strict=True)) if h is not None]
     parts: list[bytes] = []
     offset = 0
     groups = []
     costs = dict.fromkeys(COST_KEYS, 0.0)
-    for context, hist, sym in layout:
-        g = (_code_counted(hist, sym) if est[context][1] else None) or \
+    for context, hist, sym, counted in layout:
+        g = (_code_counted(hist, sym) if counted else None) or \
             _code_symbols(hist, sym, hist.symbols_by_rank().numpy(), opts, info.name)
         groups.append({"context": context, "count": int(sym.numel()), **_shifted(g.entry, offset)})
         offset = _pad_to(parts, offset, g.blob)
@@ -831,6 +859,10 @@ def _code_trellis(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOpti
             costs[key] += g.costs[key]
     entry = {"dtype": TORCH_TO_ST[restored.dtype], "source_dtype": info.dtype, "encoding": "trellis",
              "trellis": {"delta": delta, "lane": trellis.LANE, "states": found.states}, "groups": groups}
+    if row_class is not None:
+        entry["rows"] = {"classes": extra[0], "offset": offset, "length": int(row_class.numel())}
+        _pad_to(parts, offset, row_class.to(torch.uint8).numpy().tobytes())
+        costs["table_bits"] += 8.0 * row_class.numel()
     coded = _Coded(entry, b"".join(parts), _int_view(restored), costs)
     sig, err = _energies(x, restored.reshape(x.shape))
     return coded, sig, err
@@ -848,15 +880,19 @@ def _estimate_bytes(hist: rate.SymbolHistogram, opts: PackOptions) -> tuple[floa
         k = hist.best_k() if opts.eg_k is None else opts.eg_k
         return ranked + hist.stats(k, huffman=False).eg_bits / 8, False
     weights = coders.rans_weights(counts)
-    model = rate.exp_golomb_lengths(torch.from_numpy(weights - 1), coders.best_eg_order(weights - 1))
     payload = float((counts * (coders.RANS_PRECISION - np.log2(weights))).sum()) / 8
-    ranked += (int(model.sum()) + 7) // 8
     span = hi - lo + 1
-    if span > coders.RANS_MAX_SYMBOLS:
+    counted = None
+    if span <= coders.RANS_MAX_SYMBOLS:
+        dense = np.zeros(span, dtype=np.int64)
+        dense[(hist.symbols - lo).numpy()] = hist.counts.numpy()
+        counted = (coders.count_table_bits(dense) + 7) // 8
+        if counted < ranked:  # below the ranked table's symbol list alone: no need to size its model
+            return counted + payload, True
+    model = rate.exp_golomb_lengths(torch.from_numpy(weights - 1), coders.best_eg_order(weights - 1))
+    ranked += (int(model.sum()) + 7) // 8
+    if counted is None:
         return ranked + payload, False
-    dense = np.zeros(span, dtype=np.int64)
-    dense[(hist.symbols - lo).numpy()] = hist.counts.numpy()
-    counted = len(coders.count_table_encode(dense))
     return min(ranked, counted) + payload, counted < ranked
 
 
@@ -1325,13 +1361,14 @@ def _decode_trellis(entry: dict[str, Any], data: bytes, n: int, dtype: torch.dty
         raise ValueError(f"trellis parameters {spec} are not ones this reader decodes")
     if not dtype.is_floating_point:
         raise ValueError("a trellis-coded tensor must restore to a float dtype")
-    streams = {"q0": torch.zeros(0, dtype=torch.int64), "q1": torch.zeros(0, dtype=torch.int64)}
     contexts = [g.get("context") for g in entry["groups"]]
-    if contexts == ["all"]:
-        streams = {"all": streams["q0"]}
+    classes = int(entry["rows"]["classes"]) if "rows" in entry else 0
+    names = (["all"] if contexts == ["all"] else
+             [f"q{c // classes}r{c % classes}" for c in range(2 * classes)] if classes else ["q0", "q1"])
+    streams = {name: torch.zeros(0, dtype=torch.int64) for name in names}
     for g in entry["groups"]:
         if g["context"] not in streams or streams[g["context"]].numel():
-            raise ValueError(f"trellis contexts {contexts} are not q0 / q1, or all")
+            raise ValueError(f"trellis contexts {contexts} are not q0 / q1, all, or q<quantizer>r<class>")
         count = int(g["count"])
         if "table" in g:
             sym = _decode_counted(g, data, count, entry["name"])
@@ -1342,8 +1379,20 @@ def _decode_trellis(entry: dict[str, Any], data: bytes, n: int, dtype: torch.dty
             sym = _decode_ranks(g, data, count, by_rank.numel(), by_rank.numpy(), entry["name"])
         streams[g["context"]] = torch.from_numpy(sym)
     states = int(spec["states"])
-    walked = (trellis.walk_merged(streams["all"], n, lane, states) if "all" in streams
-              else trellis.walk(streams["q0"], streams["q1"], n, lane, states))
+    if classes:
+        shape = [int(d) for d in entry["shape"]]
+        row_class = np.frombuffer(_part(data, entry["rows"]), dtype=np.uint8)
+        if len(shape) < 2 or row_class.size != shape[0] or (row_class.size
+                                                             and int(row_class.max()) >= classes):
+            raise ValueError(f"row classes: {row_class.size} for shape {shape}, each below {classes} "
+                             "expected")
+        row_class = torch.from_numpy(row_class.astype(np.int64))
+        lane_cls = trellis.lane_classes(row_class, n, n // max(shape[0], 1), lane)
+        walked = trellis.walk_contexts([streams[name] for name in names], lane_cls, classes, n, lane, states)
+    elif "all" in streams:
+        walked = trellis.walk_merged(streams["all"], n, lane, states)
+    else:
+        walked = trellis.walk(streams["q0"], streams["q1"], n, lane, states)
     v = (walked.levels().to(torch.float64) * delta).to(dtype)
     if not bool(torch.isfinite(v).all()):
         raise ValueError("a trellis level overflows the restored dtype")

@@ -196,6 +196,13 @@ class Coded:
         """The two context streams (indices of Q0 states, of Q1 states), each step-major over the lanes."""
         return self.k[self.qid == 0], self.k[self.qid == 1]
 
+    def context_streams(self, lane_class: torch.Tensor, classes: int) -> list[torch.Tensor]:
+        """The 2·classes context streams, context = quantizer·classes + the lane's class, each step-major."""
+        ctx = (self.qid * classes + lane_class.reshape(1, -1)).reshape(-1)
+        order = torch.argsort(ctx, stable=True)  # stable: step-major order kept within each context
+        counts = torch.bincount(ctx, minlength=2 * classes).tolist()
+        return list(torch.split(self.k.reshape(-1)[order], counts))
+
     def merged(self) -> torch.Tensor:
         """Every index, step-major (one stream for one shared table)."""
         return self.k.reshape(-1)
@@ -275,6 +282,44 @@ def states(parity: torch.Tensor, n: int, lane: int = LANE, states: int = STATES)
 def interleave(k: torch.Tensor, lane: int = LANE, states: int = STATES) -> tuple[torch.Tensor, torch.Tensor]:
     """The two context streams of n indices given in weight order (the last lane padded with zeros)."""
     return from_indices(k, lane, states).streams()
+
+
+def lane_classes(row_class: torch.Tensor, n: int, cols: int, lane: int = LANE) -> torch.Tensor:
+    """The class of each lane: that of the row holding its first weight (int64, one per lane)."""
+    lanes = -(-n // lane)
+    first_row = torch.div(torch.arange(lanes, dtype=torch.int64) * lane, max(cols, 1), rounding_mode="floor")
+    return row_class.to(torch.int64)[first_row.clamp(max=row_class.numel() - 1)]
+
+
+def walk_contexts(streams: list[torch.Tensor], lane_class: torch.Tensor, classes: int, n: int,
+                  lane: int = LANE, states: int = STATES) -> Coded:
+    """The decoder with row classes: at every step each lane takes its next index from the stream of its
+    context (its state's quantizer·classes + its class), lanes of one context in ascending order.
+    Raises ValueError when the streams do not match the walk."""
+    lanes = -(-n // lane)
+    if len(streams) != 2 * classes or sum(x.numel() for x in streams) != lanes * lane:
+        raise ValueError(f"trellis streams hold {sum(x.numel() for x in streams)} indices in {len(streams)} "
+                         f"contexts, {lanes * lane} in {2 * classes} expected")
+    m = machine(states)
+    k = torch.empty((lane, lanes), dtype=torch.int64)
+    qid = torch.empty((lane, lanes), dtype=torch.int64)
+    s = torch.zeros(lanes, dtype=torch.int64)
+    ptr = [0] * (2 * classes)
+    for t in range(lane):
+        q = m.qid[s]
+        qid[t] = q
+        ctx = q * classes + lane_class
+        order = torch.argsort(ctx, stable=True)
+        parts = []
+        for c, cnt in enumerate(torch.bincount(ctx, minlength=2 * classes).tolist()):
+            if cnt:
+                if ptr[c] + cnt > streams[c].numel():
+                    raise ValueError("a trellis context stream ends before the walk does")
+                parts.append(streams[c][ptr[c]:ptr[c] + cnt])
+                ptr[c] += cnt
+        k[t, order] = torch.cat(parts)
+        s = m.next[s * 2 + (k[t] & 1)]
+    return Coded(k, qid, n, states)
 
 
 def walk(k0: torch.Tensor, k1: torch.Tensor, n: int, lane: int = LANE, states: int = STATES) -> Coded:
