@@ -40,6 +40,13 @@ def main() -> None:
     t = rep["checkpoints"][0]["summary"]
     print(f"pack SmolLM2 step 2^-8 rANS: {t['coded_bits_per_param']:.2f} bits/param, ratio {t['ratio']:.2f}x")
 
+    for trellis in (False, True):  # rounding vs trellis-coded quantization, same SQNR
+        rep = pack([str(minilm)], work / f"minilm-{trellis}.ggz", PackOptions(quant="step:8", coder="rans",
+                                                                              trellis=trellis))
+        t = rep["checkpoints"][0]["summary"]
+        print(f"pack MiniLM step 2^-8{' --trellis' if trellis else ''}: {t['coded_bits_per_param']:.3f} "
+              f"bits/param at {t['sqnr_db']:.2f} dB")
+
     models = [str(smollm2), str(work / "rf8"), str(work / "smollm2.ggz")]
     ev = evaluate(models, EvalOptions(tasks=(), text=validation, max_tokens=1024, window=512))
     for m in ev["models"][1:]:
