@@ -71,7 +71,7 @@ class _EgOrder(click.ParamType):
                    "when the bits saved outweigh the added error (decoding unchanged).")
 @click.option("--trellis", is_flag=True,
               help="Dependent (trellis-coded) quantization, as NNCodec/VVC: two interleaved quantizers and "
-                   "an 8-state machine, Viterbi-searched; step:S's SQNR in 0.17-0.31 bit/param less. With "
+                   "an 8-state machine, Viterbi-searched; step:S's SQNR in 0.20-0.32 bit/param less. With "
                    "--quant step:S or --target-sqnr (best with --coder rans; format version 4).")
 @click.option("--workers", type=click.IntRange(0, 256), default=0, show_default=True,
               help="Threads coding lossless chunks (0: the usable CPUs, at most 4).")
