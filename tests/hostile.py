@@ -75,3 +75,25 @@ def join_ggz(version: int, header: Any, data: bytes) -> bytes:
 def raw_bytes(t: torch.Tensor) -> bytes:
     t = t.contiguous().reshape(-1)
     return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def edited_ggz(path: Path, header: dict[str, Any], edit: Any, version: int, data: bytes) -> Path:
+    """Write a container at ``path`` from a copy of ``header`` changed by ``edit`` (header CRC recomputed)."""
+    h = json.loads(json.dumps(header))
+    edit(h)
+    path.write_bytes(join_ggz(version, h, data))
+    return path
+
+
+def unpack_error(path: Path, out: Path) -> str:
+    """The one line `ggcompress unpack` prints for a bad container: exit 1, `error: `, no traceback,
+    nothing written at ``out``."""
+    from click.testing import CliRunner
+
+    from ggcompress.cli import cli
+
+    r = CliRunner().invoke(cli, ["unpack", str(path), "-o", str(out)])
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: "), r.output
+    assert "Traceback" not in r.output and not out.exists()
+    return lines[0]
