@@ -30,7 +30,7 @@ from a Q4_1 GGUF: its weights sit on a 4-bit lattice, so its figures say little 
 
 Run: /work/main/.venv/bin/python benchmarks/bench_pack_rd.py [--models minilm smollm2 wikilm]
      [--steps 6 7 8 9 10] [--peer-python /tmp/nncvenv/bin/python] [--nncodec-only] [--no-nncodec]
-     [--json OUT.json]
+     [--json OUT.json] [--plot OUT.png];  --render A.json B.json --plot OUT.png redraws saved runs
 """
 
 from __future__ import annotations
@@ -225,6 +225,41 @@ def equal_sqnr_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def plot(everything: dict[str, list[dict]], path: Path) -> None:
+    """Bits/param against SQNR, one panel per model, every method that ran (docs/img/pack_rd.png)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = {"uniform step": "o-", "RD allocation": "s:", "RDOQ": "v:", "trellis": "D-",
+              "RD + trellis": "d:", "NNCodec plain": "^--", "NNCodec DQ": "x--"}
+    fig, axes = plt.subplots(2, len(everything), figsize=(6 * len(everything), 8), squeeze=False)
+    for ax, rel, (model, rows) in zip(axes[0], axes[1], everything.items(), strict=True):
+        uni = [(r["sqnr"], r["bits"]) for r in rows if r.get("method") == "uniform step"]
+        for method, style in styles.items():
+            pts = sorted((r["sqnr"], r["bits"]) for r in rows if r.get("method") == method)
+            if pts:
+                ax.plot([q for q, _ in pts], [b for _, b in pts], style, label=method, markersize=4)
+                near = [(q, 100 * (b / at - 1)) for q, b in pts if (at := at_sqnr(uni, q)) is not None]
+                if near:
+                    rel.plot([q for q, _ in near], [v for _, v in near], style, label=method, markersize=4)
+        gguf = [r for r in rows if str(r.get("method", "")).startswith("GGUF")]
+        ax.plot([r["sqnr"] for r in gguf], [r["bits"] for r in gguf], "k*", label="GGUF Q8_0/Q5_0/Q4_0")
+        ax.set_title(model)
+        ax.set_xlabel("SQNR (dB)")
+        ax.set_ylabel("bits / param")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        rel.axhline(0, color="gray", lw=0.8)
+        rel.set_xlabel("SQNR (dB)")
+        rel.set_ylabel("bits vs pack step:S at the same SQNR (%)")
+        rel.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -238,7 +273,16 @@ def main() -> None:
     only.add_argument("--nncodec-only", action="store_true", help="skip the ggcompress and GGUF rows")
     only.add_argument("--no-nncodec", action="store_true", help="skip the NNCodec rows")
     ap.add_argument("--json", help="also write every row here")
+    ap.add_argument("--plot", help="also draw bits vs SQNR per model here (PNG)")
+    ap.add_argument("--render", nargs="+", metavar="JSON",
+                    help="only draw --plot from saved --json files (no run)")
     args = ap.parse_args()
+    if args.render:
+        everything = {}
+        for f in args.render:
+            everything.update(json.loads(Path(f).read_text()))
+        plot(everything, Path(args.plot or "pack_rd.png"))
+        return
     torch.set_num_threads(1)
     print(f"# bench_pack_rd — ggcompress {__version__}, {date.today()}, {platform.machine()}, "
           f"{os.cpu_count()} shared CPUs, one thread; coder rans everywhere")
@@ -289,6 +333,8 @@ def main() -> None:
             sys.stdout.flush()
     if args.json:
         Path(args.json).write_text(json.dumps(everything, indent=1))
+    if args.plot:
+        plot(everything, Path(args.plot))
 
 
 if __name__ == "__main__":
