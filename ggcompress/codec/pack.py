@@ -811,10 +811,11 @@ def _code_trellis(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOpti
     restored = _trellis_restored(found.levels(), delta, x.dtype, info.name)
     span = int(found.k.abs().max())
     width = 2 * span + 1
+    base = (found.k + span).reshape(-1)  # index - min, the bin of each index within its context
 
-    def histograms(ctx: torch.Tensor, contexts: int) -> list[rate.SymbolHistogram | None]:
-        counts = torch.bincount((found.k + span + ctx * width).reshape(-1), minlength=contexts * width)
-        counts = counts.reshape(contexts, width)
+    def histograms(ctx: torch.Tensor | None, contexts: int) -> list[rate.SymbolHistogram | None]:
+        idx = base if ctx is None else torch.add(base, ctx.reshape(-1), alpha=width)
+        counts = torch.bincount(idx, minlength=contexts * width).reshape(contexts, width)
         return [rate.SymbolHistogram.from_counts(-span, c) if int(c.sum()) else None for c in counts]
 
     def size(hists: list[rate.SymbolHistogram | None]) -> tuple[float, list[bool]]:
@@ -822,7 +823,7 @@ def _code_trellis(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOpti
         return sum(e[0] for e in est), [e[1] for e in est]
 
     by_q = histograms(found.qid, 2)
-    merged = histograms(torch.zeros_like(found.qid), 1)
+    merged = histograms(None, 1)
     options = [(size(merged), "all", None), (size(by_q), "q", None)]
     rows = x.shape[0] if x.dim() >= 2 else 1
     row_class = None
@@ -832,8 +833,9 @@ def _code_trellis(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOpti
             edges = torch.quantile(rms, torch.linspace(0, 1, classes + 1, dtype=torch.float64)[1:-1])
             cls = torch.bucketize(rms, edges).to(torch.int64)
             lane_cls = trellis.lane_classes(cls, found.n, x.numel() // rows)
-            est, kinds = size(histograms(found.qid * classes + lane_cls.reshape(1, -1), 2 * classes))
-            options.append(((est + rows, kinds), "rows", (classes, cls, lane_cls)))
+            hists = histograms(found.qid * classes + lane_cls.reshape(1, -1), 2 * classes)
+            est, kinds = size(hists)
+            options.append(((est + rows, kinds), "rows", (classes, cls, lane_cls, hists)))
     (_, kinds), kind, extra = min(options, key=lambda o: o[0][0])
     if kind == "all":
         layout = [("all", merged[0], found.merged(), kinds[0])]
@@ -841,8 +843,7 @@ def _code_trellis(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOpti
         layout = [(f"q{i}", h, sym, kinds[i])
                   for i, (h, sym) in enumerate(zip(by_q, found.streams(), strict=True)) if h is not None]
     else:
-        classes, row_class, lane_cls = extra
-        hists = histograms(found.qid * classes + lane_cls.reshape(1, -1), 2 * classes)
+        classes, row_class, lane_cls, hists = extra
         streams = found.context_streams(lane_cls, classes)
         layout = [(f"q{c // classes}r{c % classes}", h, sym, kinds[c])
                   for c, (h, sym) in enumerate(zip(hists, streams, strict=True)) if h is not None]
