@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from tinylm import build_model_folder
+from tinylm import calibrated_model
 
 from ggcompress.cli import cli
 from ggcompress.codec import klalloc, rdalloc
@@ -29,11 +29,7 @@ CAL = {"calibration_windows": 2, "calibration_length": 64}
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory, text_files) -> tuple[Path, Path, str]:
     """A tiny random Llama whose outputs depend on its weights (init std 0.2: peaked distributions)."""
-    train, _ = text_files
-    text = Path(train).read_text(encoding="utf-8")[:40_000]
-    root = tmp_path_factory.mktemp("kl")
-    (root / "calib.txt").write_text(text, encoding="utf-8")
-    return build_model_folder(root / "model", text, init_std=0.2), root / "calib.txt", text
+    return calibrated_model(tmp_path_factory.mktemp("kl"), text_files[0], init_std=0.2)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from tinylm import build_model_folder
+from tinylm import calibrated_model
 
 from ggcompress.cli import cli
 from ggcompress.io.loading import load_model
@@ -17,11 +17,8 @@ from ggcompress.stats import sensitivity
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, text_files) -> tuple[Path, str, Path]:
-    train, _ = text_files
-    text = Path(train).read_text(encoding="utf-8")[:40_000]
-    root = tmp_path_factory.mktemp("tinylm")
-    (root / "calib.txt").write_text(text, encoding="utf-8")
-    return build_model_folder(root / "model", text), text, root / "calib.txt"
+    folder, calib, text = calibrated_model(tmp_path_factory.mktemp("tinylm"), text_files[0])
+    return folder, text, calib
 
 
 def test_fisher_matches_float64_autograd(tiny) -> None:

@@ -80,8 +80,8 @@ def test_decoder_follows_the_state_machine_across_lanes(states: int) -> None:
     for lane in (1, 7, 128):
         got = T.restore(k, 0.25, k.numel(), lane, states)
         assert torch.equal(got, torch.from_numpy(ref_restore(k.numpy(), lane, states)).double() * 0.25)
-        k0, k1 = T.interleave(k, lane, states)
-        assert torch.equal(T.deinterleave(k0, k1, 1000, lane, states), k)
+        streams = T.from_indices(k, lane, states).context_streams()
+        assert torch.equal(T.walk_contexts(streams, None, 1, 1000, lane, states).indices(), k)
 
 
 def entropy(s: torch.Tensor) -> float:
@@ -111,7 +111,7 @@ def test_fewer_bits_than_rounding_at_equal_sqnr(s: int) -> None:
     k = T.trellis_indices(x, delta)
     y = T.restore(k, delta, k.numel())
     sqnr = 10 * math.log10(sig / float(((y - xd) ** 2).sum()))
-    bits = sum(entropy(c) for c in T.interleave(k)) / x.numel()
+    bits = sum(entropy(c) for c in T.from_indices(k).context_streams()) / x.numel()
     at = float(np.interp(sqnr, [c[0] for c in curve], [c[1] for c in curve]))
     assert bits < at - 0.1
     if s >= 7:
@@ -135,17 +135,17 @@ def test_row_class_contexts_round_trip() -> None:
             T.walk_contexts([streams[-1], *streams[:-1]], lane_cls, classes, 3000, lane)
 
 
-def test_interleave_round_trip_and_short_streams() -> None:
+def test_quantizer_streams_round_trip_and_short_streams() -> None:
     k = torch.from_numpy(np.random.default_rng(6).integers(-5, 6, size=1000))
     for lane in (1, 3, 128):
-        k0, k1 = T.interleave(k, lane)
+        k0, k1 = T.from_indices(k, lane).context_streams()
         assert k0.numel() + k1.numel() == -(-1000 // lane) * lane
-        assert torch.equal(T.deinterleave(k0, k1, 1000, lane), k)
-    k0, k1 = T.interleave(k, 128)
+        assert torch.equal(T.walk_contexts([k0, k1], None, 1, 1000, lane).indices(), k)
+    k0, k1 = T.from_indices(k, 128).context_streams()
     with pytest.raises(ValueError, match="hold"):
-        T.deinterleave(k0[:-1], k1, 1000, 128)
+        T.walk_contexts([k0[:-1], k1], None, 1, 1000, 128)
     with pytest.raises(ValueError, match="ends before"):
-        T.deinterleave(k0[:-1], torch.cat([k1, k1[:1]]), 1000, 128)
+        T.walk_contexts([k0[:-1], torch.cat([k1, k1[:1]])], None, 1, 1000, 128)
 
 
 @pytest.fixture
@@ -324,8 +324,8 @@ def test_trellis_containers_refused_cleanly_when_unreadable_or_corrupt(
 
     def other(h):  # a valid trellis, but not the one the indices were searched on
         h["tensors"][entry]["trellis"]["states"] = 4
-    assert "fail their checksum" in unpack_error(variant("other", other)) or "ends before the walk" in \
-        unpack_error(variant("other", other))
+    line = unpack_error(variant("other", other))
+    assert "fail their checksum" in line or "ends before the walk" in line
 
     def delta(h):
         h["tensors"][entry]["trellis"]["delta"] = -1.0

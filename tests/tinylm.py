@@ -45,3 +45,11 @@ def build_model_folder(folder: Path, text: str, *, seed: int = 0, tie: bool = Tr
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def calibrated_model(root: Path, train_file: str | Path, **kwargs) -> tuple[Path, Path, str]:
+    """(model folder, calibration file, its text): a tiny model (build_model_folder, ``kwargs``) whose
+    tokenizer is trained on the first 40,000 characters of the training text, that text saved beside it."""
+    text = Path(train_file).read_text(encoding="utf-8")[:40_000]
+    (root / "calib.txt").write_text(text, encoding="utf-8")
+    return build_model_folder(root / "model", text, **kwargs), root / "calib.txt", text

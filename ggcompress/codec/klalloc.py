@@ -293,6 +293,13 @@ class KLAllocation:
         }
 
 
+def _check_search(max_kl: float, curves: Sequence) -> None:
+    if not (math.isfinite(max_kl) and max_kl > 0):
+        raise GGError(f"--max-kl {max_kl!r}: must be a positive number of nats")
+    if not curves:
+        raise GGError("no tensors to allocate steps to (nothing is eligible for quantization)")
+
+
 def search(curves: Sequence[rdalloc.Curve], cal: Calibration, max_kl: float, *, method: str = "fisher",
            max_evals: int = MAX_EVALS, bits_tol: float = BITS_TOL, min_sqnr_db: float = MIN_SQNR_DB
            ) -> KLAllocation:
@@ -303,10 +310,7 @@ def search(curves: Sequence[rdalloc.Curve], cal: Calibration, max_kl: float, *, 
     """
     if method not in METHODS:
         raise GGError(f"method {method!r}: choose {', '.join(METHODS)}")
-    if not (math.isfinite(max_kl) and max_kl > 0):
-        raise GGError(f"--max-kl {max_kl!r}: must be a positive number of nats")
-    if not curves:
-        raise GGError("no tensors to allocate steps to (nothing is eligible for quantization)")
+    _check_search(max_kl, curves)
     t0 = time.process_time()
     kl0 = cal.probe.seconds_cpu
     if method != "uniform":
@@ -532,10 +536,7 @@ def search_rows(curves: Sequence[rdalloc.RowCurves], cal: Calibration, max_kl: f
     """``search`` with one step per row (rdalloc.allocate_rows): weights F̄_r / F̄ per row (the row's
     mean Fisher, floored at WEIGHT_FLOOR), the weighted-error budget moved until the measured KL ≤ K.
     Steps are dicts name -> int8 S per row; bits include the stored S arrays."""
-    if not (math.isfinite(max_kl) and max_kl > 0):
-        raise GGError(f"--max-kl {max_kl!r}: must be a positive number of nats")
-    if not curves:
-        raise GGError("no tensors to allocate steps to (nothing is eligible for quantization)")
+    _check_search(max_kl, curves)
     t0 = time.process_time()
     kl0 = cal.probe.seconds_cpu
     curves = [_floored_rows(c, min_sqnr_db) for c in curves]

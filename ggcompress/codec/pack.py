@@ -508,13 +508,8 @@ def _pack_rd(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progress
         return _pack_rd_rows(ck, out, opts, force, progress, cal)
     curves = _curves(ck, opts, notify, rdalloc.measure_curve, "curves")
     if cal is not None:
-        from ggcompress.codec import klalloc
-
-        notify(f"{ck.source} (KL search)", 0, 1)
-        found = klalloc.search(curves, cal, float(opts.max_kl))
-        del cal
-        chosen, target = found.steps, {"max_kl": float(opts.max_kl)}
-        allocation = {**found.to_dict(), "calibration": {"text": str(opts.calibration), **found.calibration}}
+        chosen, target, allocation = _kl_search(ck, curves, cal, opts, notify, rows=False)
+        del cal  # the calibration model is not needed while packing
     else:
         alloc = rdalloc.allocate(curves, target_sqnr_db=opts.target_sqnr_db,
                                  bits_per_param=opts.bits_per_param)
@@ -531,6 +526,18 @@ def _pack_rd(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progress
     if opts.max_kl is not None:
         report["summary"]["kl_mean"] = allocation["measured_kl"]
     return report
+
+
+def _kl_search(ck: Checkpoint, curves: list, cal: Any, opts: PackOptions, notify: Any, rows: bool
+               ) -> tuple[dict[str, Any], dict[str, float], dict[str, Any]]:
+    """(steps, the header's target, the report's allocation) of the measured KL search, per tensor or
+    per row (klalloc.search / search_rows)."""
+    from ggcompress.codec import klalloc
+
+    notify(f"{ck.source} (KL search)", 0, 1)
+    found = (klalloc.search_rows if rows else klalloc.search)(curves, cal, float(opts.max_kl))
+    allocation = {**found.to_dict(), "calibration": {"text": str(opts.calibration), **found.calibration}}
+    return found.steps, {"max_kl": float(opts.max_kl)}, allocation
 
 
 def _curves(ck: Checkpoint, opts: PackOptions, notify: Any, measure: Any, what: str) -> list:
@@ -555,13 +562,8 @@ def _pack_rd_rows(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, pro
     notify = progress or (lambda desc, d, t: None)
     curves = _curves(ck, opts, notify, rdalloc.measure_row_curves, "row curves")
     if cal is not None:
-        from ggcompress.codec import klalloc
-
-        notify(f"{ck.source} (KL search)", 0, 1)
-        found = klalloc.search_rows(curves, cal, float(opts.max_kl))
-        del cal
-        chosen, target = found.steps, {"max_kl": float(opts.max_kl)}
-        allocation = {**found.to_dict(), "calibration": {"text": str(opts.calibration), **found.calibration}}
+        chosen, target, allocation = _kl_search(ck, curves, cal, opts, notify, rows=True)
+        del cal  # the calibration model is not needed while packing
     else:
         if not curves:
             raise GGError(f"{ck.source}: no tensor is eligible for quantization")
@@ -683,6 +685,7 @@ def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOp
             elif steps is not None and info.name in steps:
                 coded, sig, err = None, 0.0, 0.0
                 if opts.trellis:  # keep the allocation's error budget: trellis only within the slack
+                    # the exact error of rounding (the curves hold estimates), so that the target holds
                     allowed = _step_error(x, steps[info.name], info.name)
                     coded, sig, err = _code_trellis(info, x, steps[info.name], opts)
                     if err > allowed + slack and err > 0:  # once more, Δ shrunk to the error left (~Δ²)
@@ -829,19 +832,19 @@ def _code_trellis(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOpti
     row_class = None
     if rows >= 8:  # contexts by row scale too (rows differ in scale; side info: a byte a row)
         rms = x.reshape(rows, -1).to(torch.float64).square().mean(1)
-        for classes in (ROW_CLASSES,):
-            edges = torch.quantile(rms, torch.linspace(0, 1, classes + 1, dtype=torch.float64)[1:-1])
-            cls = torch.bucketize(rms, edges).to(torch.int64)
-            lane_cls = trellis.lane_classes(cls, found.n, x.numel() // rows)
-            hists = histograms(found.qid * classes + lane_cls.reshape(1, -1), 2 * classes)
-            est, kinds = size(hists)
-            options.append(((est + rows, kinds), "rows", (classes, cls, lane_cls, hists)))
+        edges = torch.quantile(rms, torch.linspace(0, 1, ROW_CLASSES + 1, dtype=torch.float64)[1:-1])
+        cls = torch.bucketize(rms, edges).to(torch.int64)
+        lane_cls = trellis.lane_classes(cls, found.n, x.numel() // rows)
+        hists = histograms(found.qid * ROW_CLASSES + lane_cls.reshape(1, -1), 2 * ROW_CLASSES)
+        est, kinds = size(hists)
+        options.append(((est + rows, kinds), "rows", (ROW_CLASSES, cls, lane_cls, hists)))
     (_, kinds), kind, extra = min(options, key=lambda o: o[0][0])
     if kind == "all":
         layout = [("all", merged[0], found.merged(), kinds[0])]
     elif kind == "q":
         layout = [(f"q{i}", h, sym, kinds[i])
-                  for i, (h, sym) in enumerate(zip(by_q, found.streams(), strict=True)) if h is not None]
+                  for i, (h, sym) in enumerate(zip(by_q, found.context_streams(), strict=True))
+                  if h is not None]
     else:
         classes, row_class, lane_cls, hists = extra
         streams = found.context_streams(lane_cls, classes)
@@ -1393,7 +1396,7 @@ def _decode_trellis(entry: dict[str, Any], data: bytes, n: int, dtype: torch.dty
     elif "all" in streams:
         walked = trellis.walk_merged(streams["all"], n, lane, states)
     else:
-        walked = trellis.walk(streams["q0"], streams["q1"], n, lane, states)
+        walked = trellis.walk_contexts([streams["q0"], streams["q1"]], None, 1, n, lane, states)
     v = (walked.levels().to(torch.float64) * delta).to(dtype)
     if not bool(torch.isfinite(v).all()):
         raise ValueError("a trellis level overflows the restored dtype")

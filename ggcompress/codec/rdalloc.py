@@ -25,7 +25,7 @@ once (vectorized); the steps are stored as int8 codes in quarter octaves (``row_
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -123,6 +123,27 @@ def _choose(curves: Sequence[Curve], w: np.ndarray, lam: float) -> tuple[list[in
     return idx, bits, noise
 
 
+def _out_of_reach(target_sqnr_db: float | None, max_distortion: float | None, signal: float, least: float,
+                  finest: float) -> GGError:
+    """The error for a quality target the finest steps cannot meet (``least``: their distortion)."""
+    if target_sqnr_db is not None:
+        return GGError(f"SQNR {target_sqnr_db} dB is out of reach with steps down to 2^-{finest:g} (at most "
+                       f"{10 * math.log10(signal / least):.1f} dB)")
+    return GGError(f"weighted distortion {max_distortion:.4g} is out of reach with steps down to "
+                   f"2^-{finest:g} (at least {least:.4g})")
+
+
+def _bisect(ok: Callable[[float], bool], lo: float, hi: float, iterations: int) -> tuple[float, float]:
+    """Bisection on log2 λ: ``ok(2^hi)`` holds and ``ok(2^lo)`` does not, to ``iterations`` halvings."""
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        if ok(2.0 ** mid):
+            hi = mid
+        else:
+            lo = mid
+    return lo, hi
+
+
 def allocate(curves: Sequence[Curve], *, target_sqnr_db: float | None = None,
              bits_per_param: float | None = None, max_distortion: float | None = None,
              weights: Mapping[str, float] | None = None) -> Allocation:
@@ -167,22 +188,13 @@ def allocate(curves: Sequence[Curve], *, target_sqnr_db: float | None = None,
         target = {"bits_per_param": float(bits_per_param)}
     lo, hi = -60.0, 80.0  # log2 λ
     if quality and not ok(2.0 ** hi):
-        least = _choose(work, ww, 2.0 ** hi)[2]
-        if target_sqnr_db is not None:
-            raise GGError(f"SQNR {target_sqnr_db} dB is out of reach with steps down to "
-                          f"2^-{curves[0].s[-1]:g} (at most {10 * math.log10(signal / least):.1f} dB)")
-        raise GGError(f"weighted distortion {max_distortion:.4g} is out of reach with steps down to "
-                      f"2^-{curves[0].s[-1]:g} (at least {least:.4g})")
+        raise _out_of_reach(target_sqnr_db, max_distortion, signal, _choose(work, ww, 2.0 ** hi)[2],
+                            curves[0].s[-1])
     if bits_per_param is not None and ok(2.0 ** lo):
         least = _choose(work, ww, 2.0 ** lo)[1] / params
         raise GGError(f"{bits_per_param} bits/param is below the coarsest allocation "
                       f"({least:.3f} bits/param at steps up to 2^-{curves[0].s[0]:g})")
-    for _ in range(70):
-        mid = (lo + hi) / 2
-        if ok(2.0 ** mid):
-            hi = mid
-        else:
-            lo = mid
+    lo, hi = _bisect(ok, lo, hi, 70)
     lam = 2.0 ** (hi if quality else lo)
     if quality:
         idx = _refine(work, _choose(work, ww, 2.0 ** lo)[0], _choose(work, ww, 2.0 ** hi)[0],
@@ -459,22 +471,12 @@ def allocate_rows(curves: Sequence[RowCurves], *, target_sqnr_db: float | None =
         return v <= budget if quality else v > budget
     lo, hi = -60.0, 80.0
     if quality and not ok(2.0 ** hi):
-        least = value(choose(2.0 ** hi))
-        if target_sqnr_db is not None:
-            raise GGError(f"SQNR {target_sqnr_db} dB is out of reach with steps down to "
-                          f"2^-{curves[0].s[-1]:g} (at most {10 * math.log10(signal / least):.1f} dB)")
-        raise GGError(f"weighted distortion {max_distortion:.4g} is out of reach with steps down to "
-                      f"2^-{curves[0].s[-1]:g} (at least {least:.4g})")
+        raise _out_of_reach(target_sqnr_db, max_distortion, signal, value(choose(2.0 ** hi)), curves[0].s[-1])
     if not quality and ok(2.0 ** lo):
         least = (value(choose(2.0 ** lo)) + side) / params
         raise GGError(f"{bits_per_param} bits/param is below the coarsest allocation "
                       f"({least:.3f} bits/param at steps up to 2^-{curves[0].s[0]:g}, S arrays included)")
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if ok(2.0 ** mid):
-            hi = mid
-        else:
-            lo = mid
+    lo, hi = _bisect(ok, lo, hi, 60)
     low, high = choose(2.0 ** lo), choose(2.0 ** hi)
     idx = low.copy()
     moved = np.nonzero(low != high)[0]

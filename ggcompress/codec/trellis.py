@@ -13,10 +13,10 @@ tables, 0.17–0.31 on MiniLM and the Wikipedia LM). The decoder only tracks the
 Layout choices (ours): a tensor is flattened in row-major order and cut into *lanes* of ``LANE``
 weights (the last one padded with zero indices); every lane starts in state 0 and is searched on its own
 (the search is a Python loop over ``LANE`` steps, vectorized over all lanes). Indices are coded in two
-contexts, by the quantizer of their state (``Coded.streams``): the stream of each context lists its
+contexts, by the quantizer of their state (``Coded.context_streams``): the stream of each context lists its
 indices step-major (step 0 of every lane, then step 1, ...), so the decoder can decode both streams in
 bulk and then walk all lanes in lockstep, taking each lane's next index from the stream of its current
-state (``walk``). Conditioning on the quantizer matters at low rates (a Laplacian at ~1.9 bits: 0.28
+state (``walk_contexts``). Conditioning on the quantizer matters at low rates (a Laplacian at ~1.9 bits: 0.28
 bit/weight against coding the parity first); the full state adds < 0.003 bit. At high rates one shared
 table (``Coded.merged``) costs less than the contexts save; pack picks per tensor.
 """
@@ -32,7 +32,8 @@ from ggcompress.errors import GGError
 
 #: Weights per lane (the trellis restarts in state 0 at each lane; docs/format.md).
 LANE = 128
-#: λ in units of Δ² per bit (tuned on MiniLM: benchmarks/bench_pack_rd.py --trellis-sweep).
+#: λ in units of Δ² per bit: the high-rate slope of rounding's own RD curve at the step it replaces,
+#: 2 ln 2 · step²/12 = 2 ln 2 / (12 · (9/16)²) ≈ 0.365 Δ² (benchmarks/bench_trellis.py sweeps 0.2–0.6).
 LAMBDA = 0.35
 #: Union step Δ as a fraction of the plain step it replaces: at Δ = 9/16·step the trellis has about the
 #: SQNR of rounding at ``step`` (MiniLM, 2^-6…2^-12: within ±0.2 dB), so --quant step:S --trellis keeps
@@ -192,13 +193,11 @@ class Coded:
         """The n reconstruction levels (units of Δ) in weight order."""
         return levels(self.k, self.qid).T.reshape(-1)[:self.n]
 
-    def streams(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two context streams (indices of Q0 states, of Q1 states), each step-major over the lanes."""
-        return self.k[self.qid == 0], self.k[self.qid == 1]
-
-    def context_streams(self, lane_class: torch.Tensor, classes: int) -> list[torch.Tensor]:
-        """The 2·classes context streams, context = quantizer·classes + the lane's class, each step-major."""
-        ctx = (self.qid * classes + lane_class.reshape(1, -1)).reshape(-1)
+    def context_streams(self, lane_class: torch.Tensor | None = None, classes: int = 1) -> list[torch.Tensor]:
+        """The 2·classes context streams, context = quantizer·classes + the lane's class (no classes: the
+        Q0 and Q1 streams), each step-major over the lanes."""
+        ctx = self.qid.reshape(-1) if lane_class is None else \
+            (self.qid * classes + lane_class.reshape(1, -1)).reshape(-1)
         order = torch.argsort(ctx, stable=True)  # stable: step-major order kept within each context
         counts = torch.bincount(ctx, minlength=2 * classes).tolist()
         return list(torch.split(self.k.reshape(-1)[order], counts))
@@ -273,17 +272,6 @@ def _walk_states(kt: torch.Tensor, m: _Machine) -> torch.Tensor:
     return qid
 
 
-def states(parity: torch.Tensor, n: int, lane: int = LANE, states: int = STATES) -> torch.Tensor:
-    """Quantizer (0/1, int64) of the state of each of n weights (weight order), from the parities of
-    their indices."""
-    return from_indices(parity.reshape(-1)[:n].to(torch.int64) & 1, lane, states).qid.T.reshape(-1)[:n]
-
-
-def interleave(k: torch.Tensor, lane: int = LANE, states: int = STATES) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two context streams of n indices given in weight order (the last lane padded with zeros)."""
-    return from_indices(k, lane, states).streams()
-
-
 def lane_classes(row_class: torch.Tensor, n: int, cols: int, lane: int = LANE) -> torch.Tensor:
     """The class of each lane: that of the row holding its first weight (int64, one per lane)."""
     lanes = -(-n // lane)
@@ -291,12 +279,15 @@ def lane_classes(row_class: torch.Tensor, n: int, cols: int, lane: int = LANE) -
     return row_class.to(torch.int64)[first_row.clamp(max=row_class.numel() - 1)]
 
 
-def walk_contexts(streams: list[torch.Tensor], lane_class: torch.Tensor, classes: int, n: int,
+def walk_contexts(streams: list[torch.Tensor], lane_class: torch.Tensor | None, classes: int, n: int,
                   lane: int = LANE, states: int = STATES) -> Coded:
-    """The decoder with row classes: at every step each lane takes its next index from the stream of its
-    context (its state's quantizer·classes + its class), lanes of one context in ascending order.
-    Raises ValueError when the streams do not match the walk."""
+    """The decoder: walk every lane's state machine in lockstep; at every step each lane takes its next
+    index from the stream of its context (its state's quantizer·classes + its class; no classes: the Q0
+    and Q1 streams), lanes of one context in ascending order. Raises ValueError when the streams do not
+    match the walk."""
     lanes = -(-n // lane)
+    if lane_class is None:
+        lane_class = torch.zeros(lanes, dtype=torch.int64)
     if len(streams) != 2 * classes or sum(x.numel() for x in streams) != lanes * lane:
         raise ValueError(f"trellis streams hold {sum(x.numel() for x in streams)} indices in {len(streams)} "
                          f"contexts, {lanes * lane} in {2 * classes} expected")
@@ -320,45 +311,6 @@ def walk_contexts(streams: list[torch.Tensor], lane_class: torch.Tensor, classes
         k[t, order] = torch.cat(parts)
         s = m.next[s * 2 + (k[t] & 1)]
     return Coded(k, qid, n, states)
-
-
-def walk(k0: torch.Tensor, k1: torch.Tensor, n: int, lane: int = LANE, states: int = STATES) -> Coded:
-    """The decoder: walk every lane's state machine in lockstep, each lane taking its next index from the
-    stream of its state's quantizer. Raises ValueError when the streams do not match the walk."""
-    lanes = -(-n // lane)
-    if k0.numel() + k1.numel() != lanes * lane:
-        raise ValueError(f"trellis streams hold {k0.numel() + k1.numel()} indices, {lanes * lane} expected")
-    m = machine(states)
-    k = torch.empty((lane, lanes), dtype=torch.int64)
-    qid = torch.empty((lane, lanes), dtype=torch.int64)
-    s = torch.zeros(lanes, dtype=torch.int64)
-    ptr0 = ptr1 = 0
-    for t in range(lane):
-        q = m.qid[s]
-        qid[t] = q
-        is1 = q.bool()
-        c1 = int(q.sum())
-        c0 = lanes - c1
-        if ptr0 + c0 > k0.numel() or ptr1 + c1 > k1.numel():
-            raise ValueError("a trellis context stream ends before the walk does")
-        kt = k[t]
-        if c1 == 0:
-            kt.copy_(k0[ptr0:ptr0 + c0])
-        elif c0 == 0:
-            kt.copy_(k1[ptr1:ptr1 + c1])
-        else:
-            kt.masked_scatter_(~is1, k0[ptr0:ptr0 + c0])
-            kt.masked_scatter_(is1, k1[ptr1:ptr1 + c1])
-        ptr0 += c0
-        ptr1 += c1
-        s = m.next[s * 2 + (kt & 1)]
-    return Coded(k, qid, n, states)
-
-
-def deinterleave(k0: torch.Tensor, k1: torch.Tensor, n: int, lane: int = LANE, states: int = STATES
-                 ) -> torch.Tensor:
-    """Inverse of ``interleave``: the n indices in weight order."""
-    return walk(k0, k1, n, lane, states).indices()
 
 
 def walk_merged(k: torch.Tensor, n: int, lane: int = LANE, states: int = STATES) -> Coded:
