@@ -99,7 +99,7 @@ class GGUFCheckpoint(Checkpoint):
             raw = by_name[self.gguf_names[info.name]]
             try:
                 w = gguf.quants.dequantize(raw.data, raw.tensor_type)
-            except (NotImplementedError, ValueError, KeyError) as exc:
+            except (NotImplementedError, ValueError, KeyError) as exc:  # gguf raises these for types it lacks
                 raise GGError(f"{info.file}: tensor {raw.name} of type {raw.tensor_type.name} cannot be "
                               f"dequantized by the gguf package ({exc})") from None
             w = self.processor.process(weights=w, name=raw.name).weights
@@ -170,7 +170,7 @@ def _parsed(reader: Any, path: Path) -> dict[str, Any]:
     try:
         with _shared_reader(reader):
             parsed = load_gguf_checkpoint(str(path), return_tensors=False)
-    except (ValueError, KeyError, NotImplementedError, ImportError) as exc:
+    except (ValueError, KeyError, NotImplementedError, ImportError) as exc:  # transformers' refusals
         raise GGError(f"{path}: transformers cannot map this GGUF to a Hugging Face model "
                       f"({str(exc).splitlines()[0][:200]})") from None
     config = {k: v for k, v in parsed["config"].items() if not k.startswith("_")}
