@@ -329,7 +329,8 @@ def count_table_encode(counts: np.ndarray) -> bytes:
 
     Why: a rANS table listing each symbol and its weight costs ~20 bits a symbol; the histogram of
     quantized weights is smooth, so neighbour differences are small next to the counts themselves:
-    3.5–4.4x fewer table bits on MiniLM / the Wikipedia LM (0.03–0.04 bit/param at step 2^-12). The
+    3.0–4.3x fewer table bits for the trellis's streams on MiniLM / the Wikipedia LM from step 2^-8 on
+    (0.045 / 0.069 bit/param at 2^-12; benchmarks/bench_trellis.py). The
     reader rebuilds the rANS weights with ``rans_weights`` from the exact counts.
     """
     parts: list[str] = []

@@ -4,21 +4,22 @@ Why: plain rounding codes each weight on its own, so the cell of every quantizer
 interleaved quantizers, Q0 with the even multiples of a step Δ and Q1 with the odd multiples and zero,
 and a small state machine driven by the parity of the transmitted index (which quantizer the next
 weight uses) make the reachable sequences a trellis code: a Viterbi search picks the sequence that
-minimizes squared error + λ·bits, and at the same SQNR the indices cost ~0.16–0.17 bit/weight less
-than plain rounding with 8 states (~0.15 with VVC's 4: the granular gain of trellis-coded quantization,
-~1 dB), from ~1.6 bits/weight up (tests/test_trellis.py; a Laplacian, entropy only — in pack, with
-tables, 0.17–0.31 on MiniLM and the Wikipedia LM). The decoder only tracks the state: level =
-2k·Δ in Q0 states, (2k − sgn k)·Δ in Q1 states.
+minimizes squared error + λ·bits: the granular gain of trellis-coded quantization (~1 dB). In pack, at
+the same SQNR, 0.20–0.32 bit/param less than rounding on MiniLM and the Wikipedia LM
+(benchmarks/bench_pack_rd.py; tests/test_trellis.py checks ≥ 0.1 on a Laplacian from ~1.6 bits up);
+8 states give ~0.07 dB (~0.012 bit) more than VVC's 4 (benchmarks/bench_trellis.py). The decoder only
+tracks the state: level = 2k·Δ in Q0 states, (2k − sgn k)·Δ in Q1 states.
 
 Layout choices (ours): a tensor is flattened in row-major order and cut into *lanes* of ``LANE``
 weights (the last one padded with zero indices); every lane starts in state 0 and is searched on its own
 (the search is a Python loop over ``LANE`` steps, vectorized over all lanes). Indices are coded in two
-contexts, by the quantizer of their state (``Coded.context_streams``): the stream of each context lists its
-indices step-major (step 0 of every lane, then step 1, ...), so the decoder can decode both streams in
-bulk and then walk all lanes in lockstep, taking each lane's next index from the stream of its current
-state (``walk_contexts``). Conditioning on the quantizer matters at low rates (a Laplacian at ~1.9 bits: 0.28
-bit/weight against coding the parity first); the full state adds < 0.003 bit. At high rates one shared
-table (``Coded.merged``) costs less than the contexts save; pack picks per tensor.
+contexts, by the quantizer of their state (``Coded.context_streams``): the stream of each context lists
+its indices step-major (step 0 of every lane, then step 1, ...), so the decoder can decode both streams
+in bulk and then walk all lanes in lockstep, taking each lane's next index from the stream of its
+current state (``walk_contexts``). Measured by benchmarks/bench_trellis.py (entropy): conditioning on
+the quantizer saves 0.27 bit/weight against coding the parity first on a Laplacian at ~1.6 bits (0.025
+on MiniLM at 2^-5); the full state would add 0.0002–0.026 bit before its twice as many tables. At high
+rates one shared table (``Coded.merged``) costs less than the contexts save; pack picks per tensor.
 """
 
 from __future__ import annotations
