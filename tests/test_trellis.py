@@ -191,6 +191,12 @@ def test_trellis_refuses_what_it_does_not_combine_with(model: Path, tmp_path: Pa
                                  "rans", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["checkpoints"][0]["quantization"]["method"] == "trellis"
+    for extra in ([], ["--target-sqnr", "25", "--tensors"]):  # the people's view renders both modes
+        args = ["pack", str(model), "-o", str(tmp_path / "z.ggz"), "--trellis", "--coder", "rans", "--force"]
+        r = CliRunner().invoke(cli, args + extra)
+        assert r.exit_code == 0 and "error" not in r.output, r.output
+        words = " ".join(r.output.split())  # the title wraps at the table's width
+        assert ("trellis at step 2^-8 (8 states)" if not extra else "trellis-coded") in words
 
 
 def test_target_sqnr_with_trellis_meets_the_target_in_fewer_bits(model: Path, tmp_path: Path) -> None:

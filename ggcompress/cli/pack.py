@@ -220,9 +220,12 @@ def _quant_label(q: dict[str, Any]) -> str:
         goal = (f"SQNR {q['target_sqnr_db']:g} dB" if "target_sqnr_db" in q
                 else f"KL ≤ {q['max_kl']:g} nats" if "max_kl" in q
                 else f"{q['bits_per_param']:g} bits/param")
-        return f"per-{'row' if q.get('granularity') == 'row' else 'tensor'} steps for {goal}"
+        trellis = f", {q['trellis']} trellis-coded" if q.get("trellis") else ""
+        return f"per-{'row' if q.get('granularity') == 'row' else 'tensor'} steps for {goal}{trellis}"
     if q["method"] == "step":
         return f"step {q['step_label']}"
+    if q["method"] == "trellis":
+        return f"trellis at step {q['step_label']} ({q['states']} states)"
     scheme = q["scheme"]
     gran = f"block:{scheme['block_size']}" if scheme["granularity"] == "block" else scheme["granularity"]
     return f"{scheme['format']} codes, {gran}"
