@@ -493,9 +493,7 @@ def _wait_for(proc: subprocess.Popen, cond, what: str) -> None:
 def test_signal_mid_pack_keeps_the_old_output(sig, code, minilm_dir, tmp_path) -> None:
     out = tmp_path / "m.ggz"
     out.write_bytes(b"the previous container")
-    # --trellis: a pack of several seconds, so the signal lands mid-pack (a plain step pack of MiniLM can
-    # finish in under a second on a quiet machine, between seeing the side file and the signal)
-    proc = _start(["pack", str(minilm_dir), "-o", str(out), "--force", "--trellis"], tmp_path)
+    proc = _start(["pack", str(minilm_dir), "-o", str(out), "--force"], tmp_path)
     _wait_for(proc, lambda: any(f".data-{proc.pid}-" in n for n in os.listdir(tmp_path)), "its side file")
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=300)
