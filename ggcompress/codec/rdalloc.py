@@ -91,8 +91,25 @@ def measure_curve(x: torch.Tensor, name: str, s_min: int = S_MIN, s_max: int = S
     return Curve(name, n, signal, ss, bits, noise)
 
 
+class _Predicted:
+    """SQNR and bits/param of an allocation's predicted totals (bits, noise, signal, params)."""
+
+    bits: float
+    noise: float
+    signal: float
+    params: int
+
+    @property
+    def sqnr_db(self) -> float:
+        return 10 * math.log10(self.signal / self.noise) if self.noise > 0 and self.signal > 0 else math.inf
+
+    @property
+    def bits_per_param(self) -> float:
+        return self.bits / self.params if self.params else math.nan
+
+
 @dataclass
-class Allocation:
+class Allocation(_Predicted):
     """Chosen S per tensor and what the curves predict for it."""
 
     steps: dict[str, float]  # tensor -> S (step 2^-S)
@@ -103,14 +120,6 @@ class Allocation:
     lam: float  # the multiplier that gave it (bits per unit of weighted error energy)
     target: dict[str, float]
     distortion: float = math.nan  # Σ weight·noise (= noise without weights)
-
-    @property
-    def sqnr_db(self) -> float:
-        return 10 * math.log10(self.signal / self.noise) if self.noise > 0 and self.signal > 0 else math.inf
-
-    @property
-    def bits_per_param(self) -> float:
-        return self.bits / self.params if self.params else math.nan
 
 
 def _choose(curves: Sequence[Curve], w: np.ndarray, lam: float) -> tuple[list[int], float, float]:
@@ -388,7 +397,7 @@ def measure_row_curves(x: torch.Tensor, name: str, s_min: int = S_MIN, s_max: in
 
 
 @dataclass
-class RowAllocation:
+class RowAllocation(_Predicted):
     """Chosen S per row of each tensor and what the row curves predict for it."""
 
     steps: dict[str, np.ndarray]  # tensor -> int8 step code per row: step 2^-(code/4) (row_step_values)
@@ -400,14 +409,6 @@ class RowAllocation:
     target: dict[str, float]
     distortion: float  # Σ weight·noise
     side_bits: float  # of bits: the per-row S arrays
-
-    @property
-    def sqnr_db(self) -> float:
-        return 10 * math.log10(self.signal / self.noise) if self.noise > 0 and self.signal > 0 else math.inf
-
-    @property
-    def bits_per_param(self) -> float:
-        return self.bits / self.params if self.params else math.nan
 
 
 #: Bits the container spends per row on its S (one int8).
