@@ -9,6 +9,9 @@ bound by weight bytes, so the ideal speed-up over bf16 is about 2x (1 byte per w
 Timing: triton.testing.do_bench (CUDA events, L2 flushed before every repetition, so weights are
 re-read from HBM as in a real forward pass; the flush also hides Python launch overhead). --sweep
 also times a few hand-picked launch configs and reports the best, since default_config is untuned.
+"x global": time of the same launch with the table read by one global load per weight (the first
+design) over the default ``tl.gather`` from a per-program copy; "x tf32": GEMM with W in TF32 rather than
+in x's dtype (bf16 tensor cores), over the default.
 GF-4 / GF-8 (``--format gf4 --format gf8``): k-bit packed codes (two 4-bit codes per byte, docs/gf.md)
 with a 2^k-entry table, unpacked inside the kernel; the ideal batch-1 speed-up is then ~16/k.
 Run:  python benchmarks/bench_rf8_kernels.py [--sweep] [--granularity channel --granularity block:128]
@@ -19,6 +22,7 @@ Exits with status 1 and a one-line message when no CUDA device is present.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 import torch
@@ -39,27 +43,29 @@ def rf8_lut() -> torch.Tensor:
 
 def sweep_configs(m: int, block: int | None):
     """A small grid around the defaults; blocks of 128 need BLOCK_K dividing 128 to scale per tile."""
-    from ggcompress.kernels.lut_matmul import GEMV_MAX_M, KernelConfig
+    from ggcompress.kernels.lut_matmul import KernelConfig
 
     bks = [64, 128] if block is not None else [64, 128, 256, 512]
-    if m <= GEMV_MAX_M:
+    gemv = []
+    if m <= 16:  # GEMV candidates up to 16 rows, though the default takes it for one row only
         bm = 1 << (m - 1).bit_length()
-        return [
+        gemv = [
             KernelConfig("gemv", bm, bn, bk, num_warps=w, num_stages=2)
             for bn in (4, 8, 16, 32) for bk in bks for w in (2, 4)
             if bm * bn * bk <= 16384
         ]
-    return [
+    gemm = [  # also for small batches: tensor cores on a padded tile can beat the GEMV's FMAs
         KernelConfig("gemm", bm, bn, bk, num_warps=w, num_stages=s)
         for bm in (16, 32, 64) for bn in (64, 128) for bk in (32, 64, 128) for w in (4, 8) for s in (3, 4)
-        if bk <= (block or 4096)
+        if bk <= (block or 4096) and (bm == 16 or m > 16)
     ]
+    return gemv + gemm
 
 
 COLUMNS = [
     ("in->out", 12), ("fmt", 4), ("gran", 9), ("M", 3), ("bf16 us", 8), ("fused us", 9), ("deq+mm us", 10),
-    ("fused GB/s", 10), ("bf16 GB/s", 9), ("x bf16", 7), ("ideal", 6), ("x deq+mm", 8), ("rel err", 8),
-    ("config", 0),
+    ("fused GB/s", 10), ("bf16 GB/s", 9), ("x bf16", 7), ("ideal", 6), ("x deq+mm", 8), ("x global", 8),
+    ("x tf32", 6), ("rel err", 8), ("config", 0),
 ]
 
 
@@ -100,6 +106,15 @@ def main() -> int:
         fn()  # compile / warm up outside the timed region
         return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e-3  # seconds
 
+    def bench_variant(fn) -> float:
+        """A variant's time, or inf (with one line on stderr) when it fails to compile or run."""
+        try:
+            return bench(fn)
+        except Exception as exc:  # noqa: BLE001 - report and go on: the other columns are still valid
+            print(f"  variant failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                  file=sys.stderr)
+            return float("inf")
+
     def run_format(fmt, bits, k, n, w_bf16, raw, codes, lut) -> None:
         for gran in grans:
             block = None if gran == "channel" else int(gran.split(":")[1])
@@ -116,7 +131,13 @@ def main() -> int:
 
                 t_bf16 = bench(lambda: linear(x, w_bf16))  # noqa: B023
                 cfg = default_config(m, n, k, block or k, groups)
-                t_fused = bench(fused(cfg))
+                t_fused = bench_variant(fused(cfg))
+                if t_fused == float("inf"):  # fall back to the first design so the row still says something
+                    cfg = dataclasses.replace(cfg, lut_gather=False, half_dot=False)
+                    t_fused = bench(fused(cfg))
+                t_global = bench_variant(fused(dataclasses.replace(cfg, lut_gather=False)))
+                gemm = cfg.path == "gemm"
+                t_tf32 = bench_variant(fused(dataclasses.replace(cfg, half_dot=False))) if gemm else None
                 t_deq = bench(lambda: linear(x, dequantize(raw, scale, lut, block, torch.bfloat16)))  # noqa: B023
                 for c in sweep_configs(m, block) if args.sweep else []:
                     try:
@@ -126,6 +147,9 @@ def main() -> int:
                         continue
                     if t < t_fused:
                         t_fused, cfg = t, c
+                        t_tf32 = bench_variant(fused(dataclasses.replace(c, half_dot=False))) \
+                            if c.path == "gemm" else None
+                        t_global = bench_variant(fused(dataclasses.replace(c, lut_gather=False)))
                 y = fused(cfg)().float()
                 ref = x.float() @ dequantize(raw, scale, lut, block, torch.float32).T
                 rel = ((y - ref).abs().max() / ref.abs().max()).item()
@@ -134,8 +158,11 @@ def main() -> int:
                     f"{t_bf16 * 1e6:.1f}", f"{t_fused * 1e6:.1f}", f"{t_deq * 1e6:.1f}",
                     f"{bytes_fused / t_fused / 1e9:.0f}", f"{bytes_bf16 / t_bf16 / 1e9:.0f}",
                     f"{t_bf16 / t_fused:.2f}", f"{bytes_bf16 / bytes_fused:.2f}", f"{t_deq / t_fused:.2f}",
+                    f"{t_global / t_fused:.2f}", "-" if t_tf32 is None else f"{t_tf32 / t_fused:.2f}",
                     f"{rel:.1e}",
-                    f"{cfg.path}:{cfg.block_m}x{cfg.block_n}x{cfg.block_k}/w{cfg.num_warps}s{cfg.num_stages}",
+                    f"{cfg.path}:{cfg.block_m}x{cfg.block_n}x{cfg.block_k}/w{cfg.num_warps}s{cfg.num_stages}"
+                    f"{'/gather' if cfg.lut_gather else ''}"
+                    f"{'/half' if cfg.half_dot and cfg.path == 'gemm' else ''}",
                 ]))
 
     header = format_row([name for name, _ in COLUMNS])

@@ -1,12 +1,14 @@
 """Test-wide environment: no hub, a private HF cache, Triton on the CPU interpreter.
 
 These must be set before transformers / huggingface_hub / kernel modules are imported.
+GGCOMPRESS_TEST_DEVICE=cuda compiles the kernels for a GPU instead (tests/kernel_device.py).
 """
 
 import os
 import tempfile
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+if os.environ.get("GGCOMPRESS_TEST_DEVICE", "cpu") == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from kernel_device import to_device
 
 from ggcompress.errors import GGError
 from ggcompress.formats.packing import pack_codes
@@ -46,7 +47,11 @@ def test_packed_lut_linear_matches_float64(backend, m, n, k, bits, block):
     g = torch.Generator().manual_seed(7)
     x = torch.randn(m, k, generator=g)
     bias = torch.randn(n, generator=g) if m % 2 else None
-    y = lut_linear(x, packed if bits < 8 else codes, scale, lut, block, bias, backend=backend, bits=bits)
+    operands = (x, packed if bits < 8 else codes, scale, lut)
+    if backend == "triton":  # the interpreter on the CPU, compiled on a GPU (tests/kernel_device.py)
+        y = lut_linear(*to_device(*operands), block, *to_device(bias), backend=backend, bits=bits).cpu()
+    else:
+        y = lut_linear(*operands, block, bias, backend=backend, bits=bits)
     ref = reference64(x, codes, scale, lut, block, bias)
     assert torch.isfinite(y).all()
     # fp32 accumulation of K products of O(1) terms: |error| <= K * 2^-23 * sum|x_i w_i| bound, use
@@ -67,3 +72,19 @@ def test_packed_shape_mismatch_is_one_clear_line():
     codes, packed, scale, lut = make_packed(4, 16, 3, None)
     with pytest.raises(GGError, match="packed bytes per row"):
         lut_linear(torch.randn(1, 17), packed, scale, lut, None, backend="torch", bits=3)
+
+
+@pytest.mark.parametrize("path,bits", [("gemv", 4), ("gemm", 5), ("gemv", 8)])
+def test_packed_global_table_loads_match_float64(path, bits):
+    """The table read by one global load per weight (lut_gather=False) decodes the same k-bit codes."""
+    from ggcompress.kernels.lut_matmul import KernelConfig, lut_linear_triton
+
+    n, k, block = 24, 70, 16
+    codes, packed, scale, lut = make_packed(n, k, bits, block, seed=bits)
+    x = torch.randn(3 if path == "gemv" else 20, k, generator=torch.Generator().manual_seed(8))
+    cfg = KernelConfig(path, 4 if path == "gemv" else 16, 16, 16, lut_gather=False)
+    y = lut_linear_triton(*to_device(x, packed if bits < 8 else codes, scale, lut), block, config=cfg,
+                          bits=bits).cpu()
+    w_abs = lut.double()[codes.long()].abs() * 2.0
+    bound = 4 * k * 2**-23 * (x.double().abs() @ w_abs.t()) + 1e-6
+    assert ((y.double() - reference64(x, codes, scale, lut, block)).abs() <= bound).all()

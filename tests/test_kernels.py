@@ -22,6 +22,7 @@ import sys
 
 import pytest
 import torch
+from kernel_device import ON_GPU, TF32_UNIT, tf32_exact, to_device
 
 from ggcompress.errors import GGError
 from ggcompress.kernels import lut_linear, reference
@@ -76,6 +77,33 @@ def assert_within_bound(y, x, codes, scale, lut, block, bias=None, *, c_w=0.0, o
     assert worst <= 1.0, f"error exceeds the bound by {worst:.3g}x"
 
 
+def triton_on_device(x, codes, scale, lut, block, bias=None, **kwargs):
+    """lut_linear(backend="triton") with the operands on the test device; the result back on the CPU."""
+    y = lut_linear(*to_device(x, codes, scale, lut), block, *to_device(bias), backend="triton", **kwargs)
+    return y.cpu()
+
+
+def dot_rounding(x, lut, scale, block, n, k):
+    """c_w for the GPU GEMM path with half-precision x, where W is rounded before tl.dot unless exact.
+
+    The default config rounds W to x's dtype (bf16/fp16 tensor cores); half_dot=False rounds it to TF32.
+    W enters the dot as raw table values, or as table x scale when the scale varies inside a K-tile.
+    0 on the interpreter (fp32 dot), for fp32 x (IEEE dot) and on the GEMV path (fp32 FMAs).
+    """
+    from ggcompress.kernels.lut_matmul import default_config, scale_mode
+
+    m = x.reshape(-1, k).shape[0]
+    groups = 1 if block is None else -(-k // block)
+    cfg = default_config(m, n, k, block or k, groups)
+    if not ON_GPU or cfg.path != "gemm" or x.dtype == torch.float32:
+        return 0.0
+    per_element = scale_mode(groups, block or k, cfg.block_k) == reference.SCALE_ELEMENT
+    w = lut[:, None] * scale.flatten()[None, :] if per_element else lut
+    if cfg.half_dot:
+        return 0.0 if torch.equal(w.to(x.dtype).float(), w.float()) else UNIT[x.dtype]
+    return 0.0 if tf32_exact(w) else TF32_UNIT
+
+
 # (M, N, K, block, scale rows, lut, x dtype): every granularity, GEMV (M <= 16) and GEMM (M > 16),
 # K not a multiple of BLOCK_K or of the block size, N not a multiple of BLOCK_N, a non power-of-two
 # block (per-element scale), a block spanning several K-tiles, and a one-row blocked scale.
@@ -96,22 +124,25 @@ def test_triton_matches_float64(m, n, k, block, rows, lut_kind, dtype):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(m, k, generator=g).to(dtype)
     bias = torch.randn(n, generator=g).to(dtype) if m % 2 else None  # a model cast to x's dtype
-    y = lut_linear(x, codes, scale, lut, block, bias, backend="triton")
-    assert_within_bound(y, x, codes, scale, lut, block, bias)
+    y = triton_on_device(x, codes, scale, lut, block, bias)
+    c_w = dot_rounding(x, lut, scale, block, n, k)
+    assert_within_bound(y, x, codes, scale, lut, block, bias, c_w=c_w)
 
 
+@pytest.mark.parametrize("lut_gather", [True, False])
 @pytest.mark.parametrize("path,block,block_k", [("gemv", 256, 64), ("gemm", 256, 64), ("gemm", 48, 32)])
-def test_triton_explicit_configs_cover_scale_modes(path, block, block_k):
-    """Blocks spanning several K-tiles (scale per tile) or not dividing the tile (scale per element)."""
+def test_triton_explicit_configs_cover_scale_modes(path, block, block_k, lut_gather):
+    """Blocks spanning several K-tiles (scale per tile) or not dividing the tile (scale per element);
+    the table read from a per-program copy (tl.gather) or by one global load per weight."""
     from ggcompress.kernels.lut_matmul import KernelConfig, lut_linear_triton, scale_mode
 
     n, k, m = 48, 300, 5 if path == "gemv" else 20
     codes, scale, lut = make_case(n, k, block, "n", "rf8", seed=2)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(3))
-    cfg = KernelConfig(path, 8 if path == "gemv" else 16, 16, block_k)
+    cfg = KernelConfig(path, 8 if path == "gemv" else 16, 16, block_k, lut_gather=lut_gather)
     expected = reference.SCALE_TILE if block % block_k == 0 else reference.SCALE_ELEMENT
     assert scale_mode(-(-k // block), block, block_k) == expected
-    y = lut_linear_triton(x, codes, scale, lut, block, None, config=cfg)
+    y = lut_linear_triton(*to_device(x, codes, scale, lut), block, None, config=cfg).cpu()
     assert_within_bound(y, x, codes, scale, lut, block)
 
 
@@ -123,7 +154,7 @@ def test_triton_padding_never_reads_table_entry_zero():
     lut[0] = float("nan")
     for m in (2, 18):
         x = torch.randn(m, k)
-        y = lut_linear(x, codes, scale, lut, None, backend="triton")
+        y = triton_on_device(x, codes, scale, lut, None)
         lut_ok = lut.clone()
         lut_ok[0] = 0.0
         assert_within_bound(y, x, codes, scale, lut_ok, None)
@@ -133,7 +164,8 @@ def test_triton_leading_dims_and_strided_input():
     codes, scale, lut = make_case(24, 64, 16, "n", "rf8", seed=5)
     base = torch.randn(2, 3, 128)
     x = base[..., ::2]  # (2, 3, 64), stride 2 along K
-    y = lut_linear(x, codes, scale, lut, 16, backend="triton")
+    (base,) = to_device(base)
+    y = lut_linear(base[..., ::2], *to_device(codes, scale, lut), 16, backend="triton").cpu()
     assert y.shape == (2, 3, 24)
     assert_within_bound(y, x, codes, scale, lut, 16)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from kernel_device import DEVICE
 from torch import nn
 
 from ggcompress.errors import GGError
@@ -106,7 +107,7 @@ def _tiny_llama():
     return LlamaForCausalLM(cfg).eval()
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])  # triton runs on the CPU interpreter here
+@pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_replace_linears_in_a_transformers_model(backend):
     model = _tiny_llama()
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"]
@@ -127,7 +128,11 @@ def test_replace_linears_in_a_transformers_model(backend):
         assert torch.equal(layer.dequantize_weight(), dense[name])
     ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        logits_q = model(ids).logits
+        if backend == "triton":  # the interpreter on the CPU, compiled on a GPU (tests/kernel_device.py)
+            logits_q = model.to(DEVICE)(ids.to(DEVICE)).logits.cpu()
+            model.cpu()
+        else:
+            logits_q = model(ids).logits
     reference = _tiny_llama()
     with torch.no_grad():
         for name, w in dense.items():
