@@ -154,6 +154,25 @@ def _quantize_chunk(xc: torch.Tensor, step: float, x: torch.Tensor, name: str
     return s, round(lo), round(hi)  # Python round is half-to-even too, and monotone like torch's
 
 
+def scaled_and_rounded(x: torch.Tensor, step: float | str, name: str = "tensor"
+                       ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """(x / step, its symbols round_half_even(x / step) as floats, min symbol, max symbol) of flat x.
+
+    The same values and checks as ``quantize`` in one pass without int64 copies, for callers (RDOQ) that
+    need the unrounded ratio too: float32 for power-of-two steps (exact), float64 otherwise.
+    """
+    step = _coerce_step(step)
+    _check_float(x, name)
+    w = _scaled(x.reshape(-1), step)
+    q = torch.round(w)
+    if q.numel() == 0:
+        return w, q, 0, 0
+    lo, hi = (float(v) for v in torch.aminmax(q))
+    if not (-MAX_ABS_SYMBOL <= lo and hi <= MAX_ABS_SYMBOL):  # NaN fails both comparisons
+        _raise_bad_values(x, step, name)
+    return w, q, round(lo), round(hi)
+
+
 def quantize(x: torch.Tensor, step: float | str, name: str = "tensor") -> torch.Tensor:
     """Integer symbols q = round_half_even(x / step) as an int64 tensor of x's shape."""
     step = _coerce_step(step)
