@@ -302,37 +302,43 @@ def ablations(weights: dict[str, torch.Tensor]) -> dict[str, float]:
 
 
 def plot(results: dict, path: Path) -> None:
+    """SQNR vs stored bits for every model in ``results`` (top row) and KL vs bits for each causal LM
+    (bottom row); GF-k in red circles, the other formats in blue crosses."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(18, 4.8))
-    kl_ax = axes[2]
-    for label, r in results.get("smollm2", {}).items():
-        if "kl_mean" in r:
+    models = [m for m in FIXTURES if results.get(m)]
+    causal = [m for m in models if m in CAUSAL and any("kl_mean" in r for r in results[m].values())]
+    cols = max(len(models), len(causal), 1)
+    rows = 2 if causal else 1
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.8 * rows), squeeze=False)
+
+    def scatter(ax, rows_of_model: dict, key: str) -> None:
+        for label, r in rows_of_model.items():
+            if key not in r:
+                continue
             gfmt = label.startswith("gf")
-            kl_ax.scatter(r["bits_per_weight"], r["kl_mean"], marker="o" if gfmt else "x",
-                          color="tab:red" if gfmt else "tab:blue")
-            kl_ax.annotate(label.split(" (")[0], (r["bits_per_weight"], r["kl_mean"]), fontsize=6,
-                           xytext=(3, -3), textcoords="offset points")
-    kl_ax.set_yscale("log")
-    kl_ax.set_title("smollm2: mean KL(base || quantized) per token")
-    kl_ax.set_xlabel("bits per weight (codes + scales + tables)")
-    kl_ax.set_ylabel("KL mean (nats)")
-    kl_ax.grid(alpha=0.3)
-    for ax, model in zip(axes[:2], ("minilm", "smollm2"), strict=True):
-        rows = results.get(model, {})
-        for label, r in rows.items():
-            gfmt = label.startswith("gf")
-            ax.scatter(r["bits_per_weight"], r["sqnr_db"], marker="o" if gfmt else "x",
+            ax.scatter(r["bits_per_weight"], r[key], marker="o" if gfmt else "x",
                        color="tab:red" if gfmt else "tab:blue")
-            ax.annotate(label.split(" (")[0], (r["bits_per_weight"], r["sqnr_db"]), fontsize=6,
+            ax.annotate(label.split(" (")[0], (r["bits_per_weight"], r[key]), fontsize=6,
                         xytext=(3, -3), textcoords="offset points")
-        ax.set_title(f"{model}: SQNR of linear weights vs stored bits/weight")
         ax.set_xlabel("bits per weight (codes + scales + tables)")
-        ax.set_ylabel("SQNR dB")
         ax.grid(alpha=0.3)
+
+    for ax, model in zip(axes[0], models, strict=False):
+        scatter(ax, results[model], "sqnr_db")
+        ax.set_title(f"{model}: SQNR of linear weights vs stored bits/weight")
+        ax.set_ylabel("SQNR dB")
+    for ax, model in zip(axes[1] if causal else [], causal, strict=False):
+        scatter(ax, results[model], "kl_mean")
+        ax.set_yscale("log")
+        ax.set_title(f"{model}: mean KL(base || quantized) per token")
+        ax.set_ylabel("KL mean (nats)")
+    for ax in [a for row in axes for a in row][: rows * cols]:
+        if not ax.has_data():
+            ax.set_visible(False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

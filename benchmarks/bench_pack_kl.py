@@ -14,6 +14,10 @@ the same measured search (codec/klalloc.search) with three families of allocatio
   step code per row. For each chosen per-row
   allocation the script also estimates one rANS table per tensor (what the container does) against one
   table per group of rows with equal S (rdalloc.row_coding_bits).
+- ``uniform-trellis`` / ``fisher-trellis``: the ``uniform`` / ``fisher`` search with every tensor
+  trellis-coded at its step (--quant step:S --trellis / --max-kl --trellis): the KL is measured on the
+  trellis-restored values, and bits are the trellis coding's own estimate per tensor and step
+  (codec/pack.trellis_plan: payload + tables as pack chooses them).
 
 ``--sqnr`` adds --target-sqnr per-tensor vs per-row on MiniLM (fixtures.minilm), packed for real (rANS).
 
@@ -57,7 +61,8 @@ from ggcompress.codec.pack import PackOptions, _pack_checkpoint  # noqa: E402
 from ggcompress.io.checkpoint import open_checkpoint  # noqa: E402
 
 MODELS = {"wiki": fixtures.wiki_lm, "smollm2": fixtures.smollm2}
-METHODS = ("uniform", "mse", "fisher", "fisher-rows")
+METHODS = ("uniform", "mse", "fisher", "fisher-rows", "uniform-trellis", "fisher-trellis")
+TRELLIS = {"uniform-trellis": "uniform", "fisher-trellis": "fisher"}
 
 
 def frontier_bits(points: list[tuple[float, float]], k: float) -> float | None:
@@ -79,9 +84,15 @@ def frontier_bits(points: list[tuple[float, float]], k: float) -> float | None:
     return b0 + t * (b1 - b0)
 
 
-def real_bits(src: Path, steps: dict[str, float], work: Path) -> float:
-    """Pack ``src`` with these per-tensor steps (rANS) and return the stored coded bits/param."""
+def real_bits(src: Path, steps: dict[str, float], work: Path, trellis: bool = False) -> float:
+    """Pack ``src`` with these per-tensor steps (rANS; trellis-coded as --max-kl --trellis does) and
+    return the stored coded bits/param."""
     ck = open_checkpoint(src)
+    if trellis:
+        opts = PackOptions(coder="rans", trellis=True, max_kl=1.0)  # max_kl: code every step by trellis
+        rep = _pack_checkpoint(ck, ck, work / "x.ggz", opts, True, None,
+                               steps={n: 2.0 ** -s for n, s in steps.items()}, target={"max_kl": 0})
+        return rep["summary"]["coded_bits_per_param"]
     if any(isinstance(s, np.ndarray) for s in steps.values()):
         rep = _pack_checkpoint(ck, ck, work / "x.ggz", PackOptions(coder="rans"), True, None,
                                row_steps=steps, target={"max_kl": 0})
@@ -89,6 +100,11 @@ def real_bits(src: Path, steps: dict[str, float], work: Path) -> float:
     rep = _pack_checkpoint(ck, ck, work / "x.ggz", PackOptions(coder="rans"), True, None,
                            steps={n: 2.0 ** -s for n, s in steps.items()}, target={"max_kl": 0})
     return rep["summary"]["coded_bits_per_param"]
+
+
+def trellis_bits(cal: klalloc.Calibration, steps: dict[str, float]) -> float:
+    """Estimated coded bits of per-tensor steps 2^-S, trellis-coded (the probe's estimate of each)."""
+    return sum(cal.probe.coded_bits[(n, 2.0 ** -s)] for n, s in steps.items())
 
 
 def run_model(name: str, kls: list[float], text: str, do_pack: bool, work: Path) -> dict:
@@ -119,16 +135,26 @@ def run_model(name: str, kls: list[float], text: str, do_pack: bool, work: Path)
             c0 = time.process_time()
             if m == "fisher-rows":
                 r = klalloc.search_rows(row_curves, cal, k)
+            elif m in TRELLIS:
+                cal.probe.use_quantizer("trellis")
+                r = klalloc.search(curves, cal, k, method=TRELLIS[m])
+                cal.probe.use_quantizer("round")
             else:
                 r = klalloc.search(curves, cal, k, method=m)
             cpu = time.process_time() - c0
-            points[m] += [(e.bits / r.params, e.measured_kl) for e in r.evaluations]
-            row = {"model": name, "max_kl": k, "method": m, "bits": r.bits_per_param,
+
+            if m in TRELLIS:
+                points[m] += [(trellis_bits(cal, e.steps) / r.params, e.measured_kl) for e in r.evaluations]
+                bits = trellis_bits(cal, r.steps) / r.params
+            else:
+                points[m] += [(e.bits / r.params, e.measured_kl) for e in r.evaluations]
+                bits = r.bits_per_param
+            row = {"model": name, "max_kl": k, "method": m, "bits": bits,
                    "measured_kl": r.measured_kl, "predicted_kl": r.predicted_kl,
                    "evaluations": len(r.evaluations), "cpu_s": cpu,
                    "steps": sorted({float(v) / (4 if m == "fisher-rows" else 1)
                                     for s in r.steps.values() for v in np.atleast_1d(s)}),
-                   "uniform_s": next(iter(r.steps.values())) if m == "uniform" else None}
+                   "uniform_s": next(iter(r.steps.values())) if m.startswith("uniform") else None}
             if m == "fisher-rows":
                 one = groups = 0.0
                 for i, x in ck.iter_tensors(names):
@@ -139,7 +165,7 @@ def run_model(name: str, kls: list[float], text: str, do_pack: bool, work: Path)
                 row["one_table_bits"] = (one + side) / r.params
                 row["group_tables_bits"] = (groups + side) / r.params
             if do_pack:
-                row["stored_bits"] = real_bits(src, r.steps, work)
+                row["stored_bits"] = real_bits(src, r.steps, work, trellis=m in TRELLIS)
             rows.append(row)
     for row in rows:
         row["bits_equal_kl"] = frontier_bits(points[row["method"]], row["max_kl"])

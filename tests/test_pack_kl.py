@@ -17,6 +17,7 @@ from tinylm import calibrated_model
 from ggcompress.cli import cli
 from ggcompress.codec import klalloc, rdalloc
 from ggcompress.codec import pack as P
+from ggcompress.codec import trellis as T
 from ggcompress.errors import GGError
 from ggcompress.io.checkpoint import open_checkpoint
 from ggcompress.io.loading import load_model
@@ -260,3 +261,28 @@ def test_row_steps_meet_the_kl_and_restore_each_row_at_its_step(lm, tmp_path: Pa
         logits = load_model(out, dtype="float32").model(input_ids=held).logits[:, :-1]
     kl = float(kl_float64(base_logits, logits).mean())
     assert kl <= 0.01 and a["measured_kl"] == pytest.approx(kl, rel=1e-9, abs=1e-12)
+
+
+def test_max_kl_with_trellis_measures_the_trellis_values_and_saves_bits(lm, packed, tmp_path: Path) -> None:
+    """The KL search runs on the trellis-coded values themselves (the probe restores each step as the
+    container will), so the unpacked model's KL is the measured one, within the target, in fewer bits."""
+    folder, calib, text = lm
+    k = 0.01
+    path = tmp_path / "t.ggz"
+    doc = P.pack(folder, path, P.PackOptions(max_kl=k, calibration=str(calib), coder="rans", trellis=True,
+                                             **CAL))["checkpoints"][0]
+    base = load_model(folder, dtype="float32")
+    _, held = klalloc.split_windows(base.tokenizer, text, CAL["calibration_windows"],
+                                    CAL["calibration_length"])
+    restored = load_model(path, dtype="float32")
+    with torch.inference_mode():
+        kl = float(kl_float64(base.model(input_ids=held).logits[:, :-1],
+                              restored.model(input_ids=held).logits[:, :-1]).mean())
+    a = doc["allocation"]
+    assert a["measured_kl"] == pytest.approx(kl, rel=1e-9, abs=1e-12) and kl <= k
+    coded = [t for t in doc["tensors"] if t["encoding"] == "trellis"]
+    assert doc["quantization"] == {"method": "steps", "max_kl": k, "trellis": len(coded),
+                                   "trellis_lambda": T.KL_LAMBDA} and coded
+    assert doc["summary"]["coded_bits_per_param"] < packed[k][1]["summary"]["coded_bits_per_param"]
+    with pytest.raises(GGError, match="does not combine with --step-granularity row"):
+        P.PackOptions(max_kl=k, calibration=str(calib), trellis=True, step_granularity="row").checked()

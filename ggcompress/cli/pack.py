@@ -72,7 +72,7 @@ class _EgOrder(click.ParamType):
 @click.option("--trellis", is_flag=True,
               help="Dependent (trellis-coded) quantization, as NNCodec/VVC: two interleaved quantizers and "
                    "an 8-state machine, Viterbi-searched; step:S's SQNR in 0.20-0.32 bit/param less. With "
-                   "--quant step:S or --target-sqnr (best with --coder rans; format version 4).")
+                   "--quant step:S, --target-sqnr or --max-kl (best with --coder rans; format version 4).")
 @click.option("--workers", type=click.IntRange(0, 256), default=0, show_default=True,
               help="Threads coding lossless chunks (0: the usable CPUs, at most 4).")
 @click.option("--coder", type=click.Choice(["eg", "rans"]), default="eg", show_default=True,

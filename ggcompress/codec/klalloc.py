@@ -90,7 +90,12 @@ def split_windows(tokenizer: Any, text: str, windows: int, length: int) -> tuple
 
 class KLProbe:
     """A float32 causal LM, its own next-token logits on held-out windows, and ``kl(steps)``: the mean
-    per-token KL(original ‖ model with those tensors packed at those steps)."""
+    per-token KL(original ‖ model with those tensors packed at those steps).
+
+    ``quantizer``: "round" restores a per-tensor step as plain rounding does, "trellis" as
+    ``pack --max-kl --trellis`` does (codec/pack.trellis_plan with λ = trellis.KL_LAMBDA: the very values
+    the container will hold), and
+    records each (tensor, step)'s estimated coded bits in ``coded_bits``."""
 
     def __init__(self, model: Any, windows: torch.Tensor, originals: Mapping[str, torch.Tensor],
                  params: Mapping[str, torch.nn.Parameter], batch: int = 8):
@@ -100,9 +105,18 @@ class KLProbe:
         self.params = dict(params)
         self.batch = batch
         self._applied: dict[str, Any] = dict.fromkeys(self.params)  # None: original values
+        self.quantizer = "round"
+        self.coded_bits: dict[tuple[str, float], float] = {}  # trellis: (name, step) -> estimated bits
         self.evaluations = 0
         self.seconds_cpu = 0.0
         self.base = self._logits()
+
+    def use_quantizer(self, quantizer: str) -> None:
+        """Switch how steps are restored ("round" or "trellis"); the model gets its original weights."""
+        if quantizer not in ("round", "trellis"):
+            raise GGError(f"quantizer {quantizer!r}: choose round or trellis")
+        self.restore()
+        self.quantizer = quantizer
 
     @property
     def tokens(self) -> int:
@@ -117,7 +131,7 @@ class KLProbe:
         """Put each named tensor into the model as unpack would restore it at its step (absent or None:
         the original; an int array: per-row S, steps 2^-S_r); only tensors whose step changed are
         re-quantized."""
-        from ggcompress.codec.pack import restore_rows, restore_step
+        from ggcompress.codec.pack import restore_rows, restore_step, trellis_plan
 
         with torch.no_grad():
             for name, p in self.params.items():
@@ -129,7 +143,15 @@ class KLProbe:
                 if step is None:
                     y = x
                 elif isinstance(step, np.ndarray):
+                    if self.quantizer == "trellis":
+                        raise GGError("per-row steps are not trellis-coded (--step-granularity row)")
                     y = restore_rows(x, step, name)
+                elif self.quantizer == "trellis":
+                    from ggcompress.codec.trellis import KL_LAMBDA
+
+                    plan = trellis_plan(x, float(step), name, lam=KL_LAMBDA)
+                    self.coded_bits[(name, float(step))] = plan.estimated_bits
+                    y = plan.restored
                 else:
                     y = restore_step(x, step, name)
                 p.copy_(y.to(p.dtype).reshape(p.shape))

@@ -152,12 +152,11 @@ class PackOptions:
                 raise GGError("--rdoq does not combine with --step-granularity row")
         if self.trellis:
             clash = ("--rdoq" if self.rdoq else "--bits-per-param" if self.bits_per_param is not None
-                     else "--max-kl" if self.max_kl is not None
                      else "--step-granularity row" if self.step_granularity == "row"
                      else f"--quant {self.quant}" if mode not in ("step", "auto") else None)
             if clash:
-                raise GGError(f"--trellis applies to --quant step:S and --target-sqnr; it does not combine "
-                              f"with {clash}")
+                raise GGError(f"--trellis applies to --quant step:S, --target-sqnr and --max-kl; it does not "
+                              f"combine with {clash}")
         if not (isinstance(self.workers, int) and 0 <= self.workers <= 256):
             raise GGError(f"workers {self.workers!r}: must be an integer in 0..256 (0: automatic)")
         if self.coder not in ("eg", "rans"):
@@ -603,8 +602,11 @@ def _kl_calibration(ck: Checkpoint, opts: PackOptions, notify: Progress) -> Any:
         raise GGError(f"{ck.source}: no tensor is eligible for quantization, nothing for --max-kl to choose")
     notify(f"{ck.source} (Fisher, {opts.calibration_windows} windows)", 0, 1)
     assert ck.root is not None  # checked by _check_kl_inputs
-    return klalloc.calibrate(ck.root, names, "\n\n".join(docs), windows=opts.calibration_windows,
-                             length=opts.calibration_length)
+    cal = klalloc.calibrate(ck.root, names, "\n\n".join(docs), windows=opts.calibration_windows,
+                            length=opts.calibration_length)
+    if opts.trellis:  # the KL is measured on the trellis-coded values the container will hold
+        cal.probe.use_quantizer("trellis")
+    return cal
 
 
 def _pack_rf8(ck: Checkpoint, out: Path, opts: PackOptions, force: bool, progress: Progress | None,
@@ -684,7 +686,12 @@ def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOp
                 noise += err
             elif steps is not None and info.name in steps:
                 coded, sig, err = None, 0.0, 0.0
-                if opts.trellis:  # keep the allocation's error budget: trellis only within the slack
+                if opts.trellis and opts.max_kl is not None:  # the KL was measured on these very values
+                    from ggcompress.codec.trellis import KL_LAMBDA
+
+                    coded, sig, err = _code_trellis(info, x, steps[info.name], opts, lam=KL_LAMBDA)
+                    trellised += 1
+                elif opts.trellis:  # keep the allocation's error budget: trellis only within the slack
                     # the exact error of rounding (the curves hold estimates), so that the target holds
                     allowed = _step_error(x, steps[info.name], info.name)
                     coded, sig, err = _code_trellis(info, x, steps[info.name], opts)
@@ -734,7 +741,8 @@ def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOp
                                ROW_STEPS_VERSION if row_steps is not None else
                                LOSSLESS_VERSION if lossless or steps is not None else FORMAT_VERSION),
             "quantization": ({"method": "none"} if lossless else
-                             {"method": "steps", **(target or {}), "trellis": trellised}
+                             {"method": "steps", **(target or {}), "trellis": trellised,
+                              "trellis_lambda": _trellis_lambda(opts)}
                              if steps is not None and trellised else
                              {"method": "steps", "granularity": "row", **(target or {})}
                              if row_steps is not None else {"method": "steps", **(target or {})}
@@ -758,6 +766,13 @@ def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOp
         "quantization": header["quantization"],
         "tensors": rows,
     }
+
+
+def _trellis_lambda(opts: PackOptions) -> float:
+    """The search's λ: trellis.KL_LAMBDA for --max-kl (the KL was measured with it), else LAMBDA."""
+    from ggcompress.codec import trellis
+
+    return trellis.KL_LAMBDA if opts.max_kl is not None else trellis.LAMBDA
 
 
 def _quant_header(step: float | None, scheme: Any, trellis: bool = False) -> dict[str, Any]:
@@ -796,23 +811,37 @@ def _code_step(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOptions
 ROW_CLASSES = 8
 
 
-def _code_trellis(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOptions, shrink: float = 1.0
-                  ) -> tuple[_Coded, float, float]:
-    """Trellis-quantize one tensor (codec/trellis.py) at union step Δ = STEP_FACTOR·step and code its
-    indices either in two contexts, by the quantizer of their state (q0, q1: each stream its own table),
-    or as one stream with one table (all) — whichever is smaller: the contexts pay at low rates, where
-    they save up to ~0.3 bit/weight, the single table at high rates, where a second table of thousands of
-    symbols costs more than the contexts save. Each table is a ranked symbol table or, for rANS, a dense
-    count table, whichever is smaller. The choices are made on exact table sizes and the payload the
-    weights predict (one histogram pass), so only the chosen layout is coded. Restored values are
-    level·Δ rounded once from float64 to the source dtype. ``shrink`` < 1 narrows Δ (allocated steps:
-    to fit an error budget)."""
+@dataclass
+class TrellisPlan:
+    """A trellis-searched tensor with its restored values and the coding layout pack would choose."""
+
+    found: Any  # trellis.Coded
+    delta: float
+    restored: torch.Tensor  # level·Δ in the restored dtype, x's shape flattened
+    layout: list[tuple[str, rate.SymbolHistogram, torch.Tensor, bool]]  # context, hist, symbols, counted
+    row_class: torch.Tensor | None  # a class byte per row (the "rows" layout), else None
+    classes: int
+    estimated_bits: float  # payload + tables + row bytes, from the exact table sizes (coding adds padding)
+
+
+def trellis_plan(x: torch.Tensor, step: float, name: str, opts: PackOptions | None = None,
+                 shrink: float = 1.0, lam: float | None = None) -> TrellisPlan:
+    """Trellis-quantize ``x`` at union step Δ = STEP_FACTOR·step·shrink and choose how to code its
+    indices: in two contexts, by the quantizer of their state (q0, q1: each stream its own table), as one
+    stream with one table (all), or in contexts by quantizer × row class — whichever is smaller. The
+    contexts pay at low rates, where they save up to ~0.3 bit/weight, the single table at high rates,
+    where a second table of thousands of symbols costs more than the contexts save. Each table is a ranked
+    symbol table or, for rANS, a dense count table, whichever is smaller. The choices are made on exact
+    table sizes and the payload the weights predict (one histogram pass). Restored values are level·Δ
+    rounded once from float64 to the source dtype. ``pack --max-kl --trellis`` measures the KL of exactly
+    these restored values (codec/klalloc.py), searched with ``lam`` = trellis.KL_LAMBDA (default: LAMBDA)."""
     from ggcompress.codec import trellis
 
+    opts = opts or PackOptions(coder="rans")
     delta = step * trellis.STEP_FACTOR * shrink
-    found = trellis.search(x, delta, name=info.name)
-    restored = _trellis_restored(found.levels(), delta, x.dtype, info.name)
-    span = int(found.k.abs().max())
+    found = trellis.search(x, delta, trellis.LAMBDA if lam is None else lam, name=name)
+    restored = _trellis_restored(found.levels(), delta, x.dtype, name)
+    span = int(found.k.abs().max()) if found.k.numel() else 0
     width = 2 * span + 1
     base = (found.k + span).reshape(-1)  # index - min, the bin of each index within its context
 
@@ -829,7 +858,6 @@ def _code_trellis(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOpti
     merged = histograms(None, 1)
     options = [(size(merged), "all", None), (size(by_q), "q", None)]
     rows = x.shape[0] if x.dim() >= 2 else 1
-    row_class = None
     if rows >= 8:  # contexts by row scale too (rows differ in scale; side info: a byte a row)
         rms = x.reshape(rows, -1).to(torch.float64).square().mean(1)
         edges = torch.quantile(rms, torch.linspace(0, 1, ROW_CLASSES + 1, dtype=torch.float64)[1:-1])
@@ -837,8 +865,9 @@ def _code_trellis(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOpti
         lane_cls = trellis.lane_classes(cls, found.n, x.numel() // rows)
         hists = histograms(found.qid * ROW_CLASSES + lane_cls.reshape(1, -1), 2 * ROW_CLASSES)
         est, kinds = size(hists)
-        options.append(((est + rows, kinds), "rows", (ROW_CLASSES, cls, lane_cls, hists)))
-    (_, kinds), kind, extra = min(options, key=lambda o: o[0][0])
+        options.append(((est + rows, kinds), "rows", (cls, lane_cls, hists)))
+    (est_bytes, kinds), kind, extra = min(options, key=lambda o: o[0][0])
+    row_class, classes = None, 0
     if kind == "all":
         layout = [("all", merged[0], found.merged(), kinds[0])]
     elif kind == "q":
@@ -846,15 +875,27 @@ def _code_trellis(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOpti
                   for i, (h, sym) in enumerate(zip(by_q, found.context_streams(), strict=True))
                   if h is not None]
     else:
-        classes, row_class, lane_cls, hists = extra
+        row_class, lane_cls, hists = extra
+        classes = ROW_CLASSES
         streams = found.context_streams(lane_cls, classes)
         layout = [(f"q{c // classes}r{c % classes}", h, sym, kinds[c])
                   for c, (h, sym) in enumerate(zip(hists, streams, strict=True)) if h is not None]
+    return TrellisPlan(found, delta, restored, layout, row_class, classes, 8.0 * est_bytes)
+
+
+def _code_trellis(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOptions, shrink: float = 1.0,
+                  lam: float | None = None) -> tuple[_Coded, float, float]:
+    """Trellis-quantize and code one tensor as ``trellis_plan`` chooses. ``shrink`` < 1 narrows Δ
+    (allocated steps: to fit an error budget)."""
+    from ggcompress.codec import trellis
+
+    plan = trellis_plan(x, step, info.name, opts, shrink, lam)
+    found, delta, restored, row_class = plan.found, plan.delta, plan.restored, plan.row_class
     parts: list[bytes] = []
     offset = 0
     groups = []
     costs = dict.fromkeys(COST_KEYS, 0.0)
-    for context, hist, sym, counted in layout:
+    for context, hist, sym, counted in plan.layout:
         g = (_code_counted(hist, sym) if counted else None) or \
             _code_symbols(hist, sym, hist.symbols_by_rank().numpy(), opts, info.name)
         groups.append({"context": context, "count": int(sym.numel()), **_shifted(g.entry, offset)})
@@ -864,7 +905,7 @@ def _code_trellis(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOpti
     entry = {"dtype": TORCH_TO_ST[restored.dtype], "source_dtype": info.dtype, "encoding": "trellis",
              "trellis": {"delta": delta, "lane": trellis.LANE, "states": found.states}, "groups": groups}
     if row_class is not None:
-        entry["rows"] = {"classes": extra[0], "offset": offset, "length": int(row_class.numel())}
+        entry["rows"] = {"classes": plan.classes, "offset": offset, "length": int(row_class.numel())}
         _pad_to(parts, offset, row_class.to(torch.uint8).numpy().tobytes())
         costs["table_bits"] += 8.0 * row_class.numel()
     coded = _Coded(entry, b"".join(parts), _int_view(restored), costs)
