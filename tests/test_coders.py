@@ -139,6 +139,27 @@ def test_rans_round_trip_near_entropy_and_rejects_leftovers() -> None:
         coders.rans_decode(buf[:-1], ranks.size, w, "w")
 
 
+@pytest.mark.parametrize("head", [2, 4, 8, 16])
+def test_rans_split_matches_plain_rate_and_round_trips(head: int) -> None:
+    """Head ranks plus an escape, then the escaped ranks: same rate as one model, exact round trip."""
+    rng = np.random.default_rng(head)
+    ranks = geometric_ranks(rng, 100_000, 24)
+    counts = np.bincount(ranks, minlength=24)
+    plain = coders.rans_encode(ranks, coders.rans_weights(counts))
+    buf = coders.rans_encode_split(ranks, counts, head)
+    assert abs(len(buf) - len(plain)) <= 8  # rounding of 24-bit weights and the final state only
+    np.testing.assert_array_equal(coders.rans_decode_split(buf, ranks.size, counts, head), ranks)
+    w_head, w_tail = coders.split_weights(counts, head)
+    assert w_head.size == head and w_tail.size == 24 - head + 1
+    assert w_head.sum() == w_tail.sum() == 1 << coders.RANS_PRECISION
+    with pytest.raises(GGError, match="rANS stream corrupt"):
+        coders.rans_decode_split(buf, ranks.size - 1000, counts, head, "w")
+    with pytest.raises(GGError, match="whole 32-bit words"):
+        coders.rans_decode_split(buf[:-2], ranks.size, counts, head, "w")
+    with pytest.raises(ValueError, match="does not split"):
+        coders.split_weights(counts, 24)
+
+
 def test_best_eg_order() -> None:
     # 1000 + 2^k: k = 9 -> 1512 (2·10 − 9 + 1 = 12 bits), k = 10 -> 2024 (11 bits), k = 11 -> 12 bits
     assert coders.best_eg_order(np.full(100, 1000)) == 10

@@ -4,6 +4,7 @@ against integer arithmetic, sizes against zlib, corruption caught, CLI flag hand
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from pathlib import Path
 
@@ -89,15 +90,84 @@ def test_every_dtype_restores_bit_exactly(every_dtype: Path, tmp_path: Path) -> 
     ck = doc["checkpoints"][0]
     assert ck["quantization"] == {"method": "none"}
     assert {r["encoding"] for r in ck["tensors"]} == {"lossless"}
-    # The container says what an old reader needs to know: version 2 (step/codes containers stay 1).
-    assert P.open_packed(out).header["format_version"] == P.LOSSLESS_VERSION == 2
-    assert out.read_bytes()[8:12] == (2).to_bytes(4, "little")
+    # The container says what an old reader needs to know: version 5, as its exponent chunks are split
+    # rANS sections (without them 2, test_split_sections_need_version_5; step/codes containers stay 1).
+    assert P.open_packed(out).header["format_version"] == P.LOSSLESS_SPLIT_VERSION == 5
+    assert out.read_bytes()[8:12] == (5).to_bytes(4, "little")
     # unpack writes the same safetensors bytes; packing again gives the same container.
     P.unpack(out, tmp_path / "r")
     restored = (tmp_path / "r" / "model.safetensors").read_bytes()
     assert restored == (every_dtype / "model.safetensors").read_bytes()
     P.pack(tmp_path / "r", tmp_path / "again.ggz", P.PackOptions(quant="none", workers=1))
     assert (tmp_path / "again.ggz").read_bytes() == out.read_bytes()
+
+
+def sections_of(blob: bytes, planes: int, n: int) -> list[tuple[int, int, int]]:
+    """(kind, start, length) of each section of a lossless tensor's bytes (docs/format.md §4)."""
+    count = planes * -(-n // L.CHUNK)
+    d = np.frombuffer(blob[:8 * count], dtype="<u4").reshape(count, 2).astype(np.int64)
+    out, at = [], 8 * count
+    for kind, length in d.tolist():
+        out.append((kind, at, length))
+        at += length + (-length % 4)
+    return out
+
+
+def test_split_sections_need_version_5(every_dtype: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                       ) -> None:
+    """Split rANS sections: same sizes as plain rANS, version 5 only when written, refused below it."""
+    import hostile
+
+    split = tmp_path / "split.ggz"
+    P.pack(every_dtype, split, P.PackOptions(quant="none", workers=1))
+    with monkeypatch.context() as m:  # a writer without split sections: what version 2 holds
+        m.setattr(L, "SPLIT_HEADS", ())
+        plain = tmp_path / "plain.ggz"
+        P.pack(every_dtype, plain, P.PackOptions(quant="none", workers=1))
+    assert plain.read_bytes()[8:12] == (2).to_bytes(4, "little")
+    a, b = P.open_packed(split), P.open_packed(plain)
+    kinds = {L.RANS: 0, L.SPLIT: 0}
+    for ta, tb in zip(a.tensors, b.tensors, strict=True):
+        data = split.read_bytes()[a.data_start + ta["offset"]:][:ta["length"]]
+        n = math.prod(ta["shape"])
+        for kind, _, _ in sections_of(data, ta["lossless"]["planes"], n):
+            kinds[kind] = kinds.get(kind, 0) + 1
+        # the split changes no rate: at most a 32-bit word per section either way
+        assert abs(ta["length"] - tb["length"]) <= 4 * len(sections_of(data, ta["lossless"]["planes"], n))
+    # the full exponent chunks of f32 and bf16 (fp16's plane 0 holds 3 mantissa bits: too flat for a head)
+    assert kinds[L.SPLIT] == 6
+    # both read back bit-exactly (the version-2 one is what earlier writers made)
+    for path in (split, plain):
+        restored = dict(P.read_packed(path))
+        for info, x in open_checkpoint(every_dtype).iter_tensors():
+            assert torch.equal(bits_of(restored[info.name]), bits_of(x)), (path.name, info.name)
+    # a version-4 reader refuses version 5 at the preamble; split sections in a version-4 container
+    # are refused before decoding
+    version, header, body = hostile.split_ggz(split.read_bytes())
+    with monkeypatch.context() as m:
+        m.setattr(P, "READ_VERSION", 4)
+        assert "container format version 5 is newer" in hostile.unpack_error(split, tmp_path / "o1")
+
+    def relabel(h: dict) -> None:
+        h["format_version"] = 4
+    v4 = hostile.edited_ggz(tmp_path / "v4.ggz", header, relabel, 4, body)
+    assert "needs container format version 5" in hostile.unpack_error(v4, tmp_path / "o2")
+
+
+@pytest.mark.parametrize("head", [0, 1, 255])
+def test_split_section_with_a_bad_head_is_refused(head: int) -> None:
+    x = gg_weights(2 * L.CHUNK, 0.8, 5).to(torch.bfloat16)
+    raw = x.view(torch.uint8).numpy()
+    enc = L.encode_tensor(raw, "BF16")
+    found = [start for kind, start, _ in sections_of(enc.blob, 2, x.numel()) if kind == L.SPLIT]
+    assert len(found) == 2
+    blob = bytearray(enc.blob)
+    blob[found[0] + 1] = head
+    with pytest.raises(GGError, match="split rANS head"):
+        L.decode_tensor(bytes(blob), {**enc.entry, "name": "x"}, x.numel())
+    with pytest.raises(GGError, match="needs container format version 5"):
+        L.decode_tensor(enc.blob, {**enc.entry, "name": "x"}, x.numel(), split=False)
+    assert np.array_equal(L.decode_tensor(enc.blob, {**enc.entry, "name": "x"}, x.numel()), raw)
 
 
 def test_step_containers_keep_version_1(every_dtype: Path, tmp_path: Path) -> None:
@@ -177,7 +247,8 @@ def test_corruption_is_caught(every_dtype: Path, tmp_path: Path) -> None:
     entry["crc32"] = zlib.crc32(data[entry["offset"]:entry["offset"] + entry["length"]])
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
-    bad.write_bytes(P.PREAMBLE.pack(P.MAGIC, 2, zlib.crc32(text), len(text), len(data)) + text + data)
+    version = packed.header["format_version"]
+    bad.write_bytes(P.PREAMBLE.pack(P.MAGIC, version, zlib.crc32(text), len(text), len(data)) + text + data)
     with pytest.raises(GGError, match=r"f32\.weight"):
         list(P.read_packed(bad))
 

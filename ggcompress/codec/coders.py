@@ -300,10 +300,70 @@ def rans_decode(buf: bytes | memoryview, n: int, weights: np.ndarray, name: str 
 
     if len(buf) % 4:
         raise GGError(f"{name}: rANS stream of {len(buf)} bytes is not whole 32-bit words")
-    words = np.frombuffer(buf, dtype="<u4").astype(np.uint32)
+    words = np.frombuffer(buf, dtype="<u4")
+    if words.dtype != np.uint32:  # a big-endian machine: the stream is little-endian words
+        words = words.astype(np.uint32)
     try:
         coder = constriction.stream.stack.AnsCoder(words)
         out = coder.decode(_model(weights), n)
+    except BaseException as exc:  # constriction raises its own types on malformed streams
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        raise GGError(f"{name}: rANS stream corrupt ({exc})") from None
+    if not coder.is_empty():
+        raise GGError(f"{name}: rANS stream corrupt (data left after {n} values)")
+    return out
+
+
+def split_weights(counts: np.ndarray, head: int) -> tuple[np.ndarray, np.ndarray]:
+    """(head, tail) weights of a split rANS model over counts in rank order (docs/format.md §4).
+
+    Head: ranks 0..head−2 with their own counts and one escape (rank head−1) with the rest's sum; tail:
+    the ranks from head−1 on. P(escape)·P(tail rank) is the rank's probability, so the split costs no
+    rate beyond rounding, but the decoder searches a head-symbol table for nearly every value.
+    """
+    c = np.asarray(counts, dtype=np.int64)
+    if not 2 <= head < c.size:
+        raise ValueError(f"split_weights: head {head} does not split {c.size} ranks")
+    return (rans_weights(np.append(c[:head - 1], c[head - 1:].sum())), rans_weights(c[head - 1:]))
+
+
+def rans_encode_split(ranks: np.ndarray, counts: np.ndarray, head: int) -> bytes:
+    """One AnsCoder stream: every rank under the head model (escape for ranks >= head−1), then the
+    escaped ranks (minus head−1) under the tail model, in that decoding order."""
+    r = np.ascontiguousarray(ranks, dtype=np.int32).reshape(-1)
+    return rans_encode_parts(np.minimum(r, head - 1), r[r >= head - 1] - (head - 1), counts, head)
+
+
+def rans_encode_parts(head_ranks: np.ndarray, tail_ranks: np.ndarray, counts: np.ndarray, head: int) -> bytes:
+    """rans_encode_split of ranks already split: min(rank, head−1), and rank − (head−1) where escaped."""
+    import constriction
+
+    w_head, w_tail = split_weights(counts, head)
+    coder = constriction.stream.stack.AnsCoder()
+    if tail_ranks.size:  # a stack: what is encoded last is decoded first
+        coder.encode_reverse(np.ascontiguousarray(tail_ranks, dtype=np.int32), _model(w_tail))
+    coder.encode_reverse(np.ascontiguousarray(head_ranks, dtype=np.int32), _model(w_head))
+    return coder.get_compressed().astype("<u4").tobytes()
+
+
+def rans_decode_split(buf: bytes | memoryview, n: int, counts: np.ndarray, head: int,
+                      name: str = "tensor") -> np.ndarray:
+    """Inverse of rans_encode_split: n ranks (int32). Leftover words mean a corrupt stream (GGError)."""
+    import constriction
+
+    if len(buf) % 4:
+        raise GGError(f"{name}: rANS stream of {len(buf)} bytes is not whole 32-bit words")
+    w_head, w_tail = split_weights(counts, head)
+    words = np.frombuffer(buf, dtype="<u4")
+    if words.dtype != np.uint32:
+        words = words.astype(np.uint32)
+    try:
+        coder = constriction.stream.stack.AnsCoder(words)
+        out = coder.decode(_model(w_head), n)
+        escaped = np.flatnonzero(out == head - 1)
+        if escaped.size:
+            out[escaped] = coder.decode(_model(w_tail), escaped.size) + (head - 1)
     except BaseException as exc:  # constriction raises its own types on malformed streams
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise

@@ -25,6 +25,8 @@ ENCODINGS = ("raw", "step", "codes", "lossless", "trellis")
 ROW_STEPS_VERSION = 3
 #: Format version that introduced trellis-coded tensors (encoding ``trellis``, pack --trellis).
 TRELLIS_VERSION = 4
+#: Format version that introduced split rANS sections in lossless tensors (kind 3, docs/format.md §4).
+LOSSLESS_SPLIT_VERSION = 5
 #: Contexts of a trellis entry's coded groups: the indices whose state uses quantizer Q0, and Q1; or all
 #: of them in one stream.
 TRELLIS_CONTEXTS = ("q0", "q1", "all")

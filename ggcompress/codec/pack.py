@@ -36,7 +36,12 @@ import torch
 from ggcompress import __version__
 from ggcompress.codec import coders
 from ggcompress.codec import lossless as lossless_codec
-from ggcompress.codec.header import ROW_STEPS_VERSION, TRELLIS_VERSION, validate_header
+from ggcompress.codec.header import (
+    LOSSLESS_SPLIT_VERSION,
+    ROW_STEPS_VERSION,
+    TRELLIS_VERSION,
+    validate_header,
+)
 from ggcompress.errors import GGError, check_patterns, nothing_selected
 from ggcompress.io.checkpoint import (
     DTYPES,
@@ -69,7 +74,8 @@ FORMAT_VERSION = 1
 LOSSLESS_VERSION = 2
 #: Version of containers holding per-row steps (``row_steps``, pack --step-granularity row): codec/header.py.
 #: Version of containers holding trellis-coded tensors (pack --trellis): codec/trellis.py, docs/format.md.
-READ_VERSION = TRELLIS_VERSION
+#: Version of containers holding split rANS sections (lossless, kind 3): codec/lossless.py, docs/format.md.
+READ_VERSION = LOSSLESS_SPLIT_VERSION
 #: magic, format version, CRC-32 of the header, header length, data length (little-endian).
 PREAMBLE = struct.Struct("<8sIIQQ")
 ALIGN = 8
@@ -199,6 +205,7 @@ class _Coded:
     restored: np.ndarray  # the restored tensor's bits (flat, integer view)
     costs: dict[str, Any]
     sections: dict[str, int] | None = None  # lossless: sections per kind
+    split: int = 0  # lossless: split rANS sections (format version 5)
 
 
 def _code_symbols(hist: rate.SymbolHistogram, symbols: torch.Tensor, values: np.ndarray,
@@ -669,6 +676,7 @@ def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOp
     done = 0
     signal = noise = 0.0
     slack, trellised = 0.0, 0  # --trellis with allocated steps: error saved so far, tensors trellis-coded
+    split = 0  # lossless: split rANS sections written (they need format version 5)
     notify = progress or (lambda desc, d, t: None)
     try:
         for rel, data in _read_support(ck.root):
@@ -678,6 +686,7 @@ def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOp
         for info, x in ck.iter_tensors():
             if lossless:
                 coded = _code_lossless(info, x, opts)
+                split += coded.split
             elif scheme is not None and info.name in code_tensors:
                 coded = _code_codes(info, x, opts)
             elif row_steps is not None and info.name in row_steps:
@@ -737,7 +746,8 @@ def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOp
             del x, coded
         header = {
             "format": "ggcompress.ggz",
-            "format_version": (TRELLIS_VERSION if opts.trellis and (step is not None or trellised) else
+            "format_version": (LOSSLESS_SPLIT_VERSION if lossless and split else
+                               TRELLIS_VERSION if opts.trellis and (step is not None or trellised) else
                                ROW_STEPS_VERSION if row_steps is not None else
                                LOSSLESS_VERSION if lossless or steps is not None else FORMAT_VERSION),
             "quantization": ({"method": "none"} if lossless else
@@ -1115,7 +1125,7 @@ def _code_lossless(info: TensorInfo, x: torch.Tensor, opts: PackOptions) -> _Cod
     enc = lossless_codec.encode_tensor(raw, info.dtype, opts.workers or lossless_codec.default_workers())
     costs = {"payload_bits": enc.payload_bits, "table_bits": enc.table_bits, "entropy_bits": enc.entropy_bits,
              "eg_bits": None}
-    return _Coded(enc.entry, enc.blob, raw, costs, enc.kinds)
+    return _Coded(enc.entry, enc.blob, raw, costs, enc.kinds, enc.split)
 
 
 def _lossless_row(info: TensorInfo, coded: _Coded, length: int) -> dict[str, Any]:
@@ -1341,7 +1351,8 @@ def _decode_entry(packed: PackedFile, f: IO[bytes], entry: dict[str, Any]) -> to
         return torch.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
     if encoding == "lossless":
         try:
-            raw = lossless_codec.decode_tensor(data, entry, n, lossless_codec.default_workers())
+            raw = lossless_codec.decode_tensor(data, entry, n, lossless_codec.default_workers(),
+                                               packed.header["format_version"] >= LOSSLESS_SPLIT_VERSION)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise GGError(f"{packed.path}: {what}: corrupt or malformed lossless data ({exc})") from None
         if zlib.crc32(raw) != entry.get("decoded_crc32"):
