@@ -353,7 +353,10 @@ def search(curves: Sequence[rdalloc.Curve], cal: Calibration, max_kl: float, *, 
         if key not in measured:
             steps = {c.name: float(c.s[i]) for c, i in zip(curves, idx, strict=True)}
             m = cal.probe.kl({n: 2.0 ** -s for n, s in steps.items()})
-            bits = float(sum(c.bits[i] for c, i in zip(curves, idx, strict=True)))
+            if cal.probe.quantizer == "trellis":  # the trellis coding's own estimate (the curves: rounding)
+                bits = float(sum(cal.probe.coded_bits[(n, 2.0 ** -s)] for n, s in steps.items()))
+            else:
+                bits = float(sum(c.bits[i] for c, i in zip(curves, idx, strict=True)))
             measured[key] = KLEvaluation(budget, steps, bits, predicted(idx), m, m <= max_kl)
         return measured[key]
 

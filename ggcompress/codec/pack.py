@@ -70,11 +70,11 @@ SCHEMA = "ggcompress.pack/1"
 UNPACK_SCHEMA = "ggcompress.unpack/1"
 MAGIC = b"\x89GGZ\r\n\x1a\n"
 FORMAT_VERSION = 1
-#: Version of containers holding a ``lossless`` tensor (docs/format.md); the newest this module reads.
+#: Version of containers holding a ``lossless`` tensor (docs/format.md).
 LOSSLESS_VERSION = 2
-#: Version of containers holding per-row steps (``row_steps``, pack --step-granularity row): codec/header.py.
-#: Version of containers holding trellis-coded tensors (pack --trellis): codec/trellis.py, docs/format.md.
-#: Version of containers holding split rANS sections (lossless, kind 3): codec/lossless.py, docs/format.md.
+#: The newest version this module reads. Later ones (codec/header.py) added per-row steps (3, pack
+#: --step-granularity row), trellis-coded tensors (4, pack --trellis) and split rANS sections in
+#: lossless tensors (5, codec/lossless.py); docs/format.md has each.
 READ_VERSION = LOSSLESS_SPLIT_VERSION
 #: magic, format version, CRC-32 of the header, header length, data length (little-endian).
 PREAMBLE = struct.Struct("<8sIIQQ")
