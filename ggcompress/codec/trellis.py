@@ -100,10 +100,10 @@ class _Rates:
     def __init__(self, by_quantizer: tuple[torch.Tensor, torch.Tensor], amax: float) -> None:
         self.span = int(math.ceil(amax / 2)) + 4
         self.tables = []
-        for k in by_quantizer:
-            if k.numel() and int(k.abs().max()) > self.span:
+        for k in by_quantizer:  # integral values, int64 or float (bins built without an int64 copy)
+            kk = (k + self.span).to(torch.int32)
+            if kk.numel() and not 0 <= int(kk.min()) <= int(kk.max()) <= 2 * self.span:
                 raise AssertionError("trellis index outside the rate table")
-            kk = k + self.span
             c = torch.bincount(kk, minlength=2 * self.span + 1).to(torch.float32)
             bits = torch.where(c > 0, -torch.log2(c / max(kk.numel(), 1)), torch.full_like(c, _UNSEEN_BITS))
             self.tables.append(bits)
@@ -178,7 +178,7 @@ def _initial_rates(x: torch.Tensor, amax: float) -> _Rates:
     k0 = torch.round(x * 0.5)
     k1 = torch.floor(x * 0.5)  # nearest odd level 2·k1 + 1 (zero is left to the search) ...
     k1 += (k1 >= 0).to(k1.dtype)  # ... is index k1 + 1 above zero, k1 below
-    return _Rates((k0.to(torch.int64), k1.to(torch.int64)), amax)
+    return _Rates((k0, k1), amax)
 
 
 @dataclass
@@ -202,11 +202,16 @@ class Coded:
     def context_streams(self, lane_class: torch.Tensor | None = None, classes: int = 1) -> list[torch.Tensor]:
         """The 2·classes context streams, context = quantizer·classes + the lane's class (no classes: the
         Q0 and Q1 streams), each step-major over the lanes."""
-        ctx = self.qid.reshape(-1) if lane_class is None else \
-            (self.qid * classes + lane_class.reshape(1, -1)).reshape(-1)
+        k = self.k.reshape(-1)
+        if lane_class is None:  # two contexts: two masked copies beat a sort (14 vs 23 ns a weight)
+            q1 = self.qid.reshape(-1).bool()
+            return [k[~q1], k[q1]]
+        ctx = (self.qid * classes + lane_class.reshape(1, -1)).reshape(-1)
+        if 2 * classes <= 1 << 15:  # a narrow key sorts faster (17 vs 25 ns a weight for 16 contexts)
+            ctx = ctx.to(torch.int16)
         order = torch.argsort(ctx, stable=True)  # stable: step-major order kept within each context
-        counts = torch.bincount(ctx, minlength=2 * classes).tolist()
-        return list(torch.split(self.k.reshape(-1)[order], counts))
+        counts = torch.bincount(ctx.to(torch.int64), minlength=2 * classes).tolist()
+        return list(torch.split(k[order], counts))
 
     def merged(self) -> torch.Tensor:
         """Every index, step-major (one stream for one shared table)."""
