@@ -800,10 +800,11 @@ def _code_step(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOptions
                ) -> tuple[_Coded, float, float]:
     """Step-quantize one tensor and code it; also (signal, noise) energies for the SQNR."""
     if opts.rdoq:
-        from ggcompress.codec.rdoq import rdoq_symbols
+        from ggcompress.codec.rdoq import rdoq_counted
 
-        q = rdoq_symbols(x, step, name=info.name).reshape(x.shape)
-        hist = rate.SymbolHistogram(1.0).update(q.to(torch.float64), info.name)  # counts of the symbols
+        q, counts, lo = rdoq_counted(x, step, name=info.name)
+        hist = rate.SymbolHistogram.from_counts(lo, counts)  # counts of the symbols
+        q = q.reshape(x.shape)
     else:
         hist = rate.SymbolHistogram(step).update(x, info.name)
         q = rate.quantize(x, step, info.name)

@@ -36,15 +36,33 @@ def rdoq_symbols(x: torch.Tensor, step: float, lam: float = LAMBDA, passes: int 
     value: one table lookup and one compare per weight and pass. r is exact in x/step's precision (float32
     for power-of-two steps, as the quantizer computes it).
     """
+    q, lo, _ = _rdoq(x, step, lam, passes, name)
+    return q.to(torch.int64) + lo
+
+
+def rdoq_counted(x: torch.Tensor, step: float, lam: float = LAMBDA, passes: int = PASSES,
+                 name: str = "tensor") -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(symbols, dense counts of lo, lo + 1, …, lo) of ``rdoq_symbols`` without an int64 copy: symbols
+    are int32 when they fit (pack ranks them and builds the histogram from the counts)."""
+    q, lo, size = _rdoq(x, step, lam, passes, name)
+    counts = torch.bincount(q, minlength=size)
+    if q.dtype == torch.int32 and -(2**31) <= lo and lo + size < 2**31:
+        return q.add_(lo), counts, lo
+    return q.to(torch.int64) + lo, counts, lo
+
+
+def _rdoq(x: torch.Tensor, step: float, lam: float, passes: int, name: str) -> tuple[torch.Tensor, int, int]:
+    """(table positions of the RDOQ symbols, the symbol at position 0, the table size)."""
     w, bf, lo, hi = rate.scaled_and_rounded(x, step, name)  # float: int64 passes cost 2-3x more
     if bf.numel() == 0:
-        return bf.to(torch.int64)
+        return bf.to(torch.int64), 0, 1
     sign = torch.sign(bf)
     sr = (w - bf).mul_(sign)  # s·r, in [−0.5, 0.5]; 0 where b = 0
     lo -= 1
     size = hi - lo + 2
     itype = torch.int32 if size < 2**31 else torch.int64
     idx = ((bf if size < 2**24 else bf.double()) - lo).to(itype)  # b's table position, exact in float
+    down = idx - sign.to(itype)  # b − s's position
     vals = torch.arange(lo, lo + size, dtype=torch.int64)
     toward = (torch.arange(size) - torch.sign(vals)).clamp_(0, size - 1)  # table index of b − s
     q = idx
@@ -54,6 +72,5 @@ def rdoq_symbols(x: torch.Tensor, step: float, lam: float = LAMBDA, passes: int 
         length = torch.where(counts > 0, -torch.log2(counts / q.numel()), unseen)
         # s·r < (λ·saving − 1) / 2, never for b = 0 (no neighbour toward zero)
         thr = ((lam * (length - length[toward]) - 1.0) / 2.0).masked_fill_(vals == 0, -math.inf)
-        move = sr < thr.to(sr.dtype)[idx]
-        q = idx - (sign * move).to(itype)
-    return q.to(torch.int64) + lo
+        q = torch.where(sr < thr.to(sr.dtype)[idx], down, idx)
+    return q, lo, size
