@@ -272,6 +272,9 @@ def main() -> None:
     only = ap.add_mutually_exclusive_group()
     only.add_argument("--nncodec-only", action="store_true", help="skip the ggcompress and GGUF rows")
     only.add_argument("--no-nncodec", action="store_true", help="skip the NNCodec rows")
+    ap.add_argument("--rows", choices=["all", "rd"], default="all",
+                    help="rd: only the uniform and --target-sqnr rows (seconds; all adds RDOQ, trellis and "
+                         "GGUF, minutes)")
     ap.add_argument("--json", help="also write every row here")
     ap.add_argument("--plot", help="also draw bits vs SQNR per model here (PNG)")
     ap.add_argument("--render", nargs="+", metavar="JSON",
@@ -302,16 +305,17 @@ def main() -> None:
                 for t in targets:
                     r = run_pack(src, out, PackOptions(target_sqnr_db=t, coder="rans"))
                     rows.append({"method": "RD allocation", "setting": f"--target-sqnr {t}", **r})
-                for s in args.steps:
+                for s in args.steps if args.rows == "all" else []:
                     r = run_pack(src, out, PackOptions(quant=f"step:{s}", coder="rans", rdoq=True))
                     rows.append({"method": "RDOQ", "setting": f"step:{s} --rdoq", **r})
-                for s in args.steps:
+                for s in args.steps if args.rows == "all" else []:
                     r = run_pack(src, out, PackOptions(quant=f"step:{s}", coder="rans", trellis=True))
                     rows.append({"method": "trellis", "setting": f"step:{s} --trellis", **r})
-                for t in sorted(mids):
+                for t in sorted(mids) if args.rows == "all" else []:
                     r = run_pack(src, out, PackOptions(target_sqnr_db=t, coder="rans", trellis=True))
                     rows.append({"method": "RD + trellis", "setting": f"--target-sqnr {t} --trellis", **r})
-                rows += gguf_rows(src)
+                if args.rows == "all":
+                    rows += gguf_rows(src)
             if not args.no_nncodec:
                 rows += nncodec_rows(args.peer_python, src, args.steps, args.dq_qp_offsets, Path(tmpdir))
             everything[model] = rows

@@ -164,3 +164,17 @@ def test_best_eg_order() -> None:
     # 1000 + 2^k: k = 9 -> 1512 (2·10 − 9 + 1 = 12 bits), k = 10 -> 2024 (11 bits), k = 11 -> 12 bits
     assert coders.best_eg_order(np.full(100, 1000)) == 10
     assert coders.best_eg_order(np.zeros(10, dtype=np.int64)) == 0
+
+
+@pytest.mark.parametrize(("distinct", "k", "lane"),
+                         [(300, 0, 4096), (5000, 2, 256), (3, 0, 1024), (40, 5, 64)])
+def test_lanes_encode_across_chunks(distinct: int, k: int, lane: int) -> None:
+    # Several ENCODE_CHUNKs, so words are continued across chunk boundaries (a chunk's first word can be
+    # the previous chunk's last, and a codeword piece can spill over it).
+    rng = np.random.default_rng(distinct + k)
+    n = 3 * coders.ENCODE_CHUNK + 1234
+    ranks = geometric_ranks(rng, n, distinct)
+    stream = coders.eg_encode_lanes(ranks.astype(np.int32), k, distinct, lane)
+    assert stream.payload == rate.eg_encode(ranks, k)
+    lengths = rate.exp_golomb_lengths(ranks, k).numpy()
+    np.testing.assert_array_equal(stream.lane_bits, np.add.reduceat(lengths, np.arange(0, n, lane)))

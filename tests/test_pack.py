@@ -417,3 +417,20 @@ def test_a_reader_written_from_the_spec_agrees(tmp_path: Path) -> None:
     assert mine.keys() == theirs.keys()
     for name, t in theirs.items():
         assert torch.equal(bits_of(mine[name]), bits_of(t)), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("step", [2.0**-7, 2.0**-8.25, 0.004, 2.0**-30])
+def test_step_ranks_equal_rounding_twice(dtype: torch.dtype, step: float) -> None:
+    """_step_ranks (one rounding pass, or bf16/fp16 bit-pattern counts) gives the histogram and ranks
+    that a histogram pass plus rate.quantize give (2^-30: symbol range past the dense rank table)."""
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(300, 700, generator=g) * torch.rand(300, 1, generator=g) * 0.1).to(dtype)
+    hist, ranks = P._step_ranks(x, step, "w")
+    ref = rate.SymbolHistogram(step).update(x, "w")
+    assert torch.equal(hist.symbols, ref.symbols) and torch.equal(hist.counts, ref.counts)
+    assert (hist.n, hist.source_bits) == (ref.n, ref.source_bits)
+    by_rank = ref.symbols_by_rank()
+    want = P._ranks(ref, rate.quantize(x, step), by_rank, int(ref.symbols[0]), int(ref.symbols[-1]))
+    assert ranks.shape == (x.numel(),) and (ranks == want).all()
+    assert torch.equal(by_rank[torch.from_numpy(ranks.astype("int64"))], rate.quantize(x, step).reshape(-1))

@@ -353,3 +353,36 @@ def test_update_counts_equals_update_on_the_expanded_tensor(step: str) -> None:
     bad[3] = float("nan")
     with pytest.raises(GGError, match="1 NaN/Inf"):
         rate.SymbolHistogram(step).update_counts(*gg.value_counts(bad), itemsize=2, name="w")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("step", [2.0**-8, 2.0**-8.5, 0.004, 2.0**-40])
+def test_quantize_counted_is_quantize_and_update(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype,
+                                                 step: float) -> None:
+    monkeypatch.setattr(rate, "CHUNK", 1000)  # several chunks with different ranges
+    x = (_random_weights(8, 4321) * torch.linspace(0.1, 3, 4321)).to(dtype)
+    q, hist = rate.quantize_counted(x, step, "w")
+    ref = SymbolHistogram(step).update(x, "w")
+    assert torch.equal(q.to(torch.int64), quantize(x, step).reshape(-1))
+    assert q.dtype == (torch.int64 if step == 2.0**-40 else torch.int32)  # 2^-40: symbols past int32
+    assert torch.equal(hist.symbols, ref.symbols) and torch.equal(hist.counts, ref.counts)
+    assert (hist.n, hist.source_bits) == (ref.n, ref.source_bits)
+    with pytest.raises(GGError, match="NaN/Inf"):
+        rate.quantize_counted(torch.tensor([0.5, float("nan")], dtype=dtype), step, "w")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_pattern_counts_are_the_value_counts(dtype: torch.dtype) -> None:
+    x = (_random_weights(9, 30_000) * 0.1).to(dtype).reshape(100, 300)
+    x[0, :7] = 0.0
+    x[1, :5] = -0.0  # another pattern, the same value
+    patterns, counts, flat = rate.pattern_counts(x)
+    assert torch.equal(rate.pattern_values(flat.astype(np.int64), dtype), x.reshape(-1).to(torch.float64))
+    by_value: Counter[float] = Counter()
+    for v, n in zip(rate.pattern_values(patterns, dtype).tolist(), counts.tolist(), strict=True):
+        by_value[v] += n
+    u, c = torch.unique(x.to(torch.float64), return_counts=True)
+    assert by_value == dict(zip(u.tolist(), c.tolist(), strict=True))
+    assert by_value[0.0] >= 12
+    with pytest.raises(GGError, match="2-byte"):
+        rate.pattern_counts(x.float())

@@ -342,3 +342,44 @@ def test_cli_step_granularity_row(rowwise: Path, tmp_path: Path) -> None:
                                  "--step-granularity", "row"])
     assert r.exit_code == 1 and r.output.startswith("error: ") and "allocation targets" in r.output
     assert not (tmp_path / "d.ggz").exists()
+
+
+def reference_curve(x: torch.Tensor, s_max: int, per_octave: int) -> tuple[np.ndarray, np.ndarray]:
+    """The documented curve, written plainly: fine symbols v (counts c) at 2^-s_max, each step's symbols
+    re-rounded from them, np.unique for the distinct ones; bits = entropy + table, error = re-rounding
+    shift + the fine rounding's own error."""
+    fine = 2.0**-s_max
+    w = x.to(torch.float64).reshape(-1).numpy()
+    v, c = np.unique(np.round(w / fine), return_counts=True)
+    fine_err = float(((w - np.round(w / fine) * fine) ** 2).sum())
+    c = c.astype(np.float64)
+    bits, noise = [], []
+    for s in np.arange(0, s_max * per_octave + 1) / per_octave:
+        q = np.round(v * 2.0 ** (s - s_max))
+        uq, inv = np.unique(q, return_inverse=True)
+        cq = np.bincount(inv, weights=c)
+        h = float(-(cq * np.log2(cq / c.sum())).sum()) if uq.size > 1 else 0.0
+        width = max(int(uq.max() - uq.min()).bit_length(), 1)
+        bits.append(h + uq.size * (width + rdalloc.TABLE_BITS_PER_SYMBOL))
+        d = v * fine - q * 2.0 ** -float(s)
+        noise.append(float((c * d * d).sum()) + fine_err)
+    return np.array(bits), np.array(noise)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_curve_is_the_documented_re_rounding(dtype: torch.dtype) -> None:
+    # symbols whose runs are cut at every candidate step, a tensor with a single value, and a heavy tail
+    x = gg((96, 80), 0.6, 0.03, 5).to(dtype)
+    for t in (x, torch.full((4, 4), 0.25, dtype=dtype), x * 40):
+        per_octave = 4 if dtype == torch.float32 else 1
+        c = rdalloc.measure_curve(t, "w", per_octave=per_octave)
+        bits, noise = reference_curve(t, rdalloc.S_MAX, per_octave)
+        np.testing.assert_array_equal(c.bits, bits)  # the same entropy and table terms, exactly
+        np.testing.assert_allclose(c.noise, noise, rtol=1e-12, atol=1e-300)
+        assert c.numel == t.numel()
+        assert c.signal == pytest.approx(float((t.to(torch.float64) ** 2).sum()), rel=1e-12)
+    if dtype != torch.float32:  # bf16/fp16 from bit-pattern counts = the same values streamed as fp32
+        a, b = rdalloc.measure_curve(x, "w"), rdalloc.measure_curve(x.float(), "w")
+        np.testing.assert_array_equal(a.bits, b.bits)
+        np.testing.assert_allclose(a.noise, b.noise, rtol=1e-12)
+        assert a.signal == pytest.approx(b.signal, rel=1e-12)

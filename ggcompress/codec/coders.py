@@ -127,37 +127,52 @@ def eg_encode_lanes(ranks: np.ndarray, k: int, distinct: int, lane: int) -> EGSt
         lengths = len_tab[r]
         lane_bits = np.add.reduceat(lengths, np.arange(0, n, lane))
         return EGStream(rate.eg_encode(r, k), int(lane_bits.sum()), lane, lane_bits)
-    words = np.zeros(n * lmax // 64 + 2, dtype=_U64)  # an upper bound; trimmed at the end
+    # one table, one lookup a symbol: value << 8 | length (a codeword of <= 64 bits, k <= 32: value < 2^48)
+    both = (val_tab << _U64(8)) | len_tab.astype(_U64)
+    words = np.zeros(n * lmax // 64 + 3, dtype=_U64)
     lane_bits = np.empty(-(-n // lane), dtype=np.int64)
-    chunk = max(ENCODE_CHUNK // lane, 1) * lane  # whole lanes per chunk
+    chunk = max(ENCODE_CHUNK // lane, 1) * lane
     pos = 0
     for i in range(0, n, chunk):
         ri = r[i:i + chunk]
-        length = len_tab[ri]
-        value = val_tab[ri]
+        lv = np.take(both, ri)  # take: faster than fancy indexing
+        length = (lv & _U64(255)).view(np.int64)
+        value = lv >> _U64(8)
         sums = np.add.reduceat(length, np.arange(0, ri.size, lane))
         lane_bits[i // lane:i // lane + sums.size] = sums
         width = lmax
-        while 2 * width <= 64 and length.size > 1:  # merge pairs: (v1 << L2 | v2, L1 + L2)
+        while 2 * width <= 64 and length.size > 1:
             if length.size & 1:
                 length = np.append(length, 0)
                 value = np.append(value, _U64(0))
-            lp, vp = length.reshape(-1, 2), value.reshape(-1, 2)
-            value = (vp[:, 0] << lp[:, 1].astype(_U64)) | vp[:, 1]
-            length = lp[:, 0] + lp[:, 1]
+            value = (value[0::2] << length[1::2].astype(_U64)) | value[1::2]
+            length = length[0::2] + length[1::2]
             width *= 2
-        end = pos + np.cumsum(length)
+        end = np.cumsum(length)
+        end += pos
         start = end - length
-        pos = int(end[-1])
         w0 = start >> 6
-        fit = (start & 63) + length  # the piece covers bits [start & 63, fit) of word w0 (maybe spilling)
+        fit = (start & 63) + length
         prim = (value << np.maximum(64 - fit, 0).astype(_U64)) >> np.maximum(fit - 64, 0).astype(_U64)
-        first = np.flatnonzero(np.concatenate(([True], w0[1:] != w0[:-1])))
-        words[w0[first]] |= np.add.reduceat(prim, first)  # pieces never share bits: sum == or
-        spill = fit > 64
-        words[w0[spill] + 1] |= value[spill] << (128 - fit[spill]).astype(_U64)
+        # Pieces are at most 64 bits, so a piece starts in every word from w0[0] to w0[-1], and only the
+        # last piece of a word can spill into the next. Per-word sums (pieces never share bits: sum ==
+        # or) by differences of a running sum, which wraps mod 2^64 and so still gives them exactly.
+        last = np.empty(0, dtype=np.int64) if w0.size < 2 else np.flatnonzero(w0[1:] != w0[:-1])
+        last = np.append(last, w0.size - 1)  # the last piece of each word
+        per_word = np.cumsum(prim)[last]
+        per_word[1:] -= per_word[:-1].copy()
+        f = fit[last]
+        spill = np.where(  # the low bits of a spilling last piece, for the next word
+            f > 64, value[last] << ((128 - f) & 63).astype(_U64), _U64(0))
+        per_word[1:] |= spill[:-1]
+        first_word = int(w0[0])
+        g = per_word.size
+        words[first_word:first_word + g] |= per_word
+        words[first_word + g] |= spill[-1]
+        pos = int(end[-1])
     total = pos
-    return EGStream(words.astype(">u8").tobytes()[: (total + 7) // 8], total, lane, lane_bits)
+    big_endian = words[: (total + 63) // 64].byteswap()
+    return EGStream(big_endian.view(np.uint8)[: (total + 7) // 8].tobytes(), total, lane, lane_bits)
 
 
 @lru_cache(maxsize=64)

@@ -208,14 +208,17 @@ class _Coded:
     split: int = 0  # lossless: split rANS sections (format version 5)
 
 
-def _code_symbols(hist: rate.SymbolHistogram, symbols: torch.Tensor, values: np.ndarray,
-                  opts: PackOptions, name: str) -> _Coded:
-    """Rank ``symbols`` with ``hist`` and code the ranks; ``values[r]`` is rank r's restored bits."""
+def _code_symbols(hist: rate.SymbolHistogram, symbols: torch.Tensor | None, values: np.ndarray,
+                  opts: PackOptions, name: str, ranks: np.ndarray | None = None) -> _Coded:
+    """Rank ``symbols`` with ``hist`` and code the ranks (or code ``ranks``, each symbol's rank already
+    found); ``values[r]`` is rank r's restored bits."""
     by_rank = hist.symbols_by_rank()
     counts = hist.counts[torch.searchsorted(hist.symbols, by_rank)].numpy()
     d = by_rank.numel()
     lo, hi = int(hist.symbols[0]), int(hist.symbols[-1])
-    ranks = _ranks(hist, symbols, by_rank, lo, hi)
+    if ranks is None:
+        assert symbols is not None
+        ranks = _ranks(hist, symbols, by_rank, lo, hi)
     width = coders.uint_bits(hi - lo)
     table = coders.pack_uints((by_rank - lo).numpy().astype(np.uint64), width)
     k = hist.best_k() if opts.eg_k is None else opts.eg_k
@@ -256,7 +259,7 @@ def _code_symbols(hist: rate.SymbolHistogram, symbols: torch.Tensor, values: np.
         costs["payload_bits"] = 0.0
         costs["table_bits"] = 8.0 * len(table)
     entry["coder"] = coder
-    return _Coded(entry, b"".join(parts), values[ranks], costs)
+    return _Coded(entry, b"".join(parts), np.take(values, ranks), costs)  # take: faster than values[ranks]
 
 
 def _ranks(hist: rate.SymbolHistogram, symbols: torch.Tensor, by_rank: torch.Tensor, lo: int, hi: int
@@ -267,6 +270,26 @@ def _ranks(hist: rate.SymbolHistogram, symbols: torch.Tensor, by_rank: torch.Ten
         lut[(by_rank - lo).numpy()] = np.arange(by_rank.numel(), dtype=np.int32)
         return lut[symbols.reshape(-1).numpy() - lo]
     return hist.to_ranks(symbols.reshape(-1)).numpy()
+
+
+def _step_ranks(x: torch.Tensor, step: float, name: str) -> tuple[rate.SymbolHistogram, np.ndarray]:
+    """(SymbolHistogram(step).update(x), each weight's rank in it, flat) — what rounding x at ``step``
+    twice (histogram, then symbols to rank) gives, at a fraction of the cost: one rounding pass
+    (rate.quantize_counted), or for bf16/fp16 a count of the bit patterns and one table lookup a weight
+    (the distinct values are rounded, ranked, and the ranks indexed by pattern)."""
+    if x.dtype in (torch.bfloat16, torch.float16) and x.numel():
+        patterns, counts, u = rate.pattern_counts(x)
+        vals = rate.pattern_values(patterns, x.dtype)
+        hist = rate.SymbolHistogram(step).update_counts(vals, torch.from_numpy(counts), itemsize=2, name=name)
+        by_rank = hist.symbols_by_rank()
+        lo, hi = int(hist.symbols[0]), int(hist.symbols[-1])
+        r = _ranks(hist, rate.quantize(vals, step, name), by_rank, lo, hi)  # the distinct values' ranks
+        table = np.zeros(1 << 16, dtype=r.dtype)
+        table[patterns] = r
+        return hist, np.take(table, u)
+    q, hist = rate.quantize_counted(x, step, name)
+    by_rank = hist.symbols_by_rank()
+    return hist, _ranks(hist, q, by_rank, int(hist.symbols[0]), int(hist.symbols[-1]))
 
 
 def _aligned(n: int) -> int:
@@ -551,11 +574,12 @@ def _curves(ck: Checkpoint, opts: PackOptions, notify: Any, measure: Any, what: 
     Fractional octaves only where the restored values stay in the source dtype (fp32/fp64)."""
     curves = []
     done = 0
+    total = ck.numel  # a sum over every tensor: once, not per tensor
     for info, x in ck.iter_tensors():
         if _eligible_step(info, opts):
             curves.append(measure(x, info.name, per_octave=4 if info.dtype in ("F32", "F64") else 1))
         done += info.numel
-        notify(f"{ck.source} ({what})", done, ck.numel)
+        notify(f"{ck.source} ({what})", done, total)
     return curves
 
 
@@ -805,13 +829,14 @@ def _code_step(info: TensorInfo, x: torch.Tensor, step: float, opts: PackOptions
         q, counts, lo = rdoq_counted(x, step, name=info.name)
         hist = rate.SymbolHistogram.from_counts(lo, counts)  # counts of the symbols
         q = q.reshape(x.shape)
+        ranks = None
     else:
-        hist = rate.SymbolHistogram(step).update(x, info.name)
-        q = rate.quantize(x, step, info.name)
+        hist, ranks = _step_ranks(x, step, info.name)
+        q = None
     by_rank = hist.symbols_by_rank()
     dtype = _restored_dtype(by_rank, step, x.dtype)
     values = _int_view((by_rank.to(torch.float64) * step).to(dtype))
-    coded = _code_symbols(hist, q, values, opts, info.name)
+    coded = _code_symbols(hist, q, values, opts, info.name, ranks)
     coded.entry = {"dtype": TORCH_TO_ST[dtype], "source_dtype": info.dtype, "encoding": "step", **coded.entry}
     restored = torch.from_numpy(coded.restored).view(dtype).reshape(x.shape)
     sig, err = _energies(x, restored)

@@ -62,10 +62,52 @@ def measure_curve(x: torch.Tensor, name: str, s_min: int = S_MIN, s_max: int = S
     if s_min > s_max:
         raise GGError(f"{name}: step range S {s_min}..{s_max} is empty")
     fine = 2.0 ** -s_max
-    hist = rate.SymbolHistogram(fine).update(x, name)
-    v = hist.symbols.numpy().astype(np.int64)
-    c = hist.counts.numpy().astype(np.float64)
+    v, c, signal, fine_err = _fine_histogram(x, fine, name)
     n = int(c.sum())
+    vf = v.astype(np.float64)
+    vfine = vf * fine  # = v·fine, elementwise as v * fine
+    cf = c.astype(np.float64)
+    ends = np.cumsum(c)  # counts before the end of each fine symbol: group counts by differences
+    ss = np.arange(s_min * per_octave, s_max * per_octave + 1) / per_octave
+    bits = np.empty(ss.size)
+    noise = np.empty(ss.size)
+    for i, s in enumerate(ss):
+        q = np.round(vf * 2.0 ** (s - s_max))  # half to even, like rate (exact for whole octaves)
+        # v ascends, so q does too: its distinct values are runs (no sort needed)
+        last = np.flatnonzero(q[1:] != q[:-1])  # the last fine symbol of each run but the final one
+        bounds = np.empty(last.size + 2, dtype=np.int64)
+        bounds[0], bounds[-1] = 0, n
+        bounds[1:-1] = ends[last]
+        cq = (bounds[1:] - bounds[:-1]).astype(np.float64)  # exact integers, as bincount's float sums
+        distinct = cq.size
+        h = float(-(cq * np.log2(cq / n)).sum()) if distinct > 1 else 0.0
+        width = max(int(q[-1] - q[0]).bit_length(), 1)
+        bits[i] = h + distinct * (width + TABLE_BITS_PER_SYMBOL)
+        # fine value v·fine restored as q·2^-s: the shift adds (v·fine − q·2^-s) to the fine error
+        # (the two errors are nearly uncorrelated: the fine error is within ±fine/2)
+        d = vfine - q * 2.0 ** -float(s)
+        noise[i] = float((cf * d * d).sum()) + fine_err
+    return Curve(name, n, signal, ss, bits, noise)
+
+
+def _fine_histogram(x: torch.Tensor, fine: float, name: str) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """(Distinct symbols at step ``fine``, ascending, int64; their counts, int64; Σ w²; Σ (w − fine·sym)²).
+
+    2-byte floats (bf16/fp16) have at most 65536 distinct values: one count of the bit patterns
+    (rate.pattern_counts) gives everything from the distinct values — the same symbols and counts as
+    rounding every weight, and the two energies as float64 sums of count·value² (exact terms, summed
+    in another order than a pass over the weights: equal to a few ulps). Wider floats are rounded chunk by
+    chunk."""
+    if x.dtype in (torch.bfloat16, torch.float16) and x.numel():
+        patterns, cnt, _ = rate.pattern_counts(x)
+        vals = rate.pattern_values(patterns, x.dtype)
+        hist = rate.SymbolHistogram(fine).update_counts(vals, torch.from_numpy(cnt), itemsize=2, name=name)
+        w = vals.numpy()
+        e = w - np.round(w / fine) * fine  # exact: the fine rounding's error of each distinct value
+        cf = cnt.astype(np.float64)
+        return (hist.symbols.numpy().astype(np.int64), hist.counts.numpy().astype(np.int64),
+                float(np.dot(cf, w * w)), float(np.dot(cf, e * e)))
+    hist = rate.SymbolHistogram(fine).update(x, name)
     signal = fine_err = 0.0  # fine_err: error of the fine rounding itself, measured: Σ (w − v·fine)²
     flat = x.reshape(-1)
     for i in range(0, flat.numel(), rate.CHUNK):
@@ -73,22 +115,7 @@ def measure_curve(x: torch.Tensor, name: str, s_min: int = S_MIN, s_max: int = S
         signal += float(torch.dot(xf, xf))
         e = xf - torch.round(xf / fine) * fine
         fine_err += float(torch.dot(e, e))
-    ss = np.arange(s_min * per_octave, s_max * per_octave + 1) / per_octave
-    bits = np.empty(ss.size)
-    noise = np.empty(ss.size)
-    for i, s in enumerate(ss):
-        q = np.round(v * 2.0 ** (s - s_max))  # half to even, like rate (exact for whole octaves)
-        uq, inv = np.unique(q, return_inverse=True)
-        cq = np.bincount(inv, weights=c)
-        p = cq / n
-        h = float(-(cq * np.log2(p)).sum()) if uq.size > 1 else 0.0
-        width = max(int(uq.max() - uq.min()).bit_length(), 1)
-        bits[i] = h + uq.size * (width + TABLE_BITS_PER_SYMBOL)
-        # fine value v·fine restored as q·2^-s: the shift adds (v·fine − q·2^-s) to the fine error
-        # (the two errors are nearly uncorrelated: the fine error is within ±fine/2)
-        d = v * fine - q * 2.0 ** -float(s)
-        noise[i] = float((c * d * d).sum()) + fine_err
-    return Curve(name, n, signal, ss, bits, noise)
+    return hist.symbols.numpy().astype(np.int64), hist.counts.numpy().astype(np.int64), signal, fine_err
 
 
 class _Predicted:
@@ -122,14 +149,33 @@ class Allocation(_Predicted):
     distortion: float = math.nan  # Σ weight·noise (= noise without weights)
 
 
-def _choose(curves: Sequence[Curve], w: np.ndarray, lam: float) -> tuple[list[int], float, float]:
-    idx, bits, noise = [], 0.0, 0.0
-    for c, wi in zip(curves, w, strict=True):
-        i = int(np.argmin(c.bits + lam * wi * c.noise))
-        idx.append(i)
-        bits += float(c.bits[i])
-        noise += float(c.noise[i])
-    return idx, bits, noise
+class _Chooser:
+    """Each tensor's S minimizing bits + λ·weight·error, and the chosen bits and error summed in tensor
+    order: the bisection asks this ~70 times, so the curves are stacked once and chosen together."""
+
+    def __init__(self, curves: Sequence[Curve], w: np.ndarray):
+        width = max(c.s.size for c in curves)
+        self.bits = np.zeros((len(curves), width))
+        self.noise = np.zeros((len(curves), width))
+        self.valid = np.zeros((len(curves), width), dtype=bool)  # curves may differ in length
+        for t, c in enumerate(curves):
+            self.bits[t, :c.s.size] = c.bits
+            self.noise[t, :c.s.size] = c.noise
+            self.valid[t, :c.s.size] = True
+        self.ragged = not bool(self.valid.all())
+        self.w = np.asarray(w, dtype=np.float64)
+        self.rows = np.arange(len(curves))
+
+    def __call__(self, lam: float) -> tuple[list[int], float, float]:
+        cost = self.bits + (lam * self.w)[:, None] * self.noise  # per element as c.bits + lam·w·c.noise
+        if self.ragged:
+            cost[~self.valid] = np.inf
+        idx = np.argmin(cost, axis=1)
+        bits = noise = 0.0
+        for b, e in zip(self.bits[self.rows, idx].tolist(), self.noise[self.rows, idx].tolist(), strict=True):
+            bits += b  # one by one in tensor order (not sum(): its rounding differs between versions)
+            noise += e
+        return idx.tolist(), bits, noise
 
 
 def _out_of_reach(target_sqnr_db: float | None, max_distortion: float | None, signal: float, least: float,
@@ -177,6 +223,7 @@ def allocate(curves: Sequence[Curve], *, target_sqnr_db: float | None = None,
         work = [replace(c, noise=c.noise * wi) for c, wi in zip(curves, w, strict=True)]
         ww = np.ones(len(curves))
     quality = target_sqnr_db is not None or max_distortion is not None
+    choose = _Chooser(work, ww)
     if quality:
         if target_sqnr_db is not None:
             budget = signal / 10 ** (target_sqnr_db / 10)
@@ -187,29 +234,29 @@ def allocate(curves: Sequence[Curve], *, target_sqnr_db: float | None = None,
             target = {"max_distortion": budget}
 
         def ok(lam: float) -> bool:
-            return _choose(work, ww, lam)[2] <= budget
+            return choose(lam)[2] <= budget
     else:
         assert bits_per_param is not None
         budget_bits = bits_per_param * params
 
         def ok(lam: float) -> bool:  # "ok" = within budget; we want the largest such λ
-            return _choose(work, ww, lam)[1] > budget_bits
+            return choose(lam)[1] > budget_bits
         target = {"bits_per_param": float(bits_per_param)}
     lo, hi = -60.0, 80.0  # log2 λ
     if quality and not ok(2.0 ** hi):
-        raise _out_of_reach(target_sqnr_db, max_distortion, signal, _choose(work, ww, 2.0 ** hi)[2],
+        raise _out_of_reach(target_sqnr_db, max_distortion, signal, choose(2.0 ** hi)[2],
                             curves[0].s[-1])
     if bits_per_param is not None and ok(2.0 ** lo):
-        least = _choose(work, ww, 2.0 ** lo)[1] / params
+        least = choose(2.0 ** lo)[1] / params
         raise GGError(f"{bits_per_param} bits/param is below the coarsest allocation "
                       f"({least:.3f} bits/param at steps up to 2^-{curves[0].s[0]:g})")
     lo, hi = _bisect(ok, lo, hi, 70)
     lam = 2.0 ** (hi if quality else lo)
     if quality:
-        idx = _refine(work, _choose(work, ww, 2.0 ** lo)[0], _choose(work, ww, 2.0 ** hi)[0],
+        idx = _refine(work, choose(2.0 ** lo)[0], choose(2.0 ** hi)[0],
                       lambda b, e: e <= budget, ww)
     else:
-        idx = _refine(work, _choose(work, ww, 2.0 ** lo)[0], _choose(work, ww, 2.0 ** hi)[0],
+        idx = _refine(work, choose(2.0 ** lo)[0], choose(2.0 ** hi)[0],
                       lambda b, e: b <= budget_bits, ww, stop_when_true=False)
     bits = sum(float(c.bits[i]) for c, i in zip(curves, idx, strict=True))
     noise = sum(float(c.noise[i]) for c, i in zip(curves, idx, strict=True))

@@ -185,6 +185,63 @@ def quantize(x: torch.Tensor, step: float | str, name: str = "tensor") -> torch.
     return out.reshape(x.shape)
 
 
+def quantize_counted(x: torch.Tensor, step: float | str, name: str = "tensor"
+                     ) -> tuple[torch.Tensor, SymbolHistogram]:
+    """(quantize(x, step, name) flattened, SymbolHistogram(step).update(x, name)) from one rounding pass.
+
+    Why: coding a tensor needs both, and rounding it twice (scale, round, convert) is most of their
+    cost. The symbols are int32 when every one fits (else int64, from quantize); the histogram is the
+    same one update() builds (the same symbols and exact counts).
+    """
+    step = _coerce_step(step)
+    _check_float(x, name)
+    flat = x.reshape(-1)
+    out = torch.empty(flat.numel(), dtype=torch.int32)
+    lo_all, hi_all = 0, -1
+    for i in range(0, flat.numel(), CHUNK):
+        s, lo, hi = _quantize_chunk(flat[i:i + CHUNK], step, x, name)
+        if lo < -(1 << 31) or hi >= 1 << 31:  # beyond int32: the general path (rare: very fine steps)
+            return quantize(x, step, name).reshape(-1), SymbolHistogram(step).update(x, name)
+        out[i:i + CHUNK] = s
+        lo_all, hi_all = (lo, hi) if i == 0 else (min(lo, lo_all), max(hi, hi_all))
+    hist = SymbolHistogram(step)
+    if out.numel() and hi_all - lo_all < DENSE_ACC_MAX:  # int32 offsets: exact, no overflow
+        hist._add_dense(lo_all, torch.bincount(out - lo_all, minlength=hi_all - lo_all + 1).to(torch.int64))
+    elif out.numel():
+        sym, cnt = torch.unique(out.to(torch.int64), sorted=True, return_counts=True)
+        hist._add(sym, cnt.to(torch.int64))
+    hist.n = flat.numel()
+    hist.source_bits = flat.numel() * x.element_size() * 8
+    return out, hist
+
+
+#: Weights per bincount when counting the bit patterns of 2-byte floats (bounds its int64 temporary).
+VALUE_COUNT_CHUNK = 1 << 18
+
+
+def pattern_counts(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(Bit patterns present, as int64 0..65535; their counts, int64; the patterns of the weights,
+    flat uint16 view) of a bf16/fp16 tensor.
+
+    Why: a 2-byte float tensor has at most 65536 distinct values, so one count of its bit patterns
+    (~1 ns a weight) replaces rounding every weight: symbols, histograms and energies at any step follow
+    from the distinct values (pattern_values), and a 65536-entry table maps each weight to its symbol.
+    """
+    if x.dtype not in (torch.bfloat16, torch.float16):
+        raise GGError(f"pattern counts need a 2-byte float tensor, not {x.dtype}")
+    u = x.detach().cpu().contiguous().reshape(-1).view(torch.int16).numpy().view(np.uint16)
+    counts = np.zeros(1 << 16, dtype=np.int64)
+    for i in range(0, u.size, VALUE_COUNT_CHUNK):
+        counts += np.bincount(u[i:i + VALUE_COUNT_CHUNK], minlength=1 << 16)
+    present = np.flatnonzero(counts)
+    return present, counts[present], u
+
+
+def pattern_values(patterns: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """The float64 value of each 2-byte bit pattern (0..65535) of ``dtype`` (exact)."""
+    return torch.from_numpy(patterns.astype(np.uint16).view(np.int16)).view(dtype).to(torch.float64)
+
+
 # ------------------------------------------------------------------------------- exp-Golomb math
 
 
