@@ -74,3 +74,17 @@ def test_pack_rdoq_restores_its_symbols(tmp_path: Path) -> None:
     plain = P.pack(path, tmp_path / "p.ggz", P.PackOptions(quant="step:4", coder="rans"))
     assert (doc["checkpoints"][0]["summary"]["coded_bits_per_param"]
             < plain["checkpoints"][0]["summary"]["coded_bits_per_param"])
+
+
+def test_counted_matches_per_weight_symbols_for_every_dtype() -> None:
+    """rdoq_counted (per distinct bit pattern for bf16/fp16, per weight otherwise) gives rdoq_symbols'
+    symbols and their exact counts."""
+    from ggcompress.codec.rdoq import rdoq_counted
+
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        x = laplace(60_000, 3).to(dtype)
+        for step in (2.0**-3, 2.0**-7, 0.003):
+            want = rdoq_symbols(x, step)
+            q, counts, lo = rdoq_counted(x, step)
+            assert torch.equal(q.to(torch.int64), want), (dtype, step)
+            assert torch.equal(counts, torch.bincount(want - lo, minlength=counts.numel()))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ggcompress.stats import rate
@@ -43,7 +44,23 @@ def rdoq_symbols(x: torch.Tensor, step: float, lam: float = LAMBDA, passes: int 
 def rdoq_counted(x: torch.Tensor, step: float, lam: float = LAMBDA, passes: int = PASSES,
                  name: str = "tensor") -> tuple[torch.Tensor, torch.Tensor, int]:
     """(symbols, dense counts of lo, lo + 1, …, lo) of ``rdoq_symbols`` without an int64 copy: symbols
-    are int32 when they fit (pack ranks them and builds the histogram from the counts)."""
+    are int32 when they fit (pack ranks them and builds the histogram from the counts).
+
+    bf16/fp16: the decision depends on the value alone, so RDOQ runs once per distinct bit pattern
+    (at most 65536), weighted by its count, and a pattern table gives every weight its symbol."""
+    if x.dtype in (torch.bfloat16, torch.float16) and x.numel():
+        patterns, pcounts, u = rate.pattern_counts(x)
+        vals = rate.pattern_values(patterns, x.dtype).to(x.dtype)  # exact; x/step as for x itself
+        weights = torch.from_numpy(pcounts)
+        pos, lo, size = _rdoq(vals, step, lam, passes, name, weights)
+        counts = torch.bincount(pos.to(torch.int64), weights=weights.to(torch.float64), minlength=size)
+        if -(2**31) <= lo and lo + size < 2**31:
+            table = np.zeros(1 << 16, dtype=np.int32)
+            table[patterns] = (pos.to(torch.int64) + lo).numpy()
+        else:
+            table = np.zeros(1 << 16, dtype=np.int64)
+            table[patterns] = (pos.to(torch.int64) + lo).numpy()
+        return torch.from_numpy(np.take(table, u)), counts.round().to(torch.int64), lo
     q, lo, size = _rdoq(x, step, lam, passes, name)
     counts = torch.bincount(q, minlength=size)
     if q.dtype == torch.int32 and -(2**31) <= lo and lo + size < 2**31:
@@ -51,8 +68,10 @@ def rdoq_counted(x: torch.Tensor, step: float, lam: float = LAMBDA, passes: int 
     return q.to(torch.int64) + lo, counts, lo
 
 
-def _rdoq(x: torch.Tensor, step: float, lam: float, passes: int, name: str) -> tuple[torch.Tensor, int, int]:
-    """(table positions of the RDOQ symbols, the symbol at position 0, the table size)."""
+def _rdoq(x: torch.Tensor, step: float, lam: float, passes: int, name: str,
+          weights: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
+    """(table positions of the RDOQ symbols, the symbol at position 0, the table size). ``weights``:
+    how many weights each value of ``x`` stands for (distinct values with their counts)."""
     w, bf, lo, hi = rate.scaled_and_rounded(x, step, name)  # float: int64 passes cost 2-3x more
     if bf.numel() == 0:
         return bf.to(torch.int64), 0, 1
@@ -66,10 +85,12 @@ def _rdoq(x: torch.Tensor, step: float, lam: float, passes: int, name: str) -> t
     vals = torch.arange(lo, lo + size, dtype=torch.int64)
     toward = (torch.arange(size) - torch.sign(vals)).clamp_(0, size - 1)  # table index of b − s
     q = idx
+    w64 = None if weights is None else weights.to(torch.float64)
+    total = q.numel() if weights is None else int(weights.sum())
     for _ in range(passes):
-        counts = torch.bincount(q, minlength=size).to(torch.float64)
+        counts = torch.bincount(q, weights=w64, minlength=size).to(torch.float64)
         unseen = torch.full_like(counts, _UNSEEN_BITS)
-        length = torch.where(counts > 0, -torch.log2(counts / q.numel()), unseen)
+        length = torch.where(counts > 0, -torch.log2(counts / total), unseen)
         # s·r < (λ·saving − 1) / 2, never for b = 0 (no neighbour toward zero)
         thr = ((lam * (length - length[toward]) - 1.0) / 2.0).masked_fill_(vals == 0, -math.inf)
         q = torch.where(sr < thr.to(sr.dtype)[idx], down, idx)
