@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -311,6 +312,12 @@ def rans_encode(ranks: np.ndarray, weights: np.ndarray) -> bytes:
 
 def rans_decode(buf: bytes | memoryview, n: int, weights: np.ndarray, name: str = "tensor") -> np.ndarray:
     """Inverse of rans_encode: n ranks (int32). Leftover words mean a corrupt stream (GGError)."""
+    return _decode_words(buf, n, name, lambda coder: coder.decode(_model(weights), n))
+
+
+def _decode_words(buf: bytes | memoryview, n: int, name: str, decode: Any) -> np.ndarray:
+    """``decode(AnsCoder over buf's words)``, with a malformed stream (not whole words, constriction's own
+    errors, words left over) reported as one GGError line."""
     import constriction
 
     if len(buf) % 4:
@@ -320,7 +327,7 @@ def rans_decode(buf: bytes | memoryview, n: int, weights: np.ndarray, name: str 
         words = words.astype(np.uint32)
     try:
         coder = constriction.stream.stack.AnsCoder(words)
-        out = coder.decode(_model(weights), n)
+        out = decode(coder)
     except BaseException as exc:  # constriction raises its own types on malformed streams
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
@@ -365,27 +372,16 @@ def rans_encode_parts(head_ranks: np.ndarray, tail_ranks: np.ndarray, counts: np
 def rans_decode_split(buf: bytes | memoryview, n: int, counts: np.ndarray, head: int,
                       name: str = "tensor") -> np.ndarray:
     """Inverse of rans_encode_split: n ranks (int32). Leftover words mean a corrupt stream (GGError)."""
-    import constriction
-
-    if len(buf) % 4:
-        raise GGError(f"{name}: rANS stream of {len(buf)} bytes is not whole 32-bit words")
     w_head, w_tail = split_weights(counts, head)
-    words = np.frombuffer(buf, dtype="<u4")
-    if words.dtype != np.uint32:
-        words = words.astype(np.uint32)
-    try:
-        coder = constriction.stream.stack.AnsCoder(words)
+
+    def decode(coder: Any) -> np.ndarray:
         out = coder.decode(_model(w_head), n)
         escaped = np.flatnonzero(out == head - 1)
         if escaped.size:
             out[escaped] = coder.decode(_model(w_tail), escaped.size) + (head - 1)
-    except BaseException as exc:  # constriction raises its own types on malformed streams
-        if isinstance(exc, KeyboardInterrupt | SystemExit):
-            raise
-        raise GGError(f"{name}: rANS stream corrupt ({exc})") from None
-    if not coder.is_empty():
-        raise GGError(f"{name}: rANS stream corrupt (data left after {n} values)")
-    return out
+        return out
+
+    return _decode_words(buf, n, name, decode)
 
 
 def best_eg_order(values: np.ndarray, max_k: int = 24) -> int:
