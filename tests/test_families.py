@@ -153,6 +153,34 @@ def test_pack_trellis_unpack_load(models, family, tmp_path) -> None:
         assert torch.equal(model(input_ids=_ids()).logits, reference(input_ids=_ids()).logits)
 
 
+@pytest.mark.parametrize("family", [f for f in FAMILY_NAMES if FAMILIES[f].causal])
+def test_pack_max_kl_trellis_meets_the_kl(models, corpus, family, tmp_path) -> None:
+    """pack --max-kl --trellis on every causal family: the unpacked model's KL on the held-out windows is
+    the one the search measured (GPT-NeoX's lm_head, stored as embed_out, found by its values)."""
+    import ggcompress
+    from ggcompress.codec import klalloc
+    from ggcompress.codec.pack import PackOptions, pack
+
+    k = 0.05
+    opts = PackOptions(max_kl=k, calibration=str(corpus[2]), trellis=True, coder="rans",
+                       calibration_windows=2, calibration_length=64)
+    ck = pack(str(models[family]), tmp_path / "k.ggz", opts)["checkpoints"][0]
+    assert ck["quantization"]["trellis"] >= 1 and ck["allocation"]["measured_kl"] <= k
+    reference = _reference_model(models[family], family)
+    from transformers import AutoTokenizer
+
+    from ggcompress.methods.train import read_documents
+
+    tok = AutoTokenizer.from_pretrained(models[family])
+    _, held = klalloc.split_windows(tok, "\n\n".join(read_documents(str(corpus[2]))), 2, 64)
+    model = ggcompress.load(str(tmp_path / "k.ggz"))
+    with torch.no_grad():
+        lp = torch.log_softmax(reference(input_ids=held).logits[:, :-1].double(), -1)
+        lq = torch.log_softmax(model(input_ids=held).logits[:, :-1].double(), -1)
+    kl = float((lp.exp() * (lp - lq)).sum(-1).mean())
+    assert kl == pytest.approx(ck["allocation"]["measured_kl"], rel=1e-6, abs=1e-9)
+
+
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_pack_unpack_load(models, family, tmp_path) -> None:
     """Default pack (step 2^-8 on 2-D float tensors): unpacked weights equal round(w/step)·step exactly."""

@@ -218,33 +218,38 @@ def calibrate(folder: str | Path, names: Sequence[str], text: str, *, windows: i
     ctx = context_length(lm.model, lm.tokenizer)
     win = min(length, ctx) if ctx else length
     fisher_win, kl_win = split_windows(lm.tokenizer, text, windows, win)
-    params = dict(lm.model.named_parameters(remove_duplicate=False))
+    named = dict(lm.model.named_parameters(remove_duplicate=False))
     canonical: dict[int, str] = {}
     for n, p in lm.model.named_parameters():
         canonical[id(p)] = n
-    taken: dict[int, str] = {}
-    for n in names:
-        if n not in params:
-            raise GGError(f"{folder}: tensor {n!r} of the checkpoint is not a parameter of the loaded model; "
-                          "--max-kl needs checkpoint names that are the model's parameter names")
-        if id(params[n]) in taken:
-            raise GGError(f"{folder}: {taken[id(params[n])]!r} and {n!r} are one tied parameter of the "
-                          "model; leave one of them unquantized (--exclude)")
-        taken[id(params[n])] = n
     ck = open_checkpoint(folder)
     originals = {}
+    params: dict[str, torch.nn.Parameter] = {}  # checkpoint name -> the model's parameter
+    taken: dict[int, str] = {}
     for info, x in ck.iter_tensors(names):
-        if tuple(x.shape) != tuple(params[info.name].shape):
-            raise GGError(f"{folder}: tensor {info.name!r} is {list(x.shape)} in the checkpoint but "
-                          f"{list(params[info.name].shape)} in the loaded model")
-        originals[info.name] = x
+        n = info.name
+        p = named.get(n)
+        if p is None:
+            p = _parameter_holding(named, x)
+        if p is None:
+            raise GGError(f"{folder}: tensor {n!r} of the checkpoint is not a parameter of the loaded model "
+                          "(by name or by value); --max-kl needs each quantized tensor to be one")
+        if tuple(x.shape) != tuple(p.shape):
+            raise GGError(f"{folder}: tensor {n!r} is {list(x.shape)} in the checkpoint but {list(p.shape)} "
+                          "in the loaded model")
+        if id(p) in taken:
+            raise GGError(f"{folder}: {taken[id(p)]!r} and {n!r} are one tied parameter of the "
+                          "model; leave one of them unquantized (--exclude)")
+        taken[id(p)] = n
+        params[n] = p
+        originals[n] = x
     fisher, loss = diagonal_fisher(lm.model, fisher_win, sample_labels=True)
     fisher_mean = {n: float(fisher[canonical[id(params[n])]].mean(dtype=torch.float64)) for n in names}
     fisher_rows = {n: fisher[canonical[id(params[n])]].reshape(params[n].shape[0], -1)
                    .mean(1, dtype=torch.float64).numpy() for n in names if params[n].dim() >= 2}
     f_cpu, f_wall = time.process_time() - t_cpu, time.perf_counter() - t_wall
     del fisher
-    probe = KLProbe(lm.model, kl_win, originals, {n: params[n] for n in names})
+    probe = KLProbe(lm.model, kl_win, originals, params)
     info = {
         "fisher_windows": int(fisher_win.shape[0]), "kl_windows": int(kl_win.shape[0]),
         "window_tokens": int(win), "requested_tokens": int(length), "context": ctx,
@@ -253,6 +258,14 @@ def calibrate(folder: str | Path, names: Sequence[str], text: str, *, windows: i
         "seconds_cpu": time.process_time() - t_cpu, "seconds_wall": time.perf_counter() - t_wall,
     }
     return Calibration(probe, fisher_mean, info, fisher_rows)
+
+
+def _parameter_holding(named: Mapping[str, torch.nn.Parameter], x: torch.Tensor) -> torch.nn.Parameter | None:
+    """The one parameter whose values are exactly ``x``'s, for checkpoint names the model renames on load
+    (transformers 5 stores GPT-NeoX's ``lm_head`` as ``embed_out``); None when none or several match."""
+    found = {id(p): p for p in named.values()
+             if tuple(p.shape) == tuple(x.shape) and torch.equal(p.detach(), x.to(p.dtype))}
+    return next(iter(found.values())) if len(found) == 1 else None
 
 
 # ------------------------------------------------------------------------------------------ search
