@@ -94,8 +94,7 @@ class KLProbe:
 
     ``quantizer``: "round" restores a per-tensor step as plain rounding does, "trellis" as
     ``pack --max-kl --trellis`` does (codec/pack.trellis_plan with λ = trellis.KL_LAMBDA: the very values
-    the container will hold), and
-    records each (tensor, step)'s estimated coded bits in ``coded_bits``."""
+    the container will hold) and records each (tensor, step)'s estimated coded bits in ``coded_bits``."""
 
     def __init__(self, model: Any, windows: torch.Tensor, originals: Mapping[str, torch.Tensor],
                  params: Mapping[str, torch.nn.Parameter], batch: int = 8):

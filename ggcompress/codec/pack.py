@@ -284,9 +284,7 @@ def _step_ranks(x: torch.Tensor, step: float, name: str) -> tuple[rate.SymbolHis
         by_rank = hist.symbols_by_rank()
         lo, hi = int(hist.symbols[0]), int(hist.symbols[-1])
         r = _ranks(hist, rate.quantize(vals, step, name), by_rank, lo, hi)  # the distinct values' ranks
-        table = np.zeros(1 << 16, dtype=r.dtype)
-        table[patterns] = r
-        return hist, np.take(table, u)
+        return hist, rate.pattern_lookup(patterns, r, u)
     q, hist = rate.quantize_counted(x, step, name)
     by_rank = hist.symbols_by_rank()
     return hist, _ranks(hist, q, by_rank, int(hist.symbols[0]), int(hist.symbols[-1]))
@@ -720,9 +718,8 @@ def _pack_checkpoint(ck: Checkpoint, origin: Checkpoint, out: Path, opts: PackOp
             elif steps is not None and info.name in steps:
                 coded, sig, err = None, 0.0, 0.0
                 if opts.trellis and opts.max_kl is not None:  # the KL was measured on these very values
-                    from ggcompress.codec.trellis import KL_LAMBDA
-
-                    coded, sig, err = _code_trellis(info, x, steps[info.name], opts, lam=KL_LAMBDA)
+                    lam = _trellis_lambda(opts)
+                    coded, sig, err = _code_trellis(info, x, steps[info.name], opts, lam=lam)
                     trellised += 1
                 elif opts.trellis:  # keep the allocation's error budget: trellis only within the slack
                     # the exact error of rounding (the curves hold estimates), so that the target holds
@@ -962,12 +959,9 @@ def _estimate_bytes(hist: rate.SymbolHistogram, opts: PackOptions) -> tuple[floa
         return ranked + hist.stats(k, huffman=False).eg_bits / 8, False
     weights = coders.rans_weights(counts)
     payload = float((counts * (coders.RANS_PRECISION - np.log2(weights))).sum()) / 8
-    span = hi - lo + 1
     counted = None
-    if span <= coders.RANS_MAX_SYMBOLS:
-        dense = np.zeros(span, dtype=np.int64)
-        dense[(hist.symbols - lo).numpy()] = hist.counts.numpy()
-        counted = (coders.count_table_bits(dense) + 7) // 8
+    if hi - lo + 1 <= coders.RANS_MAX_SYMBOLS:
+        counted = (coders.count_table_bits(hist.dense_counts()[1]) + 7) // 8
         if counted < ranked:  # below the ranked table's symbol list alone: no need to size its model
             return counted + payload, True
     model = rate.exp_golomb_lengths(torch.from_numpy(weights - 1), coders.best_eg_order(weights - 1))
@@ -986,12 +980,10 @@ def _code_counted(hist: rate.SymbolHistogram, symbols: torch.Tensor) -> _Coded |
     """rANS over a dense count table (coders.count_table_encode): the alphabet is the symbols present in
     lo..hi in ascending order, the weights are rans_weights of their counts in that order (the reader
     computes them). None when the span is too wide for a dense table."""
-    lo, hi = int(hist.symbols[0]), int(hist.symbols[-1])
-    span = hi - lo + 1
-    if span > coders.RANS_MAX_SYMBOLS or hist.symbols.numel() < 2:
+    if int(hist.symbols[-1]) - int(hist.symbols[0]) + 1 > coders.RANS_MAX_SYMBOLS or hist.symbols.numel() < 2:
         return None
-    counts = np.zeros(span, dtype=np.int64)
-    counts[(hist.symbols - lo).numpy()] = hist.counts.numpy()
+    lo, counts = hist.dense_counts()
+    span = counts.size
     table = coders.count_table_encode(counts)
     present = np.flatnonzero(counts)
     index = np.full(span, -1, dtype=np.int32)

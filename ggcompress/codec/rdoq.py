@@ -54,13 +54,10 @@ def rdoq_counted(x: torch.Tensor, step: float, lam: float = LAMBDA, passes: int 
         weights = torch.from_numpy(pcounts)
         pos, lo, size = _rdoq(vals, step, lam, passes, name, weights)
         counts = torch.bincount(pos.to(torch.int64), weights=weights.to(torch.float64), minlength=size)
+        symbols = (pos.to(torch.int64) + lo).numpy()
         if -(2**31) <= lo and lo + size < 2**31:
-            table = np.zeros(1 << 16, dtype=np.int32)
-            table[patterns] = (pos.to(torch.int64) + lo).numpy()
-        else:
-            table = np.zeros(1 << 16, dtype=np.int64)
-            table[patterns] = (pos.to(torch.int64) + lo).numpy()
-        return torch.from_numpy(np.take(table, u)), counts.round().to(torch.int64), lo
+            symbols = symbols.astype(np.int32)
+        return torch.from_numpy(rate.pattern_lookup(patterns, symbols, u)), counts.round().to(torch.int64), lo
     q, lo, size = _rdoq(x, step, lam, passes, name)
     counts = torch.bincount(q, minlength=size)
     if q.dtype == torch.int32 and -(2**31) <= lo and lo + size < 2**31:

@@ -51,7 +51,6 @@ def error_stats(ref: torch.Tensor, approx: torch.Tensor) -> dict:
     n = 0
     signal = noise = abs_sum = err_abs_sum = max_abs = max_rel = 0.0
     nonzero = flushed = 0
-    inf = float("inf")
     for r, a in _pairs(ref, approx):
         # Reductions that need no temporary (dot, norms, counts): about half the passes of writing
         # |r|, |e|, e² and r² out first, for the same float64 sums up to summation order.
@@ -62,7 +61,7 @@ def error_stats(ref: torch.Tensor, approx: torch.Tensor) -> dict:
         abs_sum += float(torch.linalg.vector_norm(r, 1))
         err_abs_sum += float(torch.linalg.vector_norm(e, 1))
         if r.numel():
-            max_abs = max(max_abs, float(torch.linalg.vector_norm(e, inf)))
+            max_abs = max(max_abs, float(torch.linalg.vector_norm(e, math.inf)))
         nz = r != 0
         count = int(torch.count_nonzero(nz))
         if count:

@@ -242,6 +242,14 @@ def pattern_values(patterns: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(patterns.astype(np.uint16).view(np.int16)).view(dtype).to(torch.float64)
 
 
+def pattern_lookup(patterns: np.ndarray, per_pattern: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Each weight's entry of ``per_pattern`` (one value per present pattern), through a 65536-entry
+    table indexed by the weights' bit patterns ``u`` (pattern_counts' third result)."""
+    table = np.zeros(1 << 16, dtype=per_pattern.dtype)
+    table[patterns] = per_pattern
+    return np.take(table, u)
+
+
 # ------------------------------------------------------------------------------- exp-Golomb math
 
 
@@ -566,6 +574,13 @@ class SymbolHistogram:
         h.n = int(counts.sum())
         h.source_bits = 64 * h.n
         return h
+
+    def dense_counts(self) -> tuple[int, np.ndarray]:
+        """(lowest symbol, int64 counts of every symbol from it to the highest, zeros included)."""
+        lo, hi = int(self.symbols[0]), int(self.symbols[-1])
+        dense = np.zeros(hi - lo + 1, dtype=np.int64)
+        dense[(self.symbols - lo).numpy()] = self.counts.numpy()
+        return lo, dense
 
     def _add_dense(self, lo: int, counts: torch.Tensor) -> None:
         nz = torch.nonzero(counts).squeeze(1)
