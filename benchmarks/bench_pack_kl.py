@@ -34,6 +34,8 @@ split of the same text, so the validation text is held out for it.
 
 Run: PYTHONPATH=. .venv/bin/python benchmarks/bench_pack_kl.py [--models wiki smollm2]
      [--kl 0.01 0.03 0.1] [--pack] [--json out.json]
+     PYTHONPATH=. .venv/bin/python benchmarks/bench_pack_kl.py --models wiki --trellis-lambdas 0.35 0.1 0
+     (the λ experiment behind trellis.KL_LAMBDA: uniform steps --steps 4.25 5.25 6, rounded vs trellis)
 """
 
 from __future__ import annotations
@@ -102,11 +104,6 @@ def real_bits(src: Path, steps: dict[str, float], work: Path, trellis: bool = Fa
     return rep["summary"]["coded_bits_per_param"]
 
 
-def trellis_bits(cal: klalloc.Calibration, steps: dict[str, float]) -> float:
-    """Estimated coded bits of per-tensor steps 2^-S, trellis-coded (the probe's estimate of each)."""
-    return sum(cal.probe.coded_bits[(n, 2.0 ** -s)] for n, s in steps.items())
-
-
 def run_model(name: str, kls: list[float], text: str, do_pack: bool, work: Path) -> dict:
     src = Path(MODELS[name]())
     ck = open_checkpoint(src)
@@ -143,13 +140,9 @@ def run_model(name: str, kls: list[float], text: str, do_pack: bool, work: Path)
                 r = klalloc.search(curves, cal, k, method=m)
             cpu = time.process_time() - c0
 
-            if m in TRELLIS:
-                points[m] += [(trellis_bits(cal, e.steps) / r.params, e.measured_kl) for e in r.evaluations]
-                bits = trellis_bits(cal, r.steps) / r.params
-            else:
-                points[m] += [(e.bits / r.params, e.measured_kl) for e in r.evaluations]
-                bits = r.bits_per_param
-            row = {"model": name, "max_kl": k, "method": m, "bits": bits,
+            # with a trellis probe the evaluations' bits are the trellis coding's own estimates
+            points[m] += [(e.bits / r.params, e.measured_kl) for e in r.evaluations]
+            row = {"model": name, "max_kl": k, "method": m, "bits": r.bits_per_param,
                    "measured_kl": r.measured_kl, "predicted_kl": r.predicted_kl,
                    "evaluations": len(r.evaluations), "cpu_s": cpu,
                    "steps": sorted({float(v) / (4 if m == "fisher-rows" else 1)
@@ -207,6 +200,50 @@ def print_model(res: dict) -> None:
                   f"(S arrays included; allocation estimate {r['bits']:.3f}).")
 
 
+def run_lambdas(name: str, text: str, steps: list[float], lambdas: list[float]) -> list[dict]:
+    """KL, SQNR and estimated bits of one uniform step 2^-S for every tensor, rounded and trellis-coded
+    at each λ: why --max-kl --trellis searches with trellis.KL_LAMBDA rather than the SQNR-tuned LAMBDA."""
+    src = Path(MODELS[name]())
+    ck = open_checkpoint(src)
+    names = [i.name for i in ck.tensors if i.is_float and len(i.shape) >= 2 and i.numel]
+    cal = klalloc.calibrate(src, names, text)
+    originals = cal.probe.originals
+    params = sum(x.numel() for x in originals.values())
+    curves = {i.name: rdalloc.measure_curve(x, i.name, per_octave=4 if i.dtype in ("F32", "F64") else 1)
+              for i, x in ck.iter_tensors(names)}
+
+    def sqnr() -> float:  # of the values the probe just put into the model (exactly the restored ones)
+        sig = sum(float(x.double().square().sum()) for x in originals.values())
+        err = sum(float((x.double() - cal.probe.params[n].detach().double().reshape(x.shape)).square().sum())
+                  for n, x in originals.items())
+        return 10 * math.log10(sig / err)
+
+    rows = []
+    for s in steps:
+        step = 2.0 ** -s
+        cal.probe.use_quantizer("round")
+        kl = cal.probe.kl(dict.fromkeys(names, step))
+        bits = sum(float(c.bits[int(np.flatnonzero(c.s == s)[0])]) for c in curves.values()) / params
+        rows.append({"model": name, "s": s, "quantizer": "round", "lambda": None, "kl": kl, "bits": bits,
+                     "sqnr_db": sqnr()})
+        for lam in lambdas:
+            cal.probe.use_quantizer("trellis", lam)
+            kl = cal.probe.kl(dict.fromkeys(names, step))
+            rows.append({"model": name, "s": s, "quantizer": "trellis", "lambda": lam, "kl": kl,
+                         "bits": sum(cal.probe.coded_bits.values()) / params, "sqnr_db": sqnr()})
+    cal.probe.restore()
+    print(f"\n## {name}: one step 2^-S for every tensor, rounded vs trellis-coded at each λ\n")
+    print("| S | quantizer | λ | KL (nats) | KL vs rounding | SQNR dB | bits/param (estimate) | "
+          "bits vs rounding |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        base = next(b for b in rows if b["s"] == r["s"] and b["quantizer"] == "round")
+        lam = "" if r["lambda"] is None else f"{r['lambda']:g}"
+        print(f"| {r['s']:g} | {r['quantizer']} | {lam} | {r['kl']:.4f} | {r['kl'] / base['kl'] - 1:+.1%} | "
+              f"{r['sqnr_db']:.2f} | {r['bits']:.3f} | {r['bits'] / base['bits'] - 1:+.1%} |")
+    return rows
+
+
 def run_sqnr(targets: list[float], work: Path) -> list[dict]:
     """--target-sqnr on MiniLM, per-tensor vs per-row steps, packed for real (rANS)."""
     from ggcompress.codec.pack import pack
@@ -238,6 +275,11 @@ def main() -> None:
     ap.add_argument("--kl", nargs="+", type=float, default=[0.01, 0.03, 0.1])
     ap.add_argument("--pack", action="store_true", help="also pack every chosen allocation (rANS)")
     ap.add_argument("--json", type=Path, help="write the rows here")
+    ap.add_argument("--trellis-lambdas", nargs="+", type=float, metavar="LAMBDA",
+                    help="instead of the searches: KL / SQNR / bits of uniform steps (--steps), rounded vs "
+                    "trellis-coded at these λ (the trellis.KL_LAMBDA experiment)")
+    ap.add_argument("--steps", nargs="+", type=float, default=[4.25, 5.25, 6.0],
+                    help="uniform S for --trellis-lambdas (quarter steps on fp32 models)")
     ap.add_argument("--sqnr", nargs="*", type=float,
                     help="also MiniLM --target-sqnr per-tensor vs per-row at these targets (dB; "
                     "default 30 40)")
@@ -248,6 +290,13 @@ def main() -> None:
           f"{os.cpu_count()} shared CPUs, one thread; calibration: Wikipedia validation text")
     t0 = time.process_time()
     results = []
+    if args.trellis_lambdas:
+        rows = [r for model in args.models
+                for r in run_lambdas(model, text, args.steps, args.trellis_lambdas)]
+        print(f"\nTotal: {time.process_time() - t0:.0f} s CPU.")
+        if args.json:
+            args.json.write_text(json.dumps({"version": __version__, "lambda_rows": rows}, indent=1))
+        return
     with tempfile.TemporaryDirectory(prefix="bench-kl-") as tmp:
         for model in args.models:
             res = run_model(model, args.kl, text, args.pack, Path(tmp))

@@ -16,7 +16,7 @@ show what the quantizer contexts buy. Container-level figures (tables as stored,
 bench_pack_rd.py's.
 
 Run: PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_trellis.py [--models minilm wikilm
-laplace] [--steps 5 6 8 12]
+laplace] [--steps 5 6 8 12]   (add --profile for the CPU ns per weight of each part of the search)
 """
 
 from __future__ import annotations
@@ -128,13 +128,64 @@ def run(ws: list[torch.Tensor], s: int) -> dict[str, float]:
     return out
 
 
+def profile(ws: list[torch.Tensor], s: int, repeats: int = 3) -> dict[str, float]:
+    """CPU ns per weight of the search's parts (best of ``repeats``, one thread): rates, branch costs, the
+    add-compare-select loop, its backtrack (the rest of _viterbi), the context streams and the whole
+    search — the figures docs/benchmarks.md gives for why --trellis stays below pack's 50 MB/s."""
+    import time
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.process_time()
+            fn()
+            times.append(time.process_time() - t0)
+        return min(times)
+
+    m = trellis.machine(trellis.STATES)
+    delta = 2.0**-s * trellis.STEP_FACTOR
+    acc = dict.fromkeys(("rates", "branch", "viterbi", "streams", "search"), 0.0)
+    n = 0
+    for w in ws:
+        x = w.reshape(-1).to(torch.float32) / delta
+        lanes = x.numel() // trellis.LANE
+        if lanes == 0:
+            continue
+        xl = x[:lanes * trellis.LANE].reshape(lanes, trellis.LANE).T.contiguous()
+        amax = float(x.abs().max())
+        rates = trellis._initial_rates(x, amax)
+        acc["rates"] += best(lambda: trellis._initial_rates(x, amax))  # noqa: B023
+        acc["branch"] += best(lambda: trellis._branch_costs(xl, rates, trellis.LAMBDA))  # noqa: B023
+        acc["viterbi"] += best(lambda: trellis._viterbi(xl, rates, trellis.LAMBDA, m))  # noqa: B023
+        c = trellis.search(w, delta)
+        acc["streams"] += best(c.context_streams)
+        acc["search"] += best(lambda: trellis.search(w, delta))  # noqa: B023
+        n += lanes * trellis.LANE
+    out = {k: v / n * 1e9 for k, v in acc.items()}
+    out["loop"] = out["viterbi"] - out["branch"]  # the forward pass and the backtrack
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["minilm", "wikilm", "laplace"],
                     choices=["minilm", "wikilm", "laplace"])
     ap.add_argument("--steps", nargs="+", type=int, default=[5, 6, 8, 12])
+    ap.add_argument("--profile", action="store_true",
+                    help="instead of the ablations: CPU ns per weight of each part of the search")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.profile:
+        print("| model | S | rates | branch costs | add-compare-select + backtrack | context streams | "
+              "whole search | ns per weight, CPU, one thread |")
+        print("|---" * 8 + "|")
+        for model in args.models:
+            ws = weights(model)
+            for s in args.steps:
+                r = profile(ws, s)
+                print(f"| {model} | {s} | {r['rates']:.1f} | {r['branch']:.1f} | {r['loop']:.1f} | "
+                      f"{r['streams']:.1f} | {r['search']:.1f} | |", flush=True)
+        return
     print("| model | S | rounding bits @ dB | 4 states | 8 states | λ 0.2 / 0.35 / 0.6 (8 states) "
           "| one table / parity first / by quantizer / by state / by quantizer × row | ranked / count "
           "tables | row-context tables + classes |")

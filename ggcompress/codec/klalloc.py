@@ -105,17 +105,23 @@ class KLProbe:
         self.batch = batch
         self._applied: dict[str, Any] = dict.fromkeys(self.params)  # None: original values
         self.quantizer = "round"
+        self.trellis_lambda = 0.0  # the trellis search's λ (use_quantizer sets it)
         self.coded_bits: dict[tuple[str, float], float] = {}  # trellis: (name, step) -> estimated bits
         self.evaluations = 0
         self.seconds_cpu = 0.0
         self.base = self._logits()
 
-    def use_quantizer(self, quantizer: str) -> None:
-        """Switch how steps are restored ("round" or "trellis"); the model gets its original weights."""
+    def use_quantizer(self, quantizer: str, lam: float | None = None) -> None:
+        """Switch how steps are restored ("round" or "trellis", searched with λ = ``lam``, default
+        trellis.KL_LAMBDA); the model gets its original weights and the bit estimates are dropped."""
+        from ggcompress.codec.trellis import KL_LAMBDA
+
         if quantizer not in ("round", "trellis"):
             raise GGError(f"quantizer {quantizer!r}: choose round or trellis")
         self.restore()
         self.quantizer = quantizer
+        self.trellis_lambda = KL_LAMBDA if lam is None else float(lam)
+        self.coded_bits.clear()
 
     @property
     def tokens(self) -> int:
@@ -146,9 +152,7 @@ class KLProbe:
                         raise GGError("per-row steps are not trellis-coded (--step-granularity row)")
                     y = restore_rows(x, step, name)
                 elif self.quantizer == "trellis":
-                    from ggcompress.codec.trellis import KL_LAMBDA
-
-                    plan = trellis_plan(x, float(step), name, lam=KL_LAMBDA)
+                    plan = trellis_plan(x, float(step), name, lam=self.trellis_lambda)
                     self.coded_bits[(name, float(step))] = plan.estimated_bits
                     y = plan.restored
                 else:

@@ -40,7 +40,8 @@ LAMBDA = 0.35
 #: λ for KL targets (pack --max-kl --trellis). The SQNR-tuned λ shrinks weights toward zero in a way the
 #: model's output feels more than its MSE says: on the Wikipedia LM at steps 2^-4.25…2^-6 it raised the
 #: next-token KL by 3–78% over rounding at the same step for −0.38…−0.06 dB. At 0.1 the KL is within
-#: −1…+10% of rounding's, in 6–12% fewer bits (λ = 0 improves the KL but costs bits over rounding).
+#: −1…+10% of rounding's, in 6–12% fewer bits; λ = 0 lowers the KL 10–23% but gives the bits back (−2.9…+4.2%
+#: against rounding). benchmarks/bench_pack_kl.py --models wiki --trellis-lambdas 0.35 0.1 0.
 KL_LAMBDA = 0.1
 #: Union step Δ as a fraction of the plain step it replaces: at Δ = 9/16·step the trellis has about the
 #: SQNR of rounding at ``step`` (MiniLM, 2^-6…2^-12: within ±0.2 dB), so --quant step:S --trellis keeps
