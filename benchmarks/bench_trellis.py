@@ -179,29 +179,33 @@ def main() -> None:
         print("| model | S | rates | branch costs | add-compare-select + backtrack | context streams | "
               "whole search | ns per weight, CPU, one thread |")
         print("|---" * 8 + "|")
-        for model in args.models:
-            ws = weights(model)
-            for s in args.steps:
-                r = profile(ws, s)
-                print(f"| {model} | {s} | {r['rates']:.1f} | {r['branch']:.1f} | {r['loop']:.1f} | "
-                      f"{r['streams']:.1f} | {r['search']:.1f} | |", flush=True)
-        return
-    print("| model | S | rounding bits @ dB | 4 states | 8 states | λ 0.2 / 0.35 / 0.6 (8 states) "
-          "| one table / parity first / by quantizer / by state / by quantizer × row | ranked / count "
-          "tables | row-context tables + classes |")
-    print("|---" * 9 + "|")
+    else:
+        print("| model | S | rounding bits @ dB | 4 states | 8 states | λ 0.2 / 0.35 / 0.6 (8 states) "
+              "| one table / parity first / by quantizer / by state / by quantizer × row | ranked / count "
+              "tables | row-context tables + classes |")
+        print("|---" * 9 + "|")
     for model in args.models:
         ws = weights(model)
         for s in args.steps:
-            r = run(ws, s)
-            lam = " / ".join(f"{r[f's8_l{v}_bits']:.4f} @ {r[f's8_l{v}_sqnr']:.2f}" for v in (0.2, 0.35, 0.6))
-            print(f"| {model} | {s} | {r['round_bits']:.4f} @ {r['round_sqnr']:.2f} | "
-                  f"{r[f's4_l{trellis.LAMBDA}_bits']:.4f} @ {r[f's4_l{trellis.LAMBDA}_sqnr']:.2f} | "
-                  f"{r[f's8_l{trellis.LAMBDA}_bits']:.4f} @ {r[f's8_l{trellis.LAMBDA}_sqnr']:.2f} | {lam} | "
-                  f"{r['one_table']:.4f} / {r['parity_first']:.4f} / {r['by_quantizer']:.4f} / "
-                  f"{r['by_state']:.4f} / {r['by_quantizer_row']:.4f} | {r['ranked_tables']:.4f} / "
-                  f"{r['count_tables']:.4f} | {r['row_tables']:.4f} |", flush=True)
+            if args.profile:
+                print(profile_row(model, s, profile(ws, s)), flush=True)
+            else:
+                print(ablation_row(model, s, run(ws, s)), flush=True)
 
+
+def profile_row(model: str, s: int, r: dict[str, float]) -> str:
+    return (f"| {model} | {s} | {r['rates']:.1f} | {r['branch']:.1f} | {r['loop']:.1f} | "
+            f"{r['streams']:.1f} | {r['search']:.1f} | |")
+
+
+def ablation_row(model: str, s: int, r: dict[str, float]) -> str:
+    lam = " / ".join(f"{r[f's8_l{v}_bits']:.4f} @ {r[f's8_l{v}_sqnr']:.2f}" for v in (0.2, 0.35, 0.6))
+    return (f"| {model} | {s} | {r['round_bits']:.4f} @ {r['round_sqnr']:.2f} | "
+            f"{r[f's4_l{trellis.LAMBDA}_bits']:.4f} @ {r[f's4_l{trellis.LAMBDA}_sqnr']:.2f} | "
+            f"{r[f's8_l{trellis.LAMBDA}_bits']:.4f} @ {r[f's8_l{trellis.LAMBDA}_sqnr']:.2f} | {lam} | "
+            f"{r['one_table']:.4f} / {r['parity_first']:.4f} / {r['by_quantizer']:.4f} / "
+            f"{r['by_state']:.4f} / {r['by_quantizer_row']:.4f} | {r['ranked_tables']:.4f} / "
+            f"{r['count_tables']:.4f} | {r['row_tables']:.4f} |")
 
 if __name__ == "__main__":
     main()
